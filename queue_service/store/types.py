@@ -1,0 +1,142 @@
+"""Plain data that crosses the store boundary. No SQL here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from queue_service.statuses import Source, Status
+
+JSON = Any
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to enqueue. `job_id` is generated when None."""
+
+    plugin: str
+    command: str
+    payload: JSON = None
+    max_attempts: int = 4
+    submitted_by: str | None = None
+    dedupe_key: str | None = None
+    run_after: str | None = None  # fixed-width UTC text; None means now
+    schedule_id: str | None = None
+    job_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    job_id: str
+    deduplicated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One row of the jobs table, JSON columns decoded."""
+
+    job_id: str
+    plugin: str
+    command: str
+    status: Status
+    source: Source
+    payload: JSON
+    result: JSON
+    last_error: str | None
+    attempt: int
+    max_attempts: int
+    submitted_by: str | None
+    external_id: str | None
+    external_url: str | None
+    created_at: str
+    started_at: str | None
+    completed_at: str | None
+    run_after: str | None
+    lease_expires_at: str | None
+    dedupe_key: str | None
+    schedule_id: str | None
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Filters for listing jobs. Empty tuples mean "any"."""
+
+    plugin: str | None = None
+    command: str | None = None
+    statuses: tuple[Status, ...] = ()
+    sources: tuple[Source, ...] = ()
+    created_after: str | None = None  # exclusive, fixed-width UTC text
+    created_before: str | None = None  # exclusive
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Keyset position: the (created_at, seq) of the last job on the previous page."""
+
+    created_at: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    jobs: list[Job]
+    total: int
+    next_cursor: Cursor | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalJob:
+    """A job mirrored from an external system (Databricks), upserted by job_id.
+
+    `status` None means "the remote state is unknown to us": an existing row keeps
+    its status and a new row gets `status_if_new`.
+    """
+
+    job_id: str
+    plugin: str
+    command: str
+    status: Status | None
+    status_if_new: Status
+    external_id: str
+    external_url: str | None
+    created_at: str
+    started_at: str | None
+    completed_at: str | None
+    attempt: int
+    last_error: str | None
+    result: JSON
+    source: Source = Source.DATABRICKS
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertCounts:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+
+@dataclass(slots=True)
+class SyncState:
+    """Per-workspace progress of the Databricks sync."""
+
+    workspace: str
+    host: str | None = None
+    watermark_ms: int | None = None
+    last_success_at: str | None = None
+    last_error: str | None = None
+    last_error_at: str | None = None
+    runs_ingested: int = 0
+    healthy: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    name: str
+    scopes: tuple[str, ...]
+    created_at: str
+    expires_at: str | None
+    last_used_at: str | None
+    revoked_at: str | None
+    token_id: int
