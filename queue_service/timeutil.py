@@ -63,5 +63,7 @@ def parse_duration(text: str) -> timedelta:
     """Parse `30s`, `5m`, `1h` or `7d` into a timedelta (strictly positive)."""
     match = _DURATION.match(text)
     if not match or int(match.group(1)) == 0:
-        raise ValueError(f"{text!r} is not a duration; use a positive number with s, m, h or d: 30s, 5m, 1h, 7d")
+        raise ValueError(
+            f"{text!r} is not a duration; use a positive number with s, m, h or d: 30s, 5m, 1h, 7d"
+        )
     return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])

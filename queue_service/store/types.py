@@ -42,6 +42,8 @@ class Job:
     source: Source
     payload: JSON
     result: JSON
+    events: JSON
+    logs: JSON
     last_error: str | None
     attempt: int
     max_attempts: int
@@ -55,6 +57,23 @@ class Job:
     lease_expires_at: str | None
     dedupe_key: str | None
     schedule_id: str | None
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """The columns a listing returns: no payload or result, so pages stay small."""
+
+    job_id: str
+    plugin: str
+    command: str
+    status: Status
+    source: Source
+    created_at: str
+    started_at: str | None
+    completed_at: str | None
+    attempt: int
+    external_url: str | None
     seq: int
 
 
@@ -80,7 +99,7 @@ class Cursor:
 
 @dataclass(frozen=True, slots=True)
 class JobPage:
-    jobs: list[Job]
+    jobs: list[JobSummary]
     total: int
     next_cursor: Cursor | None
 

@@ -1,0 +1,163 @@
+"""The Starlette application: routes from the operation registry, one error shape."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from queue_service.api import jobs
+from queue_service.api.openapi import build_openapi
+from queue_service.api.operations import Operation, endpoint
+from queue_service.api.state import ServiceState
+from queue_service.errors import ApiError, error_response
+from queue_service.store import QueryTimeout, StoreUnavailable
+
+log = logging.getLogger("queue_service.api")
+
+#: The largest request body accepted, in bytes.
+MAX_BODY_BYTES = 1024 * 1024
+
+CORE_OPERATIONS: tuple[Operation, ...] = jobs.OPERATIONS
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over `limit` bytes with 413, reading at most `limit` + one chunk.
+
+    A declared Content-Length over the limit is refused before any body is read;
+    a chunked body is counted as it arrives.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = error_response(
+            "payload_too_large", f"the request body is over the {self.limit} byte limit"
+        )
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                await too_large(scope, receive, send)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                # Client went away; let the app see the disconnect.
+                await self.app(scope, _replay([message]), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        await self.app(scope, _replay([{"type": "http.request", "body": body}], receive), send)
+
+
+def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
+    pending = list(messages)
+
+    async def receive() -> Message:
+        if pending:
+            return pending.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 404:
+        return error_response("not_found", f"no route matches {request.url.path[:200]!r}")
+    if exc.status_code == 405:
+        allowed = headers.get("Allow", "")
+        return error_response(
+            "method_not_allowed",
+            f"{request.method} is not allowed on this path; use {allowed}",
+            allowed=[m.strip() for m in allowed.split(",") if m.strip()],
+            headers=headers,
+        )
+    code = {400: "invalid_body", 413: "payload_too_large", 415: "unsupported_media_type"}.get(
+        exc.status_code, "internal_error"
+    )
+    return error_response(code, str(exc.detail), status=exc.status_code, headers=headers)
+
+
+async def _unavailable(request: Request, exc: Exception) -> Response:
+    message = str(exc)
+    if isinstance(exc, QueryTimeout):
+        log.warning("query timed out: %s %s", request.method, request.url.path)
+    return error_response("unavailable", message, headers={"Retry-After": "1"})
+
+
+async def _internal(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response("internal_error", "internal error; the server log has the details")
+
+
+def create_app(state: ServiceState, extra_operations: Sequence[Operation] = ()) -> Starlette:
+    """The ASGI app for `state`. The caller owns the store's lifecycle."""
+    operations: list[Operation] = [*CORE_OPERATIONS, *extra_operations]
+    openapi_body = json.dumps(build_openapi(operations), separators=(",", ":")).encode()
+
+    async def openapi_json(request: Request) -> Response:
+        if request.query_params:
+            key = next(iter(request.query_params))
+            raise ApiError(
+                "unknown_parameter",
+                f"unknown query parameter {key!r}; this endpoint takes none",
+                param=key,
+                allowed=[],
+            )
+        return Response(openapi_body, media_type="application/json")
+
+    routes = [Route("/openapi.json", openapi_json, methods=["GET"])]
+    routes += _routes(operations)
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            ApiError: _api_error,
+            HTTPException: _http_error,
+            StoreUnavailable: _unavailable,
+            Exception: _internal,
+        },
+    )
+    app.state.service = state
+    app.state.operations = operations
+    app.add_middleware(BodyLimitMiddleware)
+    return app
+
+
+def _routes(operations: Iterable[Operation]) -> list[Route]:
+    by_path: dict[str, list[Operation]] = {}
+    for op in operations:
+        by_path.setdefault(op.path, []).append(op)
+    routes = []
+    for path, ops in by_path.items():
+        for op in ops:
+            routes.append(Route(path, endpoint(op), methods=[op.method]))
+    return routes

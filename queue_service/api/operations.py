@@ -1,0 +1,89 @@
+"""The operation registry: each route's path, scope, parameters and responses, declared once.
+
+Routes are built from it and so is the OpenAPI document, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from queue_service.api.params import QueryParam, parse_query
+from queue_service.auth import AuthError, Principal
+from queue_service.errors import ApiError
+from queue_service.scopes import grants
+
+if TYPE_CHECKING:
+    from queue_service.api.state import ServiceState
+
+REALM = 'Bearer realm="queue-service"'
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a handler gets besides the request."""
+
+    state: ServiceState
+    principal: Principal | None
+    query: dict[str, Any]
+
+
+Handler = Callable[[Request, Context], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    method: str
+    path: str
+    operation_id: str
+    summary: str
+    description: str
+    handler: Handler
+    #: The least scope that may call it; None means no authentication.
+    scope: str | None
+    query: tuple[QueryParam, ...] = ()
+    #: status -> (model or models for the body, description); None body = no schema.
+    responses: dict[int, tuple[Any, str]] = field(default_factory=dict)
+    request_body: type[BaseModel] | None = None
+    tags: tuple[str, ...] = ()
+
+
+async def authenticate(request: Request, state: ServiceState, scope: str) -> Principal:
+    """Verify the bearer token and its scope, or raise the RFC 6750 error."""
+    try:
+        principal = await state.tokens.verify(request.headers.get("authorization"))
+    except AuthError as exc:
+        if exc.missing:
+            raise ApiError("unauthorized", str(exc), headers={"WWW-Authenticate": REALM}) from None
+        raise ApiError(
+            "invalid_token",
+            str(exc),
+            headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
+        ) from None
+    if not grants(principal.scopes, scope):
+        raise ApiError(
+            "insufficient_scope",
+            f"this token lacks the scope {scope!r} (or one that includes it)",
+            headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{scope}"'},
+        )
+    return principal
+
+
+def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
+    """Wrap a handler with authentication and query parsing."""
+
+    async def run(request: Request) -> Response:
+        state: ServiceState = request.app.state.service
+        principal = None
+        if operation.scope is not None:
+            principal = await authenticate(request, state, operation.scope)
+        query = parse_query(request, operation.query)
+        return await operation.handler(request, Context(state, principal, query))
+
+    run.__name__ = operation.operation_id
+    return run

@@ -1,0 +1,112 @@
+"""Bearer tokens (RFC 6750): creation, hashing, verification.
+
+Tokens are `qs_` + 43 url-safe characters (32 random bytes). Only the SHA-256
+of a token is stored; a presented token is hashed, looked up by hash, and the
+stored hash is compared with hmac.compare_digest, so neither the secret nor its
+length leaks through timing. A high-entropy random secret needs no slow KDF.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from queue_service.scopes import validate_scopes
+from queue_service.store import SQLiteStore, Token
+from queue_service.timeutil import format_ts, now_ts, parse_duration, utcnow
+
+TOKEN_PREFIX = "qs_"  # noqa: S105 - a prefix, not a secret
+_TOKEN_SHAPE = re.compile(r"^qs_[A-Za-z0-9_-]{43}$")
+#: RFC 6750 b64token after the scheme.
+_BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *$")
+#: last_used_at is written at most this often per token, to keep reads read-only.
+TOUCH_INTERVAL_S = 60.0
+
+
+def new_secret() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_token(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+class AuthError(Exception):
+    """Why a request is not authenticated. `missing` distinguishes the bare 401."""
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the token's name and scopes (never its secret)."""
+
+    name: str
+    scopes: tuple[str, ...]
+    token_id: int
+
+
+def parse_authorization(header: str | None) -> str:
+    """The bearer credential from an Authorization header, or AuthError."""
+    if header is None or not header.strip():
+        raise AuthError(
+            "this endpoint needs a bearer token: send 'Authorization: Bearer qs_…'", missing=True
+        )
+    match = _BEARER.match(header.strip())
+    if not match:
+        raise AuthError("the Authorization header must be 'Bearer <token>'")
+    return match.group(1)
+
+
+class TokenService:
+    """Creates and verifies tokens against the store."""
+
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+        self._last_touch: dict[int, float] = {}
+
+    async def create(
+        self, name: str, scopes: list[str] | tuple[str, ...], expires_in: str | None = None
+    ) -> tuple[str, Token]:
+        """Create a token; return (secret, row). The secret is shown once and never stored."""
+        if not name.strip():
+            raise ValueError("a token needs a non-empty name")
+        checked = validate_scopes(list(scopes))
+        expires_at = format_ts(utcnow() + parse_duration(expires_in)) if expires_in else None
+        secret = new_secret()
+        token = await self.store.create_token(name, hash_token(secret), checked, expires_at)
+        return secret, token
+
+    async def verify(self, header: str | None) -> Principal:
+        """Authenticate an Authorization header value; raise AuthError when it fails."""
+        secret = parse_authorization(header)
+        if not _TOKEN_SHAPE.match(secret):
+            raise AuthError("the bearer token is not a queue-service token")
+        presented = hash_token(secret)
+        found = await self.store.token_by_hash(presented)
+        if found is None or not hmac.compare_digest(found[1], presented):
+            raise AuthError("the bearer token is unknown")
+        token = found[0]
+        if token.revoked_at is not None:
+            raise AuthError("the bearer token has been revoked")
+        if token.expires_at is not None and token.expires_at <= now_ts():
+            raise AuthError("the bearer token has expired")
+        await self._maybe_touch(token.token_id)
+        return Principal(name=token.name, scopes=token.scopes, token_id=token.token_id)
+
+    async def _maybe_touch(self, token_id: int) -> None:
+        now = time.monotonic()
+        last = self._last_touch.get(token_id)
+        if last is not None and now - last < TOUCH_INTERVAL_S:
+            return
+        self._last_touch[token_id] = now
+        try:
+            await self.store.touch_token(token_id)
+        except Exception:
+            self._last_touch.pop(token_id, None)

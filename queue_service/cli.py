@@ -1,0 +1,279 @@
+"""The `queue-service` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from queue_service import __version__
+from queue_service.api.jobs import job_view
+from queue_service.api.params import encode_cursor, parse_cursor, parse_limit, parse_statuses
+from queue_service.auth import TokenService
+from queue_service.scopes import SCOPES, UnknownScope
+from queue_service.store import (
+    Conflict,
+    JobFilter,
+    NotADatabase,
+    SchemaTooNew,
+    SQLiteStore,
+    StoreError,
+)
+
+DEFAULT_DB = "queue-service.db"
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A failure to report on stderr as one line, exiting non-zero."""
+
+
+def db_path(args: argparse.Namespace) -> str:
+    return str(args.db or os.environ.get("QUEUE_SERVICE_DB") or DEFAULT_DB)
+
+
+async def open_store(path: str, **options: Any) -> SQLiteStore:
+    """Open (creating and migrating) the database, turning store errors into CLI errors."""
+    if Path(path).is_dir():  # noqa: ASYNC240 - one stat before the store exists
+        raise CliError(f"--db {path} is a directory; give a file path")
+    store = SQLiteStore(path, **options)
+    try:
+        await store.open()
+    except (NotADatabase, SchemaTooNew, StoreError) as exc:
+        await store.close()
+        raise CliError(str(exc)) from None
+    return store
+
+
+def with_store(
+    body: Callable[[SQLiteStore, argparse.Namespace], Awaitable[int]],
+) -> Callable[[argparse.Namespace], int]:
+    """Run `body` with an open store for the command's --db, closing it afterwards."""
+
+    def run(args: argparse.Namespace) -> int:
+        async def main() -> int:
+            store = await open_store(db_path(args))
+            try:
+                return await body(store, args)
+            finally:
+                await store.close()
+
+        return asyncio.run(main())
+
+    return run
+
+
+# -- migrate -------------------------------------------------------------
+
+
+async def _migrate(store: SQLiteStore, args: argparse.Namespace) -> int:
+    # open() already migrated; report where the schema stands.
+    print(f"{db_path(args)}: schema version {await store.schema_version()}")
+    return 0
+
+
+# -- tokens --------------------------------------------------------------
+
+
+async def _token_create(store: SQLiteStore, args: argparse.Namespace) -> int:
+    try:
+        secret, _ = await TokenService(store).create(args.name, args.scope, args.expires_in)
+    except (UnknownScope, ValueError, Conflict) as exc:
+        raise CliError(str(exc)) from None
+    print(secret)
+    return 0
+
+
+async def _token_list(store: SQLiteStore, args: argparse.Namespace) -> int:
+    tokens = await store.list_tokens()
+    if args.json:
+        rows = [
+            {
+                "name": t.name,
+                "scopes": list(t.scopes),
+                "created_at": t.created_at,
+                "last_used_at": t.last_used_at,
+                "expires_at": t.expires_at,
+                "revoked_at": t.revoked_at,
+            }
+            for t in tokens
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [
+        [
+            t.name,
+            ",".join(t.scopes),
+            t.created_at[:19],
+            (t.last_used_at or "never")[:19],
+            (t.expires_at or "never")[:19],
+            "revoked" if t.revoked_at else "live",
+        ]
+        for t in tokens
+    ]
+    print_table(["NAME", "SCOPES", "CREATED", "LAST USED", "EXPIRES", "STATE"], table)
+    return 0
+
+
+async def _token_revoke(store: SQLiteStore, args: argparse.Namespace) -> int:
+    if not await store.revoke_token(args.name):
+        raise CliError(f"no live token named {args.name!r}")
+    print(f"revoked {args.name}")
+    return 0
+
+
+# -- jobs ----------------------------------------------------------------
+
+
+async def _jobs(store: SQLiteStore, args: argparse.Namespace) -> int:
+    from queue_service import models
+
+    try:
+        filters = JobFilter(
+            plugin=args.plugin,
+            command=args.command,
+            statuses=parse_statuses(args.status) if args.status else (),
+        )
+        limit = parse_limit(str(args.limit))
+        cursor = parse_cursor(args.cursor) if args.cursor else None
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    page = await store.list_jobs(filters, limit=limit, cursor=cursor)
+    next_cursor = encode_cursor(page.next_cursor) if page.next_cursor else None
+    if args.json:
+        body = models.JobList(
+            jobs=[
+                models.JobSummary(**{f: getattr(j, f) for f in models.JobSummary.model_fields})
+                for j in page.jobs
+            ],
+            total=page.total,
+            next_cursor=next_cursor,
+        )
+        print(body.model_dump_json(indent=2))
+        return 0
+    rows = [
+        [j.job_id, j.plugin, j.command[:40], j.status, j.source, j.created_at[:19], str(j.attempt)]
+        for j in page.jobs
+    ]
+    print_table(["JOB_ID", "PLUGIN", "COMMAND", "STATUS", "SOURCE", "CREATED", "ATTEMPT"], rows)
+    print(f"\n{len(page.jobs)} of {page.total} matching jobs", end="")
+    print(f"; next page: --cursor {next_cursor}" if next_cursor else "")
+    return 0
+
+
+async def _job(store: SQLiteStore, args: argparse.Namespace) -> int:
+    job = await store.get_job(args.job_id)
+    if job is None:
+        raise CliError(f"no job with id {args.job_id!r}")
+    attempts = await store.get_attempts(job.job_id)
+    print(job_view(job, attempts).model_dump_json(indent=2))
+    return 0
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(str(cell))) for w, cell in zip(widths, row, strict=True)]
+    for row in [list(headers), *rows]:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+# -- serve ---------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from queue_service.server import serve
+
+    return serve(
+        db=db_path(args),
+        host=args.host,
+        port=args.port,
+        config_path=args.config or os.environ.get("QUEUE_SERVICE_CONFIG"),
+        log_level=args.log_level,
+    )
+
+
+# -- parser --------------------------------------------------------------
+
+
+def _add_db(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--db",
+        help=f"SQLite file (default: $QUEUE_SERVICE_DB or ./{DEFAULT_DB})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="queue-service", description="A local job queue with a REST API."
+    )
+    parser.add_argument("--version", action="version", version=f"queue-service {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the API, workers and scheduler")
+    _add_db(serve)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--config", help="TOML config file (default: $QUEUE_SERVICE_CONFIG)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.set_defaults(run=_serve)
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
+    _add_db(migrate)
+    migrate.set_defaults(run=with_store(_migrate))
+
+    token = commands.add_parser("token", help="manage bearer tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = token_commands.add_parser("create", help="create a token and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument(
+        "--scope", action="append", required=True, help=f"repeatable; one of {', '.join(SCOPES)}"
+    )
+    create.add_argument("--expires-in", help="lifetime such as 12h or 30d (default: never)")
+    _add_db(create)
+    create.set_defaults(run=with_store(_token_create))
+    listing = token_commands.add_parser("list", help="list tokens (never their secrets)")
+    listing.add_argument("--json", action="store_true")
+    _add_db(listing)
+    listing.set_defaults(run=with_store(_token_list))
+    revoke = token_commands.add_parser("revoke", help="revoke a token by name")
+    revoke.add_argument("name")
+    _add_db(revoke)
+    revoke.set_defaults(run=with_store(_token_revoke))
+
+    jobs = commands.add_parser("jobs", help="list jobs, newest first")
+    jobs.add_argument("--plugin")
+    jobs.add_argument("--command")
+    jobs.add_argument("--status", help="status or alias; comma-separated for several")
+    jobs.add_argument("--limit", type=int, default=50)
+    jobs.add_argument("--cursor")
+    jobs.add_argument("--json", action="store_true", help="print the API's JSON")
+    _add_db(jobs)
+    jobs.set_defaults(run=with_store(_jobs))
+
+    job = commands.add_parser("job", help="show one job")
+    job.add_argument("job_id")
+    _add_db(job)
+    job.set_defaults(run=with_store(_job))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except CliError as exc:
+        print(f"queue-service: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

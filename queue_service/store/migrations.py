@@ -1,0 +1,114 @@
+"""Numbered schema migrations (`NNNN_name.sql`), each applied with its bookkeeping row
+in one transaction."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass
+from importlib import resources
+from importlib.abc import Traversable
+from pathlib import Path
+
+from queue_service.store.errors import SchemaTooNew
+from queue_service.store.sql import q
+from queue_service.timeutil import now_ts
+
+_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations_dir() -> Traversable:
+    """Where the migrations are: inside the installed package (the wheel), or at the
+    top of the source tree for an editable install."""
+    packaged = resources.files("queue_service").joinpath("migrations")
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "migrations"
+
+
+def available_migrations() -> list[Migration]:
+    found: list[Migration] = []
+    for entry in migrations_dir().iterdir():
+        match = _FILE.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations must be numbered 1..N without gaps, found {versions}")
+    return found
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a script into complete statements (trigger bodies keep their semicolons)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip() and not all(
+        part.strip().startswith("--") for part in buffer.strip().splitlines() if part.strip()
+    ):
+        raise ValueError(f"incomplete SQL statement at end of migration: {buffer.strip()[:80]!r}")
+    return statements
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    conn.execute(q("create_migrations_table"))
+    rows = conn.execute(q("applied_migrations")).fetchall()
+    return max((row[0] for row in rows), default=0)
+
+
+def migrate(conn: sqlite3.Connection) -> list[Migration]:
+    """Apply every pending migration; return those applied (empty when up to date).
+
+    `conn` must be in autocommit mode (isolation_level=None). Each migration and its
+    schema_migrations row commit together, so a crash never leaves a half-applied
+    version. Raises SchemaTooNew when the database knows versions this code does not.
+    """
+    known = available_migrations()
+    latest = known[-1].version if known else 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        current = schema_version(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    if current > latest:
+        raise SchemaTooNew(
+            f"the database schema is version {current}, newer than this queue-service "
+            f"understands (up to {latest}); upgrade queue-service or use another --db"
+        )
+    applied: list[Migration] = []
+    for migration in known:
+        if migration.version <= current:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Another process may have applied it while we waited for the lock.
+            if schema_version(conn) >= migration.version:
+                conn.execute("COMMIT")
+                continue
+            for statement in split_statements(migration.sql):
+                conn.execute(statement)
+            conn.execute(
+                q("record_migration"),
+                {"version": migration.version, "name": migration.name, "applied_at": now_ts()},
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        applied.append(migration)
+    return applied

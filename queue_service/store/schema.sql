@@ -1,0 +1,154 @@
+-- The current schema, as the migrations in migrations/ build it.
+-- Kept by hand beside them; tests/test_migrations.py fails when the two differ.
+
+CREATE TABLE jobs (
+    seq              INTEGER PRIMARY KEY,            -- insertion order: the listing tie-break
+    job_id           TEXT    NOT NULL UNIQUE,        -- UUID
+    plugin           TEXT    NOT NULL,
+    command          TEXT    NOT NULL,
+    status           TEXT    NOT NULL CHECK (status IN
+                        ('queued', 'running', 'succeeded', 'failed', 'timed_out', 'canceled', 'dead')),
+    source           TEXT    NOT NULL DEFAULT 'local' CHECK (source IN ('local', 'databricks')),
+    payload          TEXT,                           -- JSON
+    result           TEXT,                           -- JSON: the plugin's result
+    events           TEXT,                           -- JSON list the plugin emitted
+    logs             TEXT,                           -- JSON list of {level, message}
+    last_error       TEXT,
+    attempt          INTEGER NOT NULL DEFAULT 0 CHECK (attempt >= 0),
+    max_attempts     INTEGER NOT NULL DEFAULT 4 CHECK (max_attempts >= 1),
+    submitted_by     TEXT,
+    external_id      TEXT,
+    external_url     TEXT,
+    dedupe_key       TEXT,
+    schedule_id      TEXT,
+    created_at       TEXT    NOT NULL,
+    started_at       TEXT,
+    completed_at     TEXT,
+    run_after        TEXT    NOT NULL,
+    lease_expires_at TEXT,
+    lease_owner      TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE job_counts (
+    plugin  TEXT    NOT NULL,
+    command TEXT    NOT NULL,
+    status  TEXT    NOT NULL,
+    source  TEXT    NOT NULL,
+    n       INTEGER NOT NULL,
+    PRIMARY KEY (plugin, command, status, source)
+) WITHOUT ROWID;
+
+CREATE TABLE job_attempts (
+    job_id       TEXT    NOT NULL REFERENCES jobs (job_id) ON DELETE CASCADE,
+    attempt      INTEGER NOT NULL,
+    status       TEXT    NOT NULL,  -- running, succeeded, failed, timed_out, canceled, lost, interrupted
+    started_at   TEXT    NOT NULL,
+    completed_at TEXT,
+    exit_code    INTEGER,
+    error        TEXT,
+    stderr_tail  TEXT,
+    PRIMARY KEY (job_id, attempt)
+) WITHOUT ROWID;
+
+CREATE TABLE plugin_state (
+    plugin     TEXT PRIMARY KEY,
+    state      TEXT NOT NULL,  -- JSON object
+    updated_at TEXT NOT NULL
+);
+
+CREATE TABLE tokens (
+    token_id     INTEGER PRIMARY KEY,
+    name         TEXT NOT NULL,
+    token_hash   TEXT NOT NULL UNIQUE,  -- hex SHA-256 of the secret; the secret is never stored
+    scopes       TEXT NOT NULL,         -- JSON array
+    created_at   TEXT NOT NULL,
+    expires_at   TEXT,
+    last_used_at TEXT,
+    revoked_at   TEXT
+);
+
+CREATE TABLE schedule_state (
+    schedule_key  TEXT PRIMARY KEY,  -- plugin:schedule_id
+    next_run_at   TEXT,
+    last_fired_at TEXT,
+    last_job_id   TEXT,
+    updated_at    TEXT NOT NULL
+);
+
+CREATE TABLE schedule_fires (
+    schedule_key TEXT NOT NULL,
+    slot         TEXT NOT NULL,
+    job_id       TEXT,
+    fired_at     TEXT NOT NULL,
+    PRIMARY KEY (schedule_key, slot)
+) WITHOUT ROWID;
+
+CREATE TABLE sync_state (
+    workspace       TEXT PRIMARY KEY,
+    host            TEXT,
+    watermark_ms    INTEGER,
+    last_success_at TEXT,
+    last_error      TEXT,
+    last_error_at   TEXT,
+    runs_ingested   INTEGER NOT NULL DEFAULT 0,
+    healthy         INTEGER NOT NULL DEFAULT 1,
+    extra           TEXT NOT NULL DEFAULT '{}'  -- JSON object
+);
+
+CREATE INDEX jobs_list_all             ON jobs (status, source, created_at);
+
+CREATE INDEX jobs_list_plugin          ON jobs (status, source, plugin, created_at);
+
+CREATE INDEX jobs_list_plugin_command  ON jobs (status, source, plugin, command, created_at);
+
+CREATE INDEX jobs_list_command         ON jobs (status, source, command, created_at);
+
+CREATE INDEX jobs_claimable ON jobs (plugin, run_after) WHERE status = 'queued';
+
+CREATE INDEX jobs_leases    ON jobs (lease_expires_at) WHERE status = 'running';
+
+CREATE UNIQUE INDEX jobs_dedupe ON jobs (plugin, command, dedupe_key)
+    WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running');
+
+CREATE INDEX jobs_schedule_active ON jobs (schedule_id)
+    WHERE schedule_id IS NOT NULL AND status IN ('queued', 'running');
+
+CREATE INDEX jobs_finished ON jobs (completed_at)
+    WHERE status NOT IN ('queued', 'running');
+
+CREATE UNIQUE INDEX tokens_live_name ON tokens (name) WHERE revoked_at IS NULL;
+
+CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs
+BEGIN
+    INSERT INTO job_counts (plugin, command, status, source, n)
+    VALUES (NEW.plugin, NEW.command, NEW.status, NEW.source, 1)
+    ON CONFLICT (plugin, command, status, source) DO UPDATE SET n = n + 1;
+END;
+
+CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs
+BEGIN
+    UPDATE job_counts SET n = n - 1
+    WHERE plugin = OLD.plugin AND command = OLD.command
+      AND status = OLD.status AND source = OLD.source;
+END;
+
+CREATE TRIGGER jobs_count_update AFTER UPDATE OF plugin, command, status, source ON jobs
+WHEN OLD.plugin IS NOT NEW.plugin OR OLD.command IS NOT NEW.command
+  OR OLD.status IS NOT NEW.status OR OLD.source IS NOT NEW.source
+BEGIN
+    UPDATE job_counts SET n = n - 1
+    WHERE plugin = OLD.plugin AND command = OLD.command
+      AND status = OLD.status AND source = OLD.source;
+    INSERT INTO job_counts (plugin, command, status, source, n)
+    VALUES (NEW.plugin, NEW.command, NEW.status, NEW.source, 1)
+    ON CONFLICT (plugin, command, status, source) DO UPDATE SET n = n + 1;
+END;
+
+CREATE TRIGGER jobs_terminal_is_final BEFORE UPDATE OF status ON jobs
+WHEN OLD.source = 'local'
+  AND OLD.status IN ('succeeded', 'failed', 'timed_out', 'canceled', 'dead')
+  AND NEW.status IS NOT OLD.status
+BEGIN
+    SELECT RAISE(ABORT, 'illegal status transition: terminal statuses are final');
+END;

@@ -1,0 +1,99 @@
+"""Fixtures that build real things: a temporary SQLite file, the ASGI app, tokens."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from queue_service.api import ServiceState, create_app
+from queue_service.store import SQLiteStore
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "queue.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = SQLiteStore(db_path)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+async def state(store: SQLiteStore) -> ServiceState:
+    return ServiceState.for_store(store)
+
+
+@pytest.fixture
+async def client(state: ServiceState) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(state)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
+
+
+TokenFactory = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def make_token(state: ServiceState) -> TokenFactory:
+    """Create a real token with the given scopes; returns the secret."""
+    counter = iter(range(1_000_000))
+
+    async def make(*scopes: str, expires_in: str | None = None) -> str:
+        secret, _ = await state.tokens.create(f"t{next(counter)}", list(scopes), expires_in)
+        return secret
+
+    return make
+
+
+@pytest.fixture
+async def admin_headers(make_token: TokenFactory) -> dict[str, str]:
+    return bearer(await make_token("*"))
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def assert_error(
+    response: httpx.Response,
+    status: int,
+    code: str,
+    *,
+    param: str | None = None,
+    allowed: list[str] | None = None,
+) -> dict[str, Any]:
+    """Assert the canonical error shape: JSON {error, code, param?, allowed?} and nothing else."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert set(body) <= {"error", "code", "param", "allowed"}, body
+    assert isinstance(body["error"], str) and body["error"].strip(), body
+    assert body["code"] == code, body
+    if param is not None:
+        assert body.get("param") == param, body
+    if allowed is not None:
+        assert body.get("allowed") == allowed, body
+    return body
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

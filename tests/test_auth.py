@@ -1,0 +1,186 @@
+"""Bearer tokens (RFC 6750): headers, scopes, expiry, revocation, hashing, constant-time compare."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+
+from queue_service.api import ServiceState
+from queue_service.auth import AuthError, hash_token
+from queue_service.scopes import UnknownScope, effective
+from queue_service.store import NewJob, SQLiteStore
+from tests.conftest import TokenFactory, assert_error, bearer
+
+pytestmark = pytest.mark.anyio
+
+PROTECTED = ["/jobs", "/job/00000000-0000-0000-0000-000000000000"]
+
+
+@pytest.mark.parametrize("path", PROTECTED)
+async def test_missing_token_is_401_with_bare_challenge(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    response = await client.get(path)
+    assert_error(response, 401, "unauthorized")
+    assert response.headers["www-authenticate"] == 'Bearer realm="queue-service"'
+
+
+@pytest.mark.parametrize("path", PROTECTED)
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer",
+        "Basic dXNlcjpwYXNz",
+        "Bearer qs_" + "A" * 43,  # well-formed, unknown
+        "Bearer not-a-qs-token",
+        "Bearer qs_short",
+        "Token qs_" + "A" * 43,
+    ],
+)
+async def test_bad_token_is_401_invalid_token(
+    client: httpx.AsyncClient, path: str, header: str
+) -> None:
+    response = await client.get(path, headers={"Authorization": header})
+    assert_error(response, 401, "invalid_token")
+    assert response.headers["www-authenticate"] == (
+        'Bearer realm="queue-service", error="invalid_token"'
+    )
+
+
+async def test_scheme_is_case_insensitive(
+    client: httpx.AsyncClient, make_token: TokenFactory
+) -> None:
+    secret = await make_token("jobs:ro")
+    response = await client.get("/jobs", headers={"Authorization": f"bearer {secret}"})
+    assert response.status_code == 200
+
+
+async def test_revoked_token_is_401(
+    client: httpx.AsyncClient, state: ServiceState, store: SQLiteStore
+) -> None:
+    secret, _ = await state.tokens.create("gone", ["*"])
+    assert (await client.get("/jobs", headers=bearer(secret))).status_code == 200
+    assert await store.revoke_token("gone")
+    response = await client.get("/jobs", headers=bearer(secret))
+    body = assert_error(response, 401, "invalid_token")
+    assert "revoked" in body["error"]
+
+
+async def test_expired_token_is_401(
+    client: httpx.AsyncClient, db_path: Path, state: ServiceState
+) -> None:
+    secret, _ = await state.tokens.create("short", ["*"], expires_in="1h")
+    assert (await client.get("/jobs", headers=bearer(secret))).status_code == 200
+    raw = sqlite3.connect(db_path)
+    raw.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z' WHERE name = 'short'")
+    raw.commit()
+    raw.close()
+    body = assert_error(await client.get("/jobs", headers=bearer(secret)), 401, "invalid_token")
+    assert "expired" in body["error"]
+
+
+async def test_insufficient_scope_is_403_naming_a_scope(
+    client: httpx.AsyncClient, make_token: TokenFactory
+) -> None:
+    secret = await make_token("plugin:rw")
+    response = await client.get("/jobs", headers=bearer(secret))
+    assert_error(response, 403, "insufficient_scope")
+    assert response.headers["www-authenticate"] == (
+        'Bearer realm="queue-service", error="insufficient_scope", scope="jobs:status:ro"'
+    )
+
+
+@pytest.mark.parametrize(
+    ("scope", "jobs_status", "detail"),
+    [
+        ("jobs:status:ro", 200, False),
+        ("jobs:ro", 200, True),
+        ("jobs:rw", 200, True),
+        ("*", 200, True),
+        ("plugin:ro", 403, False),
+        ("plugin:rw", 403, False),
+    ],
+)
+async def test_scope_matrix(
+    client: httpx.AsyncClient,
+    store: SQLiteStore,
+    make_token: TokenFactory,
+    scope: str,
+    jobs_status: int,
+    detail: bool,
+) -> None:
+    job_id = (await store.enqueue(NewJob("p", "c", {"k": 1}))).job_id
+    headers = bearer(await make_token(scope))
+    assert (await client.get("/jobs", headers=headers)).status_code == jobs_status
+    response = await client.get(f"/job/{job_id}", headers=headers)
+    assert response.status_code == jobs_status
+    if jobs_status == 200:
+        assert ("payload" in response.json()) is detail
+
+
+def test_scopes_nest() -> None:
+    assert effective(["*"]) >= {"jobs:rw", "jobs:ro", "jobs:status:ro", "plugin:rw", "plugin:ro"}
+    assert effective(["jobs:rw"]) == {"jobs:rw", "jobs:ro", "jobs:status:ro"}
+    assert effective(["plugin:rw"]) == {"plugin:rw", "plugin:ro"}
+    assert "jobs:ro" not in effective(["jobs:status:ro"])
+
+
+async def test_unknown_scope_is_rejected_at_creation(state: ServiceState) -> None:
+    with pytest.raises(UnknownScope, match="jobs:write"):
+        await state.tokens.create("x", ["jobs:write"])
+    assert await state.store.count_live_tokens() == 0
+
+
+async def test_only_hashes_are_stored(state: ServiceState, db_path: Path) -> None:
+    secret, _ = await state.tokens.create("h", ["*"])
+    assert secret.startswith("qs_") and len(secret) >= 3 + 43
+    dump = "\n".join(sqlite3.connect(db_path).iterdump())
+    assert secret not in dump and secret[3:] not in dump
+    assert hash_token(secret) in dump
+
+
+async def test_compare_is_constant_time_over_the_hash(
+    state: ServiceState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import queue_service.auth as auth
+
+    secret, _ = await state.tokens.create("c", ["*"])
+    calls: list[tuple[str, str]] = []
+    real = auth.hmac.compare_digest
+
+    def spy(a: str, b: str) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    await state.tokens.verify(f"Bearer {secret}")
+    assert calls == [(hash_token(secret), hash_token(secret))]
+    # Fixed-length digests are what get compared, never the secret itself.
+    assert all(len(a) == len(b) == 64 for a, b in calls)
+
+
+async def test_last_used_is_recorded(state: ServiceState) -> None:
+    secret, _ = await state.tokens.create("u", ["*"])
+    assert (await state.store.list_tokens())[0].last_used_at is None
+    await state.tokens.verify(f"Bearer {secret}")
+    assert (await state.store.list_tokens())[0].last_used_at is not None
+
+
+async def test_token_in_query_string_is_not_accepted(
+    client: httpx.AsyncClient, make_token: TokenFactory
+) -> None:
+    secret = await make_token("*")
+    response = await client.get(f"/jobs?access_token={secret}")
+    assert_error(response, 401, "unauthorized")
+    response = await client.get(f"/jobs?access_token={secret}", headers=bearer(secret))
+    body = assert_error(response, 400, "unknown_parameter", param="access_token")
+    assert "query string" in body["error"]
+
+
+async def test_verify_rejects_missing_header(state: ServiceState) -> None:
+    with pytest.raises(AuthError) as info:
+        await state.tokens.verify(None)
+    assert info.value.missing

@@ -1,0 +1,127 @@
+"""End to end: the real `queue-service serve` process on uvicorn, spoken to over TCP."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen[str], base: str, token: str, log: Path) -> None:
+        self.proc, self.base, self.token, self.log = proc, base, token, log
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    port = free_port()
+    log = tmp_path / "server.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "queue_service",
+                "serve",
+                "--db",
+                str(tmp_path / "q.db"),
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=sink,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    assert proc.stdout is not None
+    token = ""
+    deadline = time.monotonic() + 20
+    while not token and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        match = re.search(r"(qs_[A-Za-z0-9_-]{43})", line)
+        if match:
+            token = match.group(1)
+    assert token, "serve did not print an admin token"
+    base = f"http://127.0.0.1:{port}"
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    try:
+        yield Server(proc, base, token, log)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        proc.stdout.close()
+
+
+def test_first_run_token_answers_the_readme_curl(server: Server) -> None:
+    response = httpx.get(
+        f"{server.base}/jobs?status=ok", headers={"Authorization": f"Bearer {server.token}"}
+    )
+    assert response.status_code == 200
+    assert response.json() == {"jobs": [], "total": 0, "next_cursor": None}
+    assert httpx.get(f"{server.base}/openapi.json").json()["openapi"] == "3.1.0"
+
+
+def test_errors_over_the_wire_are_json(server: Server) -> None:
+    response = httpx.get(f"{server.base}/jobs")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == 'Bearer realm="queue-service"'
+    assert response.json()["code"] == "unauthorized"
+    response = httpx.post(f"{server.base}/nowhere", content=b"x" * 2_000_000)
+    assert response.status_code == 413 and response.json()["code"] == "payload_too_large"
+
+
+def test_no_token_reaches_the_log(server: Server) -> None:
+    good = {"Authorization": f"Bearer {server.token}"}
+    httpx.get(f"{server.base}/jobs", headers=good)
+    httpx.get(f"{server.base}/jobs", headers={"Authorization": "Bearer qs_" + "B" * 43})
+    httpx.get(f"{server.base}/jobs?access_token={server.token}")
+    httpx.get(f"{server.base}/jobs?access_token={server.token}", headers=good)
+    server.proc.send_signal(signal.SIGTERM)
+    server.proc.wait(timeout=15)
+    text = server.log.read_text()
+    assert '"GET /jobs HTTP/1.1" 200' in text, "the access log should be on"
+    assert '"GET /jobs HTTP/1.1" 401' in text
+    assert server.token not in text and server.token[3:] not in text
+    assert "B" * 43 not in text
+    assert "qs_[redacted]" in text
+
+
+def test_a_file_that_is_not_sqlite_is_refused_with_a_message(tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.db"
+    bogus.write_text("hello, I am a text file " * 200)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "queue_service",
+            "serve",
+            "--db",
+            str(bogus),
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "not a queue-service SQLite database" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,250 @@
+"""The store's contract, on a real temporary SQLite file. Later work builds on these promises."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from queue_service.statuses import Source, Status
+from queue_service.store import (
+    Conflict,
+    IllegalTransition,
+    JobFilter,
+    JobNotFound,
+    NewJob,
+    SQLiteStore,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_pragmas_we_rely_on(store: SQLiteStore) -> None:
+    assert await store.pragma("journal_mode") == "wal"
+    assert await store.pragma("foreign_keys") == 1
+    assert await store.pragma("busy_timeout") == 5000
+    assert await store.pragma("synchronous") == 1  # NORMAL
+
+
+async def test_synchronous_full_is_configurable(db_path: Path) -> None:
+    s = SQLiteStore(db_path, synchronous="FULL")
+    await s.open()
+    try:
+        assert await s.pragma("synchronous") == 2
+    finally:
+        await s.close()
+
+
+async def test_enqueue_then_get_round_trips_every_field(store: SQLiteStore) -> None:
+    result = await store.enqueue(
+        NewJob("echo", "poll", {"n": 1, "nested": [1, "x"]}, max_attempts=3, submitted_by="alice")
+    )
+    assert not result.deduplicated
+    job = await store.get_job(result.job_id)
+    assert job is not None
+    assert (job.plugin, job.command, job.status, job.source) == (
+        "echo",
+        "poll",
+        Status.QUEUED,
+        Source.LOCAL,
+    )
+    assert job.payload == {"n": 1, "nested": [1, "x"]}
+    assert job.max_attempts == 3 and job.attempt == 0 and job.submitted_by == "alice"
+    assert job.started_at is None and job.completed_at is None and job.result is None
+    assert len(job.created_at) == 27 and job.created_at.endswith("Z")
+    assert job.run_after == job.created_at
+
+
+async def test_get_unknown_job_is_none(store: SQLiteStore) -> None:
+    assert await store.get_job("00000000-0000-0000-0000-000000000000") is None
+    assert await store.get_job("not-a-uuid") is None
+
+
+async def test_dedupe_key_returns_the_active_job(store: SQLiteStore) -> None:
+    first = await store.enqueue(NewJob("echo", "poll", {}, dedupe_key="k"))
+    again = await store.enqueue(NewJob("echo", "poll", {"other": True}, dedupe_key="k"))
+    assert again.deduplicated and again.job_id == first.job_id
+    other_command = await store.enqueue(NewJob("echo", "handle", {}, dedupe_key="k"))
+    assert not other_command.deduplicated
+    # Once the first job finishes, the key is free again.
+    await store.set_status(first.job_id, Status.RUNNING)
+    await store.set_status(first.job_id, Status.SUCCEEDED)
+    fresh = await store.enqueue(NewJob("echo", "poll", {}, dedupe_key="k"))
+    assert not fresh.deduplicated and fresh.job_id != first.job_id
+    page = await store.list_jobs(JobFilter(plugin="echo", command="poll"))
+    assert page.total == 2
+
+
+async def test_enqueue_many_is_all_or_nothing(store: SQLiteStore) -> None:
+    good = NewJob("echo", "poll", job_id="11111111-1111-1111-1111-111111111111")
+    with pytest.raises(Exception, match="UNIQUE|constraint"):
+        await store.enqueue_many([NewJob("echo", "poll"), good, good])
+    assert (await store.list_jobs(JobFilter())).total == 0
+
+
+async def test_legal_transitions_set_timestamps(store: SQLiteStore) -> None:
+    job_id = (await store.enqueue(NewJob("echo", "poll"))).job_id
+    assert await store.set_status(job_id, Status.RUNNING) is Status.RUNNING
+    running = await store.get_job(job_id)
+    assert running is not None and running.started_at is not None and running.completed_at is None
+    await store.set_status(job_id, Status.FAILED, last_error="boom", result={"partial": 1})
+    failed = await store.get_job(job_id)
+    assert failed is not None
+    assert failed.status is Status.FAILED and failed.last_error == "boom"
+    assert failed.result == {"partial": 1} and failed.completed_at is not None
+
+
+@pytest.mark.parametrize("terminal", [Status.SUCCEEDED, Status.FAILED, Status.CANCELED])
+async def test_terminal_statuses_are_final(store: SQLiteStore, terminal: Status) -> None:
+    job_id = (await store.enqueue(NewJob("echo", "poll"))).job_id
+    await store.set_status(job_id, Status.RUNNING)
+    await store.set_status(job_id, terminal)
+    for target in (Status.QUEUED, Status.RUNNING, Status.SUCCEEDED, Status.DEAD):
+        if target is terminal:
+            continue
+        with pytest.raises(IllegalTransition):
+            await store.set_status(job_id, target)
+    job = await store.get_job(job_id)
+    assert job is not None and job.status is terminal
+
+
+async def test_queued_cannot_skip_running(store: SQLiteStore) -> None:
+    job_id = (await store.enqueue(NewJob("echo", "poll"))).job_id
+    with pytest.raises(IllegalTransition):
+        await store.set_status(job_id, Status.SUCCEEDED)
+
+
+async def test_transition_of_unknown_job(store: SQLiteStore) -> None:
+    with pytest.raises(JobNotFound):
+        await store.set_status("nope", Status.RUNNING)
+
+
+async def test_the_database_itself_refuses_leaving_a_terminal_status(
+    db_path: Path, store: SQLiteStore
+) -> None:
+    job_id = (await store.enqueue(NewJob("echo", "poll"))).job_id
+    await store.set_status(job_id, Status.RUNNING)
+    await store.set_status(job_id, Status.SUCCEEDED)
+    raw = sqlite3.connect(db_path)
+    with pytest.raises(sqlite3.IntegrityError, match="terminal statuses are final"):
+        raw.execute("UPDATE jobs SET status = 'queued' WHERE job_id = ?", (job_id,))
+    raw.close()
+
+
+async def test_listing_is_newest_first_with_exact_totals(store: SQLiteStore) -> None:
+    ids = [(await store.enqueue(NewJob("p", "c", {"i": i}))).job_id for i in range(7)]
+    page = await store.list_jobs(JobFilter(), limit=3)
+    assert page.total == 7
+    assert [j.job_id for j in page.jobs] == ids[::-1][:3]
+    assert page.next_cursor is not None
+
+
+async def test_paging_visits_every_job_once(store: SQLiteStore) -> None:
+    # Same created_at for all: one transaction stamps one time, so the tie-break decides.
+    results = await store.enqueue_many([NewJob("p", "c") for _ in range(25)])
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await store.list_jobs(JobFilter(), limit=4, cursor=cursor)
+        seen += [j.job_id for j in page.jobs]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == [r.job_id for r in results][::-1]
+
+
+async def test_filters_and_totals_agree_for_every_combination(store: SQLiteStore) -> None:
+    specs = [("a", "x"), ("a", "y"), ("b", "x"), ("b", "y"), ("a", "x")]
+    for plugin, command in specs:
+        await store.enqueue(NewJob(plugin, command))
+    one = (await store.list_jobs(JobFilter(plugin="a", command="x"))).jobs[0]
+    await store.set_status(one.job_id, Status.RUNNING)
+    cases = {
+        JobFilter(): 5,
+        JobFilter(plugin="a"): 3,
+        JobFilter(command="x"): 3,
+        JobFilter(plugin="a", command="x"): 2,
+        JobFilter(statuses=(Status.RUNNING,)): 1,
+        JobFilter(statuses=(Status.QUEUED, Status.RUNNING), plugin="b"): 2,
+        JobFilter(plugin="a", command="x", statuses=(Status.QUEUED,)): 1,
+        JobFilter(sources=(Source.DATABRICKS,)): 0,
+        JobFilter(plugin="zzz"): 0,
+    }
+    for filters, expected in cases.items():
+        page = await store.list_jobs(filters, limit=200)
+        assert page.total == expected, filters
+        assert len(page.jobs) == expected, filters
+        for job in page.jobs:
+            assert filters.plugin in (None, job.plugin)
+            assert filters.command in (None, job.command)
+            assert not filters.statuses or job.status in filters.statuses
+
+
+async def test_time_bounds_are_strict_and_counted(store: SQLiteStore) -> None:
+    first = (await store.enqueue(NewJob("p", "c"))).job_id
+    await asyncio.sleep(0.002)
+    second = (await store.enqueue(NewJob("p", "c"))).job_id
+    a, b = await store.get_job(first), await store.get_job(second)
+    assert a is not None and b is not None
+    after = await store.list_jobs(JobFilter(created_after=a.created_at))
+    assert [j.job_id for j in after.jobs] == [second] and after.total == 1
+    before = await store.list_jobs(JobFilter(created_before=b.created_at, plugin="p"))
+    assert [j.job_id for j in before.jobs] == [first] and before.total == 1
+
+
+async def test_counts_table_stays_exact_through_transitions(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    ids = [(await store.enqueue(NewJob("p", "c"))).job_id for _ in range(5)]
+    for job_id in ids[:3]:
+        await store.set_status(job_id, Status.RUNNING)
+    await store.set_status(ids[0], Status.SUCCEEDED)
+    await store.set_status(ids[1], Status.QUEUED)
+    raw = sqlite3.connect(db_path)
+    truth = dict(raw.execute("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetchall())
+    counted = dict(
+        raw.execute("SELECT status, SUM(n) FROM job_counts GROUP BY status HAVING SUM(n) > 0")
+    )
+    raw.close()
+    assert counted == truth == {"queued": 3, "running": 1, "succeeded": 1}
+    assert await store.queue_depth() == 4
+
+
+async def test_tokens_store_only_hashes(store: SQLiteStore, db_path: Path) -> None:
+    token = await store.create_token("ci", "ab" * 32, ["jobs:ro"], None)
+    assert token.scopes == ("jobs:ro",)
+    with pytest.raises(Conflict):
+        await store.create_token("ci", "cd" * 32, ["jobs:ro"], None)
+    assert await store.revoke_token("ci")
+    assert not await store.revoke_token("ci")
+    # The name is free again once revoked.
+    await store.create_token("ci", "ef" * 32, ["*"], None)
+    assert await store.count_live_tokens() == 1
+
+
+async def test_concurrent_writers_in_one_process_never_lose_a_job(store: SQLiteStore) -> None:
+    await asyncio.gather(*(store.enqueue(NewJob("p", "c", {"i": i})) for i in range(200)))
+    assert (await store.list_jobs(JobFilter())).total == 200
+
+
+async def test_slow_reads_are_interrupted(db_path: Path) -> None:
+    from queue_service.store import QueryTimeout
+
+    s = SQLiteStore(db_path, query_timeout_s=0.05)
+    await s.open()
+    try:
+
+        def endless(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r) "
+                "SELECT COUNT(*) FROM r"
+            ).fetchone()
+
+        with pytest.raises(QueryTimeout):
+            await s._read(endless)
+        # The connection is usable afterwards.
+        assert await s.queue_depth() == 0
+    finally:
+        await s.close()
