@@ -145,7 +145,9 @@ SELECT token_id, name, token_hash, scopes, created_at, expires_at, last_used_at,
 FROM tokens ORDER BY created_at, token_id;
 
 -- name: count_live_tokens
-SELECT COUNT(*) FROM tokens WHERE revoked_at IS NULL;
+-- Usable tokens: neither revoked nor expired.
+SELECT COUNT(*) FROM tokens
+WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > :now);
 
 -- name: revoke_token
 UPDATE tokens SET revoked_at = :now WHERE name = :name AND revoked_at IS NULL RETURNING token_id;

@@ -1,4 +1,4 @@
-"""Loads the named SQL blocks (`-- name: NAME`) from the package's .sql files once."""
+"""Loads the named SQL blocks (`-- name: NAME`) from the store's .sql files, once."""
 
 from __future__ import annotations
 
@@ -27,10 +27,21 @@ def parse_named_queries(text: str) -> dict[str, str]:
     return queries
 
 
+#: The files of named queries, one per concern.
+QUERY_FILES = ("queries.sql", "work.sql", "sync.sql", "schedules.sql")
+
+
 @cache
 def queries() -> dict[str, str]:
-    text = resources.files("queue_service.store").joinpath("queries.sql").read_text("utf-8")
-    return parse_named_queries(text)
+    """Every named query of the package's query files. A name used twice is an error."""
+    found: dict[str, str] = {}
+    for filename in QUERY_FILES:
+        text = resources.files("queue_service.store").joinpath(filename).read_text("utf-8")
+        for name, sql in parse_named_queries(text).items():
+            if name in found:
+                raise ValueError(f"query {name!r} is defined twice ({filename})")
+            found[name] = sql
+    return found
 
 
 def q(name: str) -> str:

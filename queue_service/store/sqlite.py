@@ -23,11 +23,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from queue_service.statuses import SOURCES, STATUSES, Source, Status, allowed_predecessors
-from queue_service.store import migrations
+from queue_service.store import _schedules, _sync, _work, migrations
 from queue_service.store.errors import (
     Conflict,
     IllegalTransition,
@@ -37,18 +38,31 @@ from queue_service.store.errors import (
     StoreError,
     StoreUnavailable,
 )
+from queue_service.store.rows import (
+    encode_json,
+    job_from_row,
+    summary_from_row,
+    sync_state_from_row,
+    token_from_row,
+)
 from queue_service.store.sql import q
 from queue_service.store.types import (
+    AttemptEnd,
     Cursor,
     EnqueueResult,
+    ExternalJob,
+    FireResult,
     Job,
     JobFilter,
     JobPage,
-    JobSummary,
     NewJob,
+    RecoveredJob,
+    ScheduleState,
+    SyncState,
     Token,
+    UpsertCounts,
 )
-from queue_service.timeutil import now_ts
+from queue_service.timeutil import format_ts, now_ts, utcnow
 
 T = TypeVar("T")
 
@@ -70,70 +84,6 @@ _COUNT_QUERY = {key: name.replace("list_", "count_") for key, name in _SUMMARY_Q
 _BUSY = {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_BUSY_SNAPSHOT", "SQLITE_BUSY_RECOVERY"}
 
 
-def _decode_json(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def _encode_json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
-
-
-def _job_from_row(row: sqlite3.Row) -> Job:
-    return Job(
-        seq=row["seq"],
-        job_id=row["job_id"],
-        plugin=row["plugin"],
-        command=row["command"],
-        status=Status(row["status"]),
-        source=Source(row["source"]),
-        payload=_decode_json(row["payload"]),
-        result=_decode_json(row["result"]),
-        events=_decode_json(row["events"]),
-        logs=_decode_json(row["logs"]),
-        last_error=row["last_error"],
-        attempt=row["attempt"],
-        max_attempts=row["max_attempts"],
-        submitted_by=row["submitted_by"],
-        external_id=row["external_id"],
-        external_url=row["external_url"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        completed_at=row["completed_at"],
-        run_after=row["run_after"],
-        lease_expires_at=row["lease_expires_at"],
-        dedupe_key=row["dedupe_key"],
-        schedule_id=row["schedule_id"],
-    )
-
-
-def _summary_from_row(row: sqlite3.Row) -> JobSummary:
-    return JobSummary(
-        job_id=row["job_id"],
-        plugin=row["plugin"],
-        command=row["command"],
-        status=Status(row["status"]),
-        source=Source(row["source"]),
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        completed_at=row["completed_at"],
-        attempt=row["attempt"],
-        external_url=row["external_url"],
-        seq=row["seq"],
-    )
-
-
-def _token_from_row(row: sqlite3.Row) -> Token:
-    return Token(
-        token_id=row["token_id"],
-        name=row["name"],
-        scopes=tuple(json.loads(row["scopes"])),
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        last_used_at=row["last_used_at"],
-        revoked_at=row["revoked_at"],
-    )
-
-
 def translate_error(exc: sqlite3.Error, path: str) -> StoreError:
     """Map an sqlite3 error to the store's vocabulary, with a message an operator can act on."""
     name = getattr(exc, "sqlite_errorname", "") or ""
@@ -143,15 +93,17 @@ def translate_error(exc: sqlite3.Error, path: str) -> StoreError:
     if name in _BUSY or "locked" in text:
         return StoreUnavailable("the database is busy; try again shortly")
     if name.startswith("SQLITE_READONLY") or "readonly" in text:
-        return StoreUnavailable(f"the database {path} is read-only; writes are refused")
+        return StoreUnavailable(
+            "the database is read-only; writes are refused until it is writable"
+        )
     if name == "SQLITE_FULL" or "disk is full" in text:
         return StoreUnavailable("the disk holding the database is full; free space to resume")
     if name in {"SQLITE_NOTADB", "SQLITE_CORRUPT"} or "not a database" in text:
         return NotADatabase(f"{path} is not a queue-service SQLite database (or it is corrupt)")
     if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
-        return StoreUnavailable(f"cannot open the database {path}: {text}")
+        return StoreUnavailable(f"cannot open the database: {text}")
     if name.startswith("SQLITE_IOERR"):
-        return StoreUnavailable(f"I/O error on the database {path}: {text}")
+        return StoreUnavailable(f"I/O error on the database: {text}")
     return StoreError(text)
 
 
@@ -316,12 +268,12 @@ class SQLiteStore:
     async def enqueue(self, job: NewJob) -> EnqueueResult:
         """Insert a queued job; with a dedupe_key that matches a queued or running job of the
         same plugin and command, return that job instead (deduplicated=True)."""
-        results = await self._write(_enqueue_many, [job])
+        results = await self._write(insert_jobs, [job])
         return results[0]
 
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
         """Enqueue several jobs in one transaction (all or none)."""
-        return await self._write(_enqueue_many, list(jobs))
+        return await self._write(insert_jobs, list(jobs))
 
     async def get_job(self, job_id: str) -> Job | None:
         return await self._read(_get_job, job_id)
@@ -382,7 +334,7 @@ class SQLiteStore:
             except sqlite3.IntegrityError:
                 raise Conflict(f"a live token named {name!r} already exists") from None
             row = conn.execute(q("token_by_hash"), {"token_hash": token_hash}).fetchone()
-            return _token_from_row(row)
+            return token_from_row(row)
 
         return await self._write(insert)
 
@@ -391,15 +343,18 @@ class SQLiteStore:
 
         def fetch(conn: sqlite3.Connection) -> tuple[Token, str] | None:
             row = conn.execute(q("token_by_hash"), {"token_hash": token_hash}).fetchone()
-            return None if row is None else (_token_from_row(row), row["token_hash"])
+            return None if row is None else (token_from_row(row), row["token_hash"])
 
         return await self._read(fetch)
 
     async def list_tokens(self) -> list[Token]:
-        return await self._read(lambda c: [_token_from_row(r) for r in c.execute(q("list_tokens"))])
+        return await self._read(lambda c: [token_from_row(r) for r in c.execute(q("list_tokens"))])
 
     async def count_live_tokens(self) -> int:
-        return await self._read(lambda c: int(c.execute(q("count_live_tokens")).fetchone()[0]))
+        params = {"now": now_ts()}
+        return await self._read(
+            lambda c: int(c.execute(q("count_live_tokens"), params).fetchone()[0])
+        )
 
     async def revoke_token(self, name: str) -> bool:
         """Revoke the live token called `name`; False when there is none."""
@@ -415,11 +370,167 @@ class SQLiteStore:
             lambda c: c.execute(q("touch_token"), {"token_id": token_id, "now": now_ts()})
         )
 
+    # -- worker ----------------------------------------------------------
+
+    async def claim_jobs(
+        self,
+        plugin: str,
+        *,
+        limit: int,
+        owner: str,
+        lease_seconds: float,
+        concurrency: int | None = None,
+        now: datetime | None = None,
+    ) -> list[Job]:
+        """Claim up to `limit` runnable queued jobs of `plugin` for `owner`.
+
+        One UPDATE … RETURNING: each claimed job becomes running, its attempt is
+        incremented, started_at and a lease are set, and an attempt row is opened.
+        With `concurrency`, running jobs of the plugin (in every process) count
+        against it.
+        """
+        moment = now or utcnow()
+        lease = format_ts(moment + timedelta(seconds=lease_seconds))
+        return await self._write(
+            _work.claim_jobs, plugin, limit, owner, lease, concurrency, format_ts(moment)
+        )
+
+    async def heartbeat(
+        self,
+        held: Sequence[tuple[str, int]],
+        *,
+        owner: str,
+        lease_seconds: float,
+        now: datetime | None = None,
+    ) -> dict[str, bool]:
+        """Extend the leases of (job_id, attempt) pairs `owner` holds to `now` (default:
+        the current time) plus `lease_seconds`.
+
+        Returns {job_id: cancel_requested} for the leases still held; a job missing
+        from the answer was recovered by someone else and must not be finished.
+        """
+        if not held:
+            return {}
+        lease = format_ts((now or utcnow()) + timedelta(seconds=lease_seconds))
+        return await self._write(_work.heartbeat, list(held), owner, lease)
+
+    async def finish_attempt(
+        self, job_id: str, *, plugin: str, attempt: int, owner: str, end: AttemptEnd
+    ) -> bool:
+        """Record how an attempt ended and move the job on, in one transaction.
+
+        Plugin state updates are merged in the same transaction. Returns False (and
+        writes nothing) when `owner` no longer holds this attempt's lease.
+        """
+        return await self._write(_work.finish_attempt, job_id, plugin, attempt, owner, end)
+
+    async def recover_expired_leases(
+        self, *, now: datetime | None = None, limit: int = 500
+    ) -> list[RecoveredJob]:
+        """Requeue (or mark dead) running jobs whose lease expired. Safe to run from
+        several processes at once: each expired lease is recovered exactly once."""
+        return await self._write(_work.recover_expired, format_ts(now or utcnow()), limit)
+
+    async def release_jobs(self, held: Sequence[tuple[str, int]], *, owner: str) -> list[str]:
+        """Graceful shutdown: return running jobs to queued without spending the attempt."""
+        if not held:
+            return []
+        return await self._write(_work.release, list(held), owner)
+
+    async def cancel_job(self, job_id: str, *, reason: str = "canceled by request") -> Status:
+        """Cancel a queued job (returns canceled) or flag a running one (returns running).
+
+        Raises JobNotFound, or Conflict when the job already finished.
+        """
+        return await self._write(_work.cancel, job_id, reason)
+
+    async def get_plugin_state(self, plugin: str) -> dict[str, Any]:
+        return await self._read(_work.plugin_state, plugin)
+
+    async def kill_orphaned_jobs(
+        self, known_plugins: Sequence[str], *, limit: int = 500
+    ) -> list[str]:
+        """Mark dead the queued local jobs whose plugin is not installed."""
+
+        def run(conn: sqlite3.Connection) -> list[str]:
+            params = {
+                "known_plugins": json.dumps(list(known_plugins)),
+                "now": now_ts(),
+                "limit": limit,
+            }
+            return [row[0] for row in conn.execute(q("orphaned_jobs"), params)]
+
+        return await self._write(run)
+
+    async def prune_finished(self, *, before: str, limit: int = 500) -> int:
+        """Delete up to `limit` finished jobs completed before `before` (one small
+        transaction; call repeatedly). Queued and running jobs are never pruned."""
+
+        def run(conn: sqlite3.Connection) -> int:
+            params = {"before": before, "limit": limit}
+            deleted = conn.execute(q("prune_finished"), params).rowcount
+            conn.execute(q("prune_schedule_fires"), params)
+            return int(deleted)
+
+        return await self._write(run)
+
+    async def next_run_after(self, plugins: Sequence[str]) -> str | None:
+        """The earliest run_after among queued jobs of `plugins` (None when there is none)."""
+        params = {"plugins": json.dumps(list(plugins))}
+        return await self._read(lambda c: c.execute(q("next_run_after"), params).fetchone()[0])
+
+    # -- external runs (Databricks sync) ---------------------------------
+
+    async def record_sync_page(self, state: SyncState, jobs: Sequence[ExternalJob]) -> UpsertCounts:
+        """Upsert a page of mirrored runs and save the sync state, in one transaction."""
+        return await self._write(_sync.record_sync_page, state, list(jobs))
+
+    async def upsert_external_jobs(self, jobs: Sequence[ExternalJob]) -> UpsertCounts:
+        return await self._write(_sync.upsert_external_jobs, list(jobs))
+
+    async def save_sync_state(self, state: SyncState) -> None:
+        await self._write(_sync.save_sync_state, state)
+
+    async def get_sync_states(self) -> list[SyncState]:
+        return await self._read(
+            lambda c: [sync_state_from_row(r) for r in c.execute(q("get_sync_states"))]
+        )
+
+    async def list_active_external_jobs(self, source: Source) -> list[Job]:
+        """Jobs of `source` that are queued or running."""
+        return await self._read(
+            lambda c: [
+                job_from_row(r)
+                for r in c.execute(q("active_external_jobs"), {"source": source.value})
+            ]
+        )
+
+    # -- schedules -------------------------------------------------------
+
+    async def get_schedule_states(self) -> dict[str, ScheduleState]:
+        return await self._read(_schedules.schedule_states)
+
+    async def fire_schedule_slot(
+        self,
+        schedule_key: str,
+        slot: str,
+        next_run_at: str,
+        job: NewJob,
+        skip_if_running: bool,
+    ) -> FireResult:
+        """Fire one schedule slot at most once (UNIQUE (schedule, slot)), in one transaction."""
+        return await self._write(
+            _schedules.fire_slot, schedule_key, slot, next_run_at, job, skip_if_running
+        )
+
+    async def set_schedule_next_run(self, schedule_key: str, next_run_at: str) -> None:
+        await self._write(_schedules.set_next_run, schedule_key, next_run_at)
+
 
 # -- transaction bodies (run on a store thread, inside a transaction) -----
 
 
-def _enqueue_many(conn: sqlite3.Connection, jobs: list[NewJob]) -> list[EnqueueResult]:
+def insert_jobs(conn: sqlite3.Connection, jobs: list[NewJob]) -> list[EnqueueResult]:
     now = now_ts()
     results: list[EnqueueResult] = []
     for job in jobs:
@@ -427,7 +538,7 @@ def _enqueue_many(conn: sqlite3.Connection, jobs: list[NewJob]) -> list[EnqueueR
             "job_id": job.job_id or str(uuid.uuid4()),
             "plugin": job.plugin,
             "command": job.command,
-            "payload": _encode_json(job.payload),
+            "payload": encode_json(job.payload),
             "max_attempts": job.max_attempts,
             "submitted_by": job.submitted_by,
             "dedupe_key": job.dedupe_key,
@@ -446,7 +557,7 @@ def _enqueue_many(conn: sqlite3.Connection, jobs: list[NewJob]) -> list[EnqueueR
 
 def _get_job(conn: sqlite3.Connection, job_id: str) -> Job | None:
     row = conn.execute(q("get_job"), {"job_id": job_id}).fetchone()
-    return None if row is None else _job_from_row(row)
+    return None if row is None else job_from_row(row)
 
 
 def _list_jobs(
@@ -471,7 +582,7 @@ def _list_jobs(
         runs.append(conn.execute(q(_SUMMARY_QUERY[key]), params).fetchall())
     merged = heapq.merge(*runs, key=lambda r: (r["created_at"], r["seq"]), reverse=True)
     rows = list(itertools.islice(merged, limit + 1))
-    jobs = [_summary_from_row(r) for r in rows[:limit]]
+    jobs = [summary_from_row(r) for r in rows[:limit]]
     next_cursor = Cursor(jobs[-1].created_at, jobs[-1].seq) if len(rows) > limit else None
 
     if filters.created_after is None and filters.created_before is None:
@@ -499,7 +610,7 @@ def _set_status(
         {
             "job_id": job_id,
             "status": status.value,
-            "result": _encode_json(result),
+            "result": encode_json(result),
             "last_error": last_error,
             "now": now_ts(),
             "allowed_from": json.dumps(allowed),

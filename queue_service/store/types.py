@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from queue_service.statuses import Source, Status
@@ -159,3 +160,60 @@ class Token:
     last_used_at: str | None
     revoked_at: str | None
     token_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEnd:
+    """How an attempt ended, as the worker reports it to `finish_attempt`.
+
+    `status` is the job's next status: a terminal status, or `queued` for a retry
+    (then `run_after` says when). `attempt_status` is what the attempt itself was:
+    succeeded, failed, timed_out or canceled.
+    """
+
+    status: Status
+    attempt_status: str
+    result: JSON = None
+    events: JSON = None
+    logs: JSON = None
+    error: str | None = None
+    exit_code: int | None = None
+    stderr_tail: str | None = None
+    run_after: str | None = None
+    state_updates: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredJob:
+    """A job whose lease expired, and the status recovery gave it."""
+
+    job_id: str
+    status: Status
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleState:
+    """What the store persists per schedule key. Timestamps are fixed-width UTC text."""
+
+    next_run_at: str | None = None
+    last_fired_at: str | None = None
+    last_job_id: str | None = None
+
+
+class FireOutcome(StrEnum):
+    ENQUEUED = "enqueued"
+    #: The (schedule, slot) pair was already recorded: another process or an earlier
+    #: run fired it. Nothing was enqueued.
+    ALREADY_FIRED = "already_fired"
+    #: `if_running = "skip"` and a job of the schedule was queued or running. The slot
+    #: is recorded and the state advanced; nothing was enqueued.
+    SKIPPED_RUNNING = "skipped_running"
+
+
+@dataclass(frozen=True, slots=True)
+class FireResult:
+    """What `store.fire_schedule_slot` did. `job_id` is set when a job was enqueued."""
+
+    outcome: FireOutcome
+    job_id: str | None = None

@@ -1,0 +1,298 @@
+"""The service's one TOML configuration file, validated once at start-up.
+
+The file is given as `--config FILE` or `$QUEUE_SERVICE_CONFIG`; without one every
+setting has its default. Validation collects every problem at once, and each
+message starts with the dotted key it is about::
+
+    plugins.echo.timeout_seconds.poll: must be a positive number (got -1)
+
+See `examples/queue-service.toml` for a documented example.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from queue_service.databricks.config import DatabricksConfig
+from queue_service.plugins.runner import default_timeout
+from queue_service.scheduling import ScheduleSpec, schedule_key
+
+__all__ = [
+    "CONFIG_ENV",
+    "ConfigError",
+    "PluginSection",
+    "ServiceConfig",
+    "ServiceSection",
+    "load_config",
+    "parse_config",
+]
+
+CONFIG_ENV = "QUEUE_SERVICE_CONFIG"
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable, or invalid.
+
+    `problems` holds one line per bad key, each starting with the key's dotted path.
+    """
+
+    def __init__(self, problems: Sequence[str], path: Path | None = None) -> None:
+        self.problems = tuple(problems)
+        self.path = path
+        where = f"invalid configuration in {path}" if path else "invalid configuration"
+        super().__init__(where + ":\n" + "\n".join(f"  {p}" for p in self.problems))
+
+
+# -- value types with messages a person can act on ---------------------------------
+
+
+def _as_number(value: object) -> float | None:
+    """A finite int or float as float, else None."""
+    # TOML booleans are ints to Python; `workers = true` is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _positive_int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise PydanticCustomError(
+            "positive_int", "must be a whole number >= 1 (got {value})", {"value": repr(value)}
+        )
+    return value
+
+
+def _positive_number(value: object) -> float:
+    number = _as_number(value)
+    if number is None or number <= 0:
+        raise PydanticCustomError(
+            "positive_number", "must be a positive number (got {value})", {"value": repr(value)}
+        )
+    return number
+
+
+def _non_negative_number(value: object) -> float:
+    number = _as_number(value)
+    if number is None or number < 0:
+        raise PydanticCustomError(
+            "non_negative_number", "must be a number >= 0 (got {value})", {"value": repr(value)}
+        )
+    return number
+
+
+def _timeout_table(value: object) -> object:
+    """A bare number applies to every command; store it under the `*` entry."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, int | float):
+        return {"*": _positive_number(value)}
+    raise PydanticCustomError(
+        "timeout_seconds",
+        "must be a positive number, or a table of seconds per command such as "
+        "{ poll = 30, handle = 300 } (got {value})",
+        {"value": repr(value)},
+    )
+
+
+def _plugin_dir(value: object, info: ValidationInfo) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise PydanticCustomError(
+            "path", "must be a non-empty path string (got {value})", {"value": repr(value)}
+        )
+    path = Path(value).expanduser()
+    base = (info.context or {}).get("base_dir")
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    return path.resolve()
+
+
+PositiveInt = Annotated[int, PlainValidator(_positive_int)]
+PositiveNumber = Annotated[float, PlainValidator(_positive_number)]
+NonNegativeNumber = Annotated[float, PlainValidator(_non_negative_number)]
+PluginDir = Annotated[Path, PlainValidator(_plugin_dir)]
+TimeoutTable = Annotated[dict[str, PositiveNumber], BeforeValidator(_timeout_table)]
+
+
+def _synchronous(value: object) -> str:
+    if isinstance(value, str) and value.strip().upper() in ("NORMAL", "FULL"):
+        return value.strip().upper()
+    raise PydanticCustomError(
+        "synchronous", "must be 'NORMAL' or 'FULL' (got {value})", {"value": repr(value)}
+    )
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ServiceSection(_Section):
+    """`[service]`: process-wide settings."""
+
+    plugin_dirs: list[PluginDir] = Field(default_factory=list)
+    workers: PositiveInt = 4
+    retention_days: PositiveInt = 30
+    synchronous: Annotated[Literal["NORMAL", "FULL"], PlainValidator(_synchronous)] = "NORMAL"
+    lease_seconds: PositiveNumber = 60.0
+    shutdown_grace_seconds: NonNegativeNumber = 30.0
+
+
+class PluginSection(_Section):
+    """`[plugins.NAME]`: how one plugin's jobs run and when they are scheduled."""
+
+    config: dict[str, Any] = Field(default_factory=dict)
+    max_attempts: PositiveInt = 4
+    backoff_seconds: NonNegativeNumber = 30.0
+    timeout_seconds: TimeoutTable = Field(default_factory=dict)
+    concurrency: PositiveInt | None = None
+    schedules: list[ScheduleSpec] = Field(default_factory=list)
+
+    @field_validator("schedules")
+    @classmethod
+    def _unique_schedule_ids(cls, schedules: list[ScheduleSpec]) -> list[ScheduleSpec]:
+        seen: set[str] = set()
+        for spec in schedules:
+            if spec.id in seen:
+                raise PydanticCustomError(
+                    "duplicate_schedule",
+                    "duplicate schedule id {id}; ids must be unique per plugin",
+                    {"id": repr(spec.id)},
+                )
+            seen.add(spec.id)
+        return schedules
+
+    def timeout_for(self, command: str) -> float:
+        """Seconds `command` may run: its own entry, else the plugin-wide number, else
+        the runner's default for the command (poll 60, handle 120, health 10, ...)."""
+        table = self.timeout_seconds
+        return table.get(command, table.get("*", default_timeout(command)))
+
+
+class ServiceConfig(_Section):
+    """The whole configuration file. Every section is optional."""
+
+    service: ServiceSection = Field(default_factory=ServiceSection)
+    plugins: dict[str, PluginSection] = Field(default_factory=dict)
+    #: None when the file has no `[databricks]` section: then no sync runs.
+    databricks: DatabricksConfig | None = None
+
+    def plugin(self, name: str) -> PluginSection:
+        """The section of plugin `name`, or the defaults when it is not configured."""
+        return self.plugins.get(name) or _DEFAULT_PLUGIN
+
+    def timeout_for(self, plugin: str, command: str) -> float:
+        """Seconds a `plugin` `command` may run before it is terminated."""
+        return self.plugin(plugin).timeout_for(command)
+
+    def schedules(self) -> list[tuple[str, str, ScheduleSpec]]:
+        """Every configured schedule as (key, plugin, spec), key = `plugin:schedule_id`."""
+        return [
+            (schedule_key(name, spec.id), name, spec)
+            for name, section in self.plugins.items()
+            for spec in section.schedules
+        ]
+
+
+_DEFAULT_PLUGIN = PluginSection()
+
+
+def load_config(path: Path | str | None) -> ServiceConfig:
+    """Read and validate the TOML file at `path`; None gives the defaults.
+
+    Relative `plugin_dirs` are resolved against the file's folder. Raises
+    ConfigError, listing every problem with its key, when the file cannot be read
+    or parsed or does not validate.
+    """
+    if path is None:
+        return ServiceConfig()
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(["no such file"], path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"cannot read the file: {exc}"], path) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"not valid TOML: {exc}"], path) from None
+    return parse_config(data, base_dir=path.resolve().parent, path=path)
+
+
+def parse_config(
+    data: Mapping[str, Any], *, base_dir: Path | None = None, path: Path | None = None
+) -> ServiceConfig:
+    """Validate already-parsed TOML data. Relative `plugin_dirs` resolve against
+    `base_dir` (default: the working directory). Raises ConfigError."""
+    try:
+        return ServiceConfig.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError([_describe(error) for error in exc.errors()], path) from None
+
+
+def _describe(error: ErrorDetails) -> str:
+    loc = error["loc"]
+    key = _dotted(loc)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        message = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+    elif kind == "missing":
+        message = "required"
+    elif kind == "value_error" and "error" in error.get("ctx", {}):
+        message = str(error["ctx"]["error"])
+    else:
+        message = error["msg"]
+    return f"{key}: {message}" if key else message
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else part
+    return text
+
+
+def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the model at `loc` accepts, found by walking the model's annotations."""
+    node: Any = ServiceConfig
+    for part in loc:
+        node = _unwrap(node)
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(str(part))
+            if field is None:
+                return []
+            node = field.annotation
+        elif get_origin(node) in (list, dict):
+            node = get_args(node)[-1]
+        else:
+            return []
+    node = _unwrap(node)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    """`X | None` -> X; anything else unchanged."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) not in (list, dict) and len(args) == 1:
+        return args[0]
+    return annotation

@@ -1,0 +1,88 @@
+"""Converting between SQLite rows and the store's dataclasses."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any
+
+from queue_service.statuses import Source, Status
+from queue_service.store.types import Job, JobSummary, SyncState, Token
+
+
+def decode_json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def encode_json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def job_from_row(row: sqlite3.Row) -> Job:
+    return Job(
+        seq=row["seq"],
+        job_id=row["job_id"],
+        plugin=row["plugin"],
+        command=row["command"],
+        status=Status(row["status"]),
+        source=Source(row["source"]),
+        payload=decode_json(row["payload"]),
+        result=decode_json(row["result"]),
+        events=decode_json(row["events"]),
+        logs=decode_json(row["logs"]),
+        last_error=row["last_error"],
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        submitted_by=row["submitted_by"],
+        external_id=row["external_id"],
+        external_url=row["external_url"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        run_after=row["run_after"],
+        lease_expires_at=row["lease_expires_at"],
+        dedupe_key=row["dedupe_key"],
+        schedule_id=row["schedule_id"],
+    )
+
+
+def summary_from_row(row: sqlite3.Row) -> JobSummary:
+    return JobSummary(
+        job_id=row["job_id"],
+        plugin=row["plugin"],
+        command=row["command"],
+        status=Status(row["status"]),
+        source=Source(row["source"]),
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        attempt=row["attempt"],
+        external_url=row["external_url"],
+        seq=row["seq"],
+    )
+
+
+def token_from_row(row: sqlite3.Row) -> Token:
+    return Token(
+        token_id=row["token_id"],
+        name=row["name"],
+        scopes=tuple(json.loads(row["scopes"])),
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        last_used_at=row["last_used_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+def sync_state_from_row(row: sqlite3.Row) -> SyncState:
+    return SyncState(
+        workspace=row["workspace"],
+        host=row["host"],
+        watermark_ms=row["watermark_ms"],
+        last_success_at=row["last_success_at"],
+        last_error=row["last_error"],
+        last_error_at=row["last_error_at"],
+        runs_ingested=row["runs_ingested"],
+        healthy=bool(row["healthy"]),
+        extra=json.loads(row["extra"] or "{}"),
+    )

@@ -1,0 +1,156 @@
+-- Named queries for the worker: claim, heartbeat, finish, recover, release, cancel, prune.
+
+-- name: running_count
+SELECT COALESCE(SUM(n), 0) FROM job_counts
+WHERE plugin = :plugin AND status = 'running' AND source = 'local';
+
+-- name: claim_jobs
+UPDATE jobs SET
+    status = 'running',
+    attempt = attempt + 1,
+    started_at = :now,
+    completed_at = NULL,
+    lease_expires_at = :lease_expires_at,
+    lease_owner = :owner
+WHERE seq IN (
+    SELECT seq FROM jobs INDEXED BY jobs_claimable
+    WHERE status = 'queued' AND plugin = :plugin AND run_after <= :now
+    ORDER BY run_after, seq
+    LIMIT :limit
+)
+RETURNING seq, job_id, plugin, command, status, source, payload, result, events, logs,
+          last_error, attempt, max_attempts, submitted_by, external_id, external_url,
+          created_at, started_at, completed_at, run_after, lease_expires_at, dedupe_key,
+          schedule_id;
+
+-- name: insert_attempt
+INSERT INTO job_attempts (job_id, attempt, status, started_at)
+VALUES (:job_id, :attempt, 'running', :now);
+
+-- name: heartbeat
+UPDATE jobs SET lease_expires_at = :lease_expires_at
+WHERE job_id = :job_id AND status = 'running' AND lease_owner = :owner AND attempt = :attempt
+RETURNING cancel_requested;
+
+-- name: finish_job
+-- Only the holder of the current attempt may finish it; a lost lease makes this a no-op.
+-- A cancel requested while the attempt ran wins over a retry: the job ends canceled
+-- instead of running the plugin again.
+UPDATE jobs SET
+    status = CASE WHEN :status = 'queued' AND cancel_requested THEN 'canceled' ELSE :status END,
+    result = :result,
+    events = :events,
+    logs = :logs,
+    last_error = COALESCE(:last_error, last_error),
+    completed_at = CASE WHEN :status = 'queued' AND NOT cancel_requested THEN NULL ELSE :now END,
+    run_after = COALESCE(:run_after, run_after),
+    lease_expires_at = NULL,
+    lease_owner = NULL
+WHERE job_id = :job_id AND status = 'running' AND lease_owner = :owner AND attempt = :attempt
+RETURNING status;
+
+-- name: finish_attempt
+UPDATE job_attempts SET
+    status = :attempt_status,
+    completed_at = :now,
+    exit_code = :exit_code,
+    error = :error,
+    stderr_tail = :stderr_tail
+WHERE job_id = :job_id AND attempt = :attempt;
+
+-- name: merge_plugin_state
+INSERT INTO plugin_state (plugin, state, updated_at) VALUES (:plugin, json(:updates), :now)
+ON CONFLICT (plugin) DO UPDATE SET state = json_patch(state, json(:updates)), updated_at = :now;
+
+-- name: get_plugin_state
+SELECT state FROM plugin_state WHERE plugin = :plugin;
+
+-- name: expired_attempts
+UPDATE job_attempts SET
+    status = 'lost',
+    completed_at = :now,
+    error = 'the lease expired: the worker running this attempt stopped (crash, kill or hang)'
+WHERE (job_id, attempt) IN (
+    SELECT job_id, attempt FROM jobs INDEXED BY jobs_leases
+    WHERE status = 'running' AND lease_expires_at < :now
+    LIMIT :limit
+);
+
+-- name: recover_expired
+-- A lost attempt counts: the job retries while attempts remain, else it is dead.
+-- A cancel requested while the holder died is honoured.
+UPDATE jobs SET
+    status = CASE
+        WHEN cancel_requested THEN 'canceled'
+        WHEN attempt < max_attempts THEN 'queued'
+        ELSE 'dead' END,
+    last_error = 'attempt ' || attempt || ' lost: its lease expired (the worker stopped)',
+    completed_at = CASE
+        WHEN cancel_requested OR attempt >= max_attempts THEN :now ELSE NULL END,
+    run_after = :now,
+    lease_expires_at = NULL,
+    lease_owner = NULL
+WHERE seq IN (
+    SELECT seq FROM jobs INDEXED BY jobs_leases
+    WHERE status = 'running' AND lease_expires_at < :now
+    LIMIT :limit
+)
+RETURNING job_id, status, attempt;
+
+-- name: release_attempt
+DELETE FROM job_attempts WHERE job_id = :job_id AND attempt = :attempt;
+
+-- name: release_job
+-- Graceful shutdown: back to queued without spending the attempt, unless a cancel was
+-- requested meanwhile: then the job ends canceled rather than run again.
+UPDATE jobs SET
+    status = CASE WHEN cancel_requested THEN 'canceled' ELSE 'queued' END,
+    attempt = attempt - 1,
+    started_at = NULL,
+    completed_at = CASE WHEN cancel_requested THEN :now ELSE NULL END,
+    last_error = CASE WHEN cancel_requested THEN 'canceled by request' ELSE last_error END,
+    run_after = :now,
+    lease_expires_at = NULL,
+    lease_owner = NULL
+WHERE job_id = :job_id AND status = 'running' AND lease_owner = :owner AND attempt = :attempt
+RETURNING job_id;
+
+-- name: cancel_queued
+UPDATE jobs SET status = 'canceled', completed_at = :now, last_error = :reason
+WHERE job_id = :job_id AND status = 'queued'
+RETURNING status;
+
+-- name: request_cancel
+UPDATE jobs SET cancel_requested = 1
+WHERE job_id = :job_id AND status = 'running'
+RETURNING status;
+
+-- name: orphaned_jobs
+-- Queued local jobs whose plugin is not installed: they can never run.
+UPDATE jobs SET status = 'dead', completed_at = :now,
+    last_error = 'plugin ' || plugin || ' is not installed; the job can never run'
+WHERE seq IN (
+    SELECT seq FROM jobs INDEXED BY jobs_list_all
+    WHERE status = 'queued' AND source = 'local'
+      AND plugin NOT IN (SELECT value FROM json_each(:known_plugins))
+    LIMIT :limit
+)
+RETURNING job_id;
+
+-- name: prune_finished
+DELETE FROM jobs WHERE seq IN (
+    SELECT seq FROM jobs INDEXED BY jobs_finished
+    WHERE status NOT IN ('queued', 'running') AND completed_at < :before
+    ORDER BY completed_at
+    LIMIT :limit
+);
+
+-- name: prune_schedule_fires
+DELETE FROM schedule_fires WHERE (schedule_key, slot) IN (
+    SELECT schedule_key, slot FROM schedule_fires WHERE fired_at < :before LIMIT :limit
+);
+
+-- name: next_run_after
+-- When the earliest queued job of these plugins becomes runnable (for the worker's sleep).
+SELECT MIN(run_after) FROM jobs INDEXED BY jobs_claimable
+WHERE status = 'queued' AND plugin IN (SELECT value FROM json_each(:plugins));
