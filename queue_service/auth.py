@@ -8,8 +8,10 @@ length leaks through timing. A high-entropy random secret needs no slow KDF.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import time
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 from queue_service.scopes import validate_scopes
 from queue_service.store import SQLiteStore, Token
 from queue_service.timeutil import format_ts, now_ts, parse_duration, utcnow
+
+log = logging.getLogger("queue_service.auth")
 
 TOKEN_PREFIX = "qs_"  # noqa: S105 - a prefix, not a secret
 _TOKEN_SHAPE = re.compile(r"^qs_[A-Za-z0-9_-]{43}$")
@@ -70,6 +74,7 @@ class TokenService:
     def __init__(self, store: SQLiteStore) -> None:
         self.store = store
         self._last_touch: dict[int, float] = {}
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def create(
         self, name: str, scopes: list[str] | tuple[str, ...], expires_in: str | None = None
@@ -101,12 +106,25 @@ class TokenService:
         return Principal(name=token.name, scopes=token.scopes, token_id=token.token_id)
 
     async def _maybe_touch(self, token_id: int) -> None:
+        """Record last_used_at at most once a minute per token, off the request path:
+        a busy writer must never slow down or fail an authenticated read."""
         now = time.monotonic()
         last = self._last_touch.get(token_id)
         if last is not None and now - last < TOUCH_INTERVAL_S:
             return
         self._last_touch[token_id] = now
+        task = asyncio.create_task(self._touch(token_id))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _touch(self, token_id: int) -> None:
         try:
             await self.store.touch_token(token_id)
-        except Exception:
+        except Exception:  # bookkeeping only; retried on a later request
             self._last_touch.pop(token_id, None)
+            log.debug("could not record last_used_at for token %d", token_id, exc_info=True)
+
+    async def flush(self) -> None:
+        """Wait for pending last_used_at writes (for shutdown and tests)."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)

@@ -19,11 +19,14 @@ from queue_service.scopes import SCOPES, UnknownScope
 from queue_service.store import (
     Conflict,
     JobFilter,
+    NewJob,
     NotADatabase,
     SchemaTooNew,
     SQLiteStore,
     StoreError,
+    Token,
 )
+from queue_service.timeutil import now_ts
 
 DEFAULT_DB = "queue-service.db"
 EXIT_USAGE = 2
@@ -112,12 +115,20 @@ async def _token_list(store: SQLiteStore, args: argparse.Namespace) -> int:
             t.created_at[:19],
             (t.last_used_at or "never")[:19],
             (t.expires_at or "never")[:19],
-            "revoked" if t.revoked_at else "live",
+            token_state(t),
         ]
         for t in tokens
     ]
     print_table(["NAME", "SCOPES", "CREATED", "LAST USED", "EXPIRES", "STATE"], table)
     return 0
+
+
+def token_state(token: Token) -> str:
+    if token.revoked_at:
+        return "revoked"
+    if token.expires_at and token.expires_at <= now_ts():
+        return "expired"
+    return "live"
 
 
 async def _token_revoke(store: SQLiteStore, args: argparse.Namespace) -> int:
@@ -183,7 +194,63 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
-# -- serve ---------------------------------------------------------------
+async def _enqueue(store: SQLiteStore, args: argparse.Namespace) -> int:
+    from queue_service.plugins import PluginLookupError
+    from queue_service.server import read_config, registry_for
+
+    try:
+        payload = json.loads(args.payload)
+    except ValueError as exc:
+        raise CliError(f"--payload is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise CliError('--payload must be a JSON object, e.g. \'{"key": "value"}\'')
+    config = read_config(config_path(args))
+    registry = registry_for(config)
+    try:
+        plugin, command = registry.resolve(args.plugin, args.command_name)
+    except PluginLookupError as exc:
+        allowed = ", ".join(exc.allowed) or "none"
+        raise CliError(f"{exc} (available: {allowed})") from None
+    problem = command.validate_payload(payload)
+    if problem is not None:
+        raise CliError(
+            f"payload does not match the input_schema at {problem.path}: {problem.message}"
+        )
+    result = await store.enqueue(
+        NewJob(
+            plugin=plugin.name,
+            command=command.name,
+            payload=payload,
+            max_attempts=config.plugin(plugin.name).max_attempts,
+            submitted_by="cli",
+            dedupe_key=args.dedupe_key,
+        )
+    )
+    print(result.job_id)
+    return 0
+
+
+async def _sync_databricks(store: SQLiteStore, args: argparse.Namespace) -> int:
+    from queue_service.databricks.config import DatabricksConfig
+    from queue_service.databricks.sync import DatabricksSync
+    from queue_service.server import read_config
+
+    config = read_config(config_path(args)).databricks or DatabricksConfig()
+    sync = DatabricksSync(config, store)
+    if not args.once:
+        raise CliError("continuous sync runs inside `serve` or `worker`; use --once here")
+    summary = await sync.sync_once()
+    for line in summary.lines():
+        print(line)
+    return 0 if summary.ok else 1
+
+
+# -- serve and worker ----------------------------------------------------
+
+
+def config_path(args: argparse.Namespace) -> str | None:
+    value = getattr(args, "config", None) or os.environ.get("QUEUE_SERVICE_CONFIG")
+    return str(value) if value else None
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -193,9 +260,15 @@ def _serve(args: argparse.Namespace) -> int:
         db=db_path(args),
         host=args.host,
         port=args.port,
-        config_path=args.config or os.environ.get("QUEUE_SERVICE_CONFIG"),
+        config_path=config_path(args),
         log_level=args.log_level,
     )
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from queue_service.server import work
+
+    return work(db=db_path(args), config_path=config_path(args), log_level=args.log_level)
 
 
 # -- parser --------------------------------------------------------------
@@ -222,6 +295,35 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML config file (default: $QUEUE_SERVICE_CONFIG)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     serve.set_defaults(run=_serve)
+
+    worker = commands.add_parser(
+        "worker", help="run only the worker and scheduler (no HTTP), against the same --db"
+    )
+    _add_db(worker)
+    worker.add_argument("--config", help="TOML config file (default: $QUEUE_SERVICE_CONFIG)")
+    worker.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    worker.set_defaults(run=_worker)
+
+    enqueue = commands.add_parser("enqueue", help="enqueue a plugin command; prints the job id")
+    enqueue.add_argument("plugin")
+    enqueue.add_argument("command_name", metavar="COMMAND")
+    enqueue.add_argument("--payload", default="{}", help="a JSON object (default: {})")
+    enqueue.add_argument("--dedupe-key")
+    enqueue.add_argument("--config", help="TOML config file (default: $QUEUE_SERVICE_CONFIG)")
+    _add_db(enqueue)
+    enqueue.set_defaults(run=with_store(_enqueue))
+
+    sync = commands.add_parser("sync", help="copy external job runs into the store")
+    sync_targets = sync.add_subparsers(dest="sync_target", required=True, metavar="SOURCE")
+    databricks = sync_targets.add_parser(
+        "databricks",
+        help="sync Databricks job runs (workspaces from [databricks] in --config, else the "
+        "SDK's own resolution: DATABRICKS_HOST/DATABRICKS_TOKEN, ~/.databrickscfg)",
+    )
+    databricks.add_argument("--once", action="store_true", help="one sync, print a summary")
+    databricks.add_argument("--config", help="TOML config file (default: $QUEUE_SERVICE_CONFIG)")
+    _add_db(databricks)
+    databricks.set_defaults(run=with_store(_sync_databricks))
 
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
     _add_db(migrate)

@@ -16,6 +16,7 @@ ERROR_CODES: dict[str, int] = {
     "invalid_parameter": 400,
     "unknown_parameter": 400,
     "invalid_body": 400,
+    "malformed_request": 400,
     "validation_failed": 400,
     "unauthorized": 401,
     "invalid_token": 401,

@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from queue_service.databricks.status import SyncStatus
 from queue_service.statuses import Source, Status
 
 Timestamp = str
+
+#: RFC 3339 `date-time` with at most 9 fraction digits: what the API accepts as a time, in a
+#: query or a body (queue_service.api.params.parse_timestamp reads it). The JSON Schema pairs
+#: the pattern with `format: date-time` for what a pattern cannot say (real calendar dates,
+#: hours 00-23, offsets up to 23:59, a leap second only at 23:59:60 UTC).
+TIMESTAMP_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+TIMESTAMP_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": TIMESTAMP_PATTERN,
+}
+#: How deeply a request's JSON may nest (the payload's own levels included).
+MAX_JSON_DEPTH = 64
 
 
 class _Model(BaseModel):
@@ -101,3 +118,88 @@ class Health(_Model):
     version: str
     uptime_seconds: float
     queue_depth: int = Field(description="Jobs that are queued or running.")
+    sync: SyncStatus | None = Field(
+        default=None, description="The Databricks sync, when it is configured."
+    )
+
+
+class CommandInfo(_Model):
+    name: str
+    type: str = Field(description="read (needs plugin:ro) or write (needs plugin:rw).")
+    description: str
+    input_schema: dict[str, Any] | None = Field(
+        description="JSON Schema the payload must satisfy; null accepts any payload."
+    )
+
+
+class PluginInfo(_Model):
+    name: str
+    version: str | None
+    description: str | None
+    valid: bool
+    error: str | None = Field(description="Why the plugin is unusable; null when valid.")
+    concurrency_safe: bool
+    commands: list[CommandInfo]
+
+
+class PluginList(_Model):
+    plugins: list[PluginInfo]
+
+
+class EnqueueRequest(_Model):
+    """The body of POST /plugin/{plugin}/{command}. An empty body means `{}`.
+
+    Validated strictly: `true` or `"3"` is not an integer, as the JSON Schema says.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    payload: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Checked against the command's input_schema. Nested at most "
+        f"{MAX_JSON_DEPTH} levels deep; numbers must be finite; strings must be valid Unicode.",
+    )
+    dedupe_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="While a job with this plugin, command and key is queued or running, "
+        "enqueueing again returns that job (200, deduplicated) instead of a new one.",
+    )
+    max_attempts: int | None = Field(
+        default=None, ge=1, le=100, description="Default: the plugin's max_attempts (4)."
+    )
+    run_after: Annotated[str, WithJsonSchema(TIMESTAMP_SCHEMA)] | None = Field(
+        default=None,
+        description="RFC 3339 time before which the job is not run, e.g. 2026-11-23T15:46:40Z "
+        "(at most 9 fraction digits). Default: now.",
+    )
+
+
+class EnqueueResponse(_Model):
+    job_id: str
+    status: Status
+    plugin: str
+    command: str
+    deduplicated: bool = Field(
+        default=False, description="True when an active job with the same dedupe_key was returned."
+    )
+
+
+class ScheduleInfo(_Model):
+    schedule_id: str
+    plugin: str
+    command: str
+    every: str | None
+    cron: str | None
+    timezone: str
+    if_running: str
+    catch_up: str
+    next_run_at: Timestamp | None
+    last_fired_at: Timestamp | None
+    last_job_id: str | None
+    last_job_status: Status | None
+
+
+class ScheduleList(_Model):
+    schedules: list[ScheduleInfo]

@@ -1,18 +1,63 @@
-"""`queue-service serve`: the store, the API on uvicorn, and the background roles, in one loop."""
+"""`queue-service serve`: the store, the API on uvicorn, the worker, the scheduler and the
+Databricks sync, in one event loop."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from queue_service import logsetup
 from queue_service.api import ServiceState, create_app
 from queue_service.cli import CliError, open_store
+from queue_service.config import ConfigError, ServiceConfig, load_config
+from queue_service.models import ErrorBody
+from queue_service.plugins import Registry
+from queue_service.plugins import load as load_plugins
+from queue_service.scheduler import Scheduler
+from queue_service.worker import Worker
 
 log = logging.getLogger("queue_service.server")
+
+
+class JsonErrorH11Protocol(H11Protocol):
+    """uvicorn answers a request it cannot parse with a plain-text 400 before the app
+    sees it; this sends the canonical JSON error body instead."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = ErrorBody(error=f"malformed HTTP request: {msg}", code="malformed_request")
+        payload = body.model_dump_json(exclude_none=True).encode()
+        response = h11.Response(
+            status_code=400,
+            headers=[
+                (b"content-type", b"application/json"),
+                (b"connection", b"close"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+            reason=b"Bad Request",
+        )
+        for event in (response, h11.Data(data=payload), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event) or b"")
+        self.transport.close()
+
+
+def read_config(path: str | None) -> ServiceConfig:
+    """The validated config (defaults when `path` is None), or a CliError naming bad keys."""
+    if path is not None and not Path(path).is_file():
+        raise CliError(f"config file {path} does not exist")
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
 
 
 async def ensure_admin_token(state: ServiceState, host: str, port: int) -> None:
@@ -30,40 +75,139 @@ async def ensure_admin_token(state: ServiceState, host: str, port: int) -> None:
     )
 
 
+def _start_sync(state: ServiceState, stop: asyncio.Event) -> Coroutine[Any, Any, None] | None:
+    """The Databricks sync loop, when configured. The SDK is imported only then."""
+    databricks = state.config.databricks
+    if databricks is None or not databricks.enabled:
+        return None
+    from queue_service.databricks.sync import DatabricksSync
+
+    sync = DatabricksSync(databricks, state.store)
+    state.sync = sync
+    return sync.run_forever(stop)
+
+
+def registry_for(config: ServiceConfig) -> Registry:
+    """The plugins under the configured plugin_dirs, checked against their config."""
+    return load_plugins(
+        config.service.plugin_dirs, {name: s.config for name, s in config.plugins.items()}
+    )
+
+
+def start_roles(state: ServiceState, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    """Start the worker, the scheduler and (when configured) the Databricks sync.
+
+    Each role runs until `stop` is set; the worker then drains gracefully.
+    """
+    worker = Worker(state.store, state.registry, state.config)
+    state.worker = worker
+    scheduler = Scheduler.from_config(
+        state.store, state.config, plugins=[p.name for p in state.registry.valid()]
+    )
+    roles: list[Coroutine[Any, Any, None]] = [worker.run(stop), scheduler.run_forever(stop)]
+    sync = _start_sync(state, stop)
+    if sync is not None:
+        roles.append(sync)
+    return [asyncio.create_task(role) for role in roles]
+
+
+async def open_service(db: str, config_path: str | None) -> ServiceState:
+    config = read_config(config_path)
+    store = await open_store(db, synchronous=config.service.synchronous)
+    return ServiceState.for_store(store, config=config, registry=registry_for(config))
+
+
 async def run_service(
     *, db: str, host: str, port: int, config_path: str | None, log_level: str
 ) -> int:
-    store = await open_store(db)
+    state = await open_service(db, config_path)
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
     try:
-        state = ServiceState.for_store(store)
         await ensure_admin_token(state, host, port)
-        app = create_app(state)
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            log_config=None,
-            log_level=log_level,
-            access_log=True,
-            # Bound what a flood of connections can hold.
-            limit_concurrency=1000,
-            timeout_keep_alive=5,
-            h11_max_incomplete_event_size=16 * 1024,
+        tasks = start_roles(state, stop)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(state),
+                host=host,
+                port=port,
+                log_config=None,
+                log_level=log_level,
+                access_log=True,
+                timeout_keep_alive=5,
+                h11_max_incomplete_event_size=16 * 1024,
+                http=JsonErrorH11Protocol,
+            )
         )
-        server = uvicorn.Server(config)
-        log.info("queue-service serving %s on http://%s:%d", db, host, port)
-        await server.serve()
+        log.info(
+            "queue-service %s serving %s on http://%s:%d; %d valid plugin(s), %d worker slot(s)",
+            state.version,
+            db,
+            host,
+            port,
+            len(state.registry.valid()),
+            state.config.service.workers,
+        )
+        with _quiet_signals():
+            await server.serve()
         return 0 if server.started else 1
     finally:
-        await store.close()
+        # HTTP is down; now drain the roles (the worker gives running jobs a grace period).
+        stop.set()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await state.store.close()
 
 
-def serve(*, db: str, host: str, port: int, config_path: str | None, log_level: str) -> int:
+async def run_worker(*, db: str, config_path: str | None) -> int:
+    """The roles without HTTP, until SIGTERM or SIGINT."""
+    state = await open_service(db, config_path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "queue-service worker on %s with %d valid plugin(s), %d worker slot(s)",
+        db,
+        len(state.registry.valid()),
+        state.config.service.workers,
+    )
+    try:
+        tasks = start_roles(state, stop)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return 0
+    finally:
+        await state.store.close()
+
+
+@contextlib.contextmanager
+def _quiet_signals() -> Any:
+    """uvicorn re-raises the signal that stopped it once it is done; with the default
+    handlers that would kill the process before the worker drains. Handlers that only
+    record the signal make that re-raise harmless."""
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _main(run: Coroutine[Any, Any, int], log_level: str) -> int:
     logsetup.configure(log_level)
     try:
-        return asyncio.run(
-            run_service(db=db, host=host, port=port, config_path=config_path, log_level=log_level)
-        )
+        return asyncio.run(run)
     except CliError as exc:
         print(f"queue-service: {exc}", file=sys.stderr)
         return 1
+
+
+def serve(*, db: str, host: str, port: int, config_path: str | None, log_level: str) -> int:
+    return _main(
+        run_service(db=db, host=host, port=port, config_path=config_path, log_level=log_level),
+        log_level,
+    )
+
+
+def work(*, db: str, config_path: str | None, log_level: str) -> int:
+    return _main(run_worker(db=db, config_path=config_path), log_level)

@@ -166,6 +166,7 @@ async def test_last_used_is_recorded(state: ServiceState) -> None:
     secret, _ = await state.tokens.create("u", ["*"])
     assert (await state.store.list_tokens())[0].last_used_at is None
     await state.tokens.verify(f"Bearer {secret}")
+    await state.tokens.flush()
     assert (await state.store.list_tokens())[0].last_used_at is not None
 
 

@@ -13,9 +13,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from queue_service.api import jobs
+from queue_service.api import jobs, plugins, sync_routes
 from queue_service.api.openapi import build_openapi
-from queue_service.api.operations import Operation, endpoint
+from queue_service.api.operations import Context, Operation, endpoint
 from queue_service.api.state import ServiceState
 from queue_service.errors import ApiError, error_response
 from queue_service.store import QueryTimeout, StoreUnavailable
@@ -24,8 +24,32 @@ log = logging.getLogger("queue_service.api")
 
 #: The largest request body accepted, in bytes.
 MAX_BODY_BYTES = 1024 * 1024
+#: Requests served at once; beyond it the answer is 503.
+MAX_IN_FLIGHT = 512
 
-CORE_OPERATIONS: tuple[Operation, ...] = jobs.OPERATIONS
+
+async def _openapi(request: Request, ctx: Context) -> Response:
+    return Response(request.app.state.openapi_body, media_type="application/json")
+
+
+OPENAPI_OPERATION = Operation(
+    method="GET",
+    path="/openapi.json",
+    operation_id="openapi",
+    summary="This OpenAPI 3.1 document",
+    description="Generated from the same models that shape the responses.",
+    handler=_openapi,
+    scope=None,
+    responses={200: (None, "The OpenAPI document.")},
+    tags=("service",),
+)
+
+CORE_OPERATIONS: tuple[Operation, ...] = (
+    *jobs.OPERATIONS,
+    OPENAPI_OPERATION,
+    *plugins.OPERATIONS,
+    *sync_routes.OPERATIONS,
+)
 
 
 class BodyLimitMiddleware:
@@ -70,6 +94,34 @@ class BodyLimitMiddleware:
         await self.app(scope, _replay([{"type": "http.request", "body": body}], receive), send)
 
 
+class ConcurrencyLimitMiddleware:
+    """Answer 503 (canonical body, Retry-After) beyond `limit` requests in flight, so a
+    flood cannot queue unbounded work behind the event loop."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_IN_FLIGHT) -> None:
+        self.app = app
+        self.limit = limit
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            busy = error_response(
+                "unavailable",
+                "the server is at capacity; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+            await busy(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
 def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
     pending = list(messages)
 
@@ -102,9 +154,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
             headers=headers,
         )
     code = {400: "invalid_body", 413: "payload_too_large", 415: "unsupported_media_type"}.get(
-        exc.status_code, "internal_error"
+        exc.status_code
     )
-    return error_response(code, str(exc.detail), status=exc.status_code, headers=headers)
+    if code is None:
+        log.error("unexpected HTTP %d: %s", exc.status_code, exc.detail)
+        return error_response("internal_error", "internal error; the server log has the details")
+    return error_response(code, str(exc.detail), headers=headers)
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:
@@ -123,22 +178,8 @@ def create_app(state: ServiceState, extra_operations: Sequence[Operation] = ()) 
     """The ASGI app for `state`. The caller owns the store's lifecycle."""
     operations: list[Operation] = [*CORE_OPERATIONS, *extra_operations]
     openapi_body = json.dumps(build_openapi(operations), separators=(",", ":")).encode()
-
-    async def openapi_json(request: Request) -> Response:
-        if request.query_params:
-            key = next(iter(request.query_params))
-            raise ApiError(
-                "unknown_parameter",
-                f"unknown query parameter {key!r}; this endpoint takes none",
-                param=key,
-                allowed=[],
-            )
-        return Response(openapi_body, media_type="application/json")
-
-    routes = [Route("/openapi.json", openapi_json, methods=["GET"])]
-    routes += _routes(operations)
     app = Starlette(
-        routes=routes,
+        routes=_routes(operations),
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,
@@ -146,9 +187,13 @@ def create_app(state: ServiceState, extra_operations: Sequence[Operation] = ()) 
             Exception: _internal,
         },
     )
+    # /jobs/ is not /jobs: answer 404 rather than a bodiless redirect.
+    app.router.redirect_slashes = False
     app.state.service = state
     app.state.operations = operations
+    app.state.openapi_body = openapi_body
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(ConcurrencyLimitMiddleware)
     return app
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
 from pydantic import BaseModel
+from pydantic_core import PydanticSerializationError
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -13,24 +17,37 @@ from queue_service.errors import ApiError
 from queue_service.scopes import grants
 from queue_service.store import Job, JobFilter
 
+log = logging.getLogger("queue_service.api")
 _STATUS_FIELDS = tuple(models.JobStatusView.model_fields)
 _SUMMARY_FIELDS = tuple(models.JobSummary.model_fields)
 
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:
-    return Response(model.model_dump_json(), status_code=status_code, media_type="application/json")
+    try:
+        body = model.model_dump_json()
+    except PydanticSerializationError:
+        # Stored data the API would never accept (a lone surrogate or very deep nesting in a
+        # plugin's result, say) must not make the job unreadable: escape it instead.
+        log.warning("%s needed the fallback JSON encoder", type(model).__name__)
+        body = json.dumps(model.model_dump(), ensure_ascii=True, allow_nan=False, default=str)
+    return Response(body, status_code=status_code, media_type="application/json")
 
 
 async def health(request: Request, ctx: Context) -> Response:
+    from queue_service.api.sync_routes import sync_status
+
     depth = await ctx.state.store.queue_depth()
-    return json_response(
-        models.Health(
-            status="ok",
-            version=ctx.state.version,
-            uptime_seconds=ctx.state.uptime_seconds(),
-            queue_depth=depth,
-        )
+    databricks = ctx.state.config.databricks
+    body = models.Health(
+        status="ok",
+        version=ctx.state.version,
+        uptime_seconds=ctx.state.uptime_seconds(),
+        queue_depth=depth,
+        sync=await sync_status(ctx.state) if databricks and databricks.enabled else None,
     )
+    # `sync` is left out when not configured; nested nulls stay (they are schema-required).
+    text = body.model_dump_json(exclude={"sync"} if body.sync is None else None)
+    return Response(text, media_type="application/json")
 
 
 def job_view(job: Job, attempts: list[dict[str, object]] | None) -> BaseModel:

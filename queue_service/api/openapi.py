@@ -7,10 +7,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic.json_schema import models_json_schema
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from queue_service import __version__
-from queue_service.api.operations import Operation
+from queue_service.api.operations import ANY_SCOPE, Operation
+from queue_service.api.plugins import JSON_TYPES
 from queue_service.errors import ERROR_CODES
 from queue_service.models import ErrorBody
 
@@ -29,16 +30,26 @@ _ERROR_TEXT = {
 }
 
 
-def _models(operations: Iterable[Operation]) -> list[type[BaseModel]]:
-    found: dict[str, type[BaseModel]] = {"ErrorBody": ErrorBody}
+_CHALLENGE_TEXT = {
+    401: 'Bearer realm="queue-service", plus error="invalid_token" when a token was sent.',
+    403: 'Bearer realm="queue-service", error="insufficient_scope", '
+    'scope="<a scope that would do>".',
+}
+
+
+def _models(operations: Iterable[Operation]) -> list[tuple[type[BaseModel], JsonSchemaMode]]:
+    """Every model with the mode it is documented in: responses as the server serializes
+    them, request bodies as the server validates them."""
+    found: dict[str, tuple[type[BaseModel], JsonSchemaMode]] = {
+        "ErrorBody": (ErrorBody, "serialization")
+    }
     for op in operations:
-        bodies = [spec[0] for spec in op.responses.values()]
-        if op.request_body is not None:
-            bodies.append(op.request_body)
-        for body in bodies:
+        for body in (spec[0] for spec in op.responses.values()):
             for model in body if isinstance(body, list) else [body]:
                 if model is not None:
-                    found[model.__name__] = model
+                    found[model.__name__] = (model, "serialization")
+        if op.request_body is not None:
+            found[op.request_body.__name__] = (op.request_body, "validation")
     return list(found.values())
 
 
@@ -46,26 +57,41 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
     return {"$ref": _REF.format(model=model.__name__)}
 
 
-def _content(body: Any) -> dict[str, Any]:
+def _content(body: Any, media_types: Iterable[str] = ("application/json",)) -> dict[str, Any]:
     if isinstance(body, list):
         schema: dict[str, Any] = {"anyOf": [_ref(m) for m in body]}
     else:
         schema = _ref(body)
-    return {"application/json": {"schema": schema}}
+    return {media_type: {"schema": schema} for media_type in media_types}
+
+
+def _request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """An empty body reads as `{}`, so the body is required only when `{}` is not valid."""
+    required = any(f.is_required() for f in model.model_fields.values())
+    return {"required": required, "content": _content(model, JSON_TYPES)}
 
 
 def _error_statuses(op: Operation) -> list[int]:
-    statuses = [400, 405, 500, 503]
+    # Any request may carry an oversized body, so 413 is possible everywhere.
+    statuses = [400, 405, 413, 500, 503]
     if op.scope is not None:
-        statuses += [401, 403]
+        statuses += [401] if op.scope == ANY_SCOPE else [401, 403]
     if op.request_body is not None:
-        statuses += [413, 415]
+        statuses += [415]
     return statuses
+
+
+def _scope_text(op: Operation) -> str:
+    if op.scope is None:
+        return "\n\nNeeds no token."
+    if op.scope == ANY_SCOPE:
+        return "\n\nNeeds any valid token."
+    return f"\n\nNeeds scope `{op.scope}` or one that includes it."
 
 
 def build_openapi(operations: Iterable[Operation]) -> dict[str, Any]:
     ops = list(operations)
-    _, schemas = models_json_schema([(m, "serialization") for m in _models(ops)], ref_template=_REF)
+    _, schemas = models_json_schema(_models(ops), ref_template=_REF)
     paths: dict[str, dict[str, Any]] = {}
     for op in ops:
         responses: dict[str, Any] = {}
@@ -77,11 +103,17 @@ def build_openapi(operations: Iterable[Operation]) -> dict[str, Any]:
             entry: dict[str, Any] = {"description": text}
             if body is not None:
                 entry["content"] = _content(body)
-            if status == 401:
+            if status in (401, 403):
                 entry["headers"] = {
                     "WWW-Authenticate": {
-                        "description": 'Bearer realm="queue-service", with error="invalid_token" '
-                        "when a token was sent.",
+                        "description": _CHALLENGE_TEXT[status],
+                        "schema": {"type": "string"},
+                    }
+                }
+            if status == 405:
+                entry["headers"] = {
+                    "Allow": {
+                        "description": "The methods this path takes.",
                         "schema": {"type": "string"},
                     }
                 }
@@ -108,15 +140,14 @@ def build_openapi(operations: Iterable[Operation]) -> dict[str, Any]:
         spec: dict[str, Any] = {
             "operationId": op.operation_id,
             "summary": op.summary,
-            "description": op.description
-            + (f"\n\nNeeds scope `{op.scope}` or one that includes it." if op.scope else ""),
+            "description": op.description + _scope_text(op),
             "tags": list(op.tags),
             "parameters": parameters,
             "responses": responses,
             "security": [{"bearer": []}] if op.scope else [],
         }
         if op.request_body is not None:
-            spec["requestBody"] = {"required": True, "content": _content(op.request_body)}
+            spec["requestBody"] = _request_body(op.request_body)
         paths.setdefault(op.path, {})[op.method.lower()] = spec
     return {
         "openapi": "3.1.0",

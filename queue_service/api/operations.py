@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from queue_service.api.state import ServiceState
 
 REALM = 'Bearer realm="queue-service"'
+#: An operation scope meaning "any valid token".
+ANY_SCOPE = "any"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +67,19 @@ async def authenticate(request: Request, state: ServiceState, scope: str) -> Pri
             str(exc),
             headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
         ) from None
-    if not grants(principal.scopes, scope):
-        raise ApiError(
-            "insufficient_scope",
-            f"this token lacks the scope {scope!r} (or one that includes it)",
-            headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{scope}"'},
-        )
+    if scope != ANY_SCOPE and not grants(principal.scopes, scope):
+        raise insufficient_scope(scope)
     return principal
+
+
+def insufficient_scope(scope: str, why: str = "") -> ApiError:
+    """The RFC 6750 403, naming a scope that would do."""
+    return ApiError(
+        "insufficient_scope",
+        f"this token lacks the scope {scope!r} (or one that includes it)"
+        + (f": {why}" if why else ""),
+        headers={"WWW-Authenticate": f'{REALM}, error="insufficient_scope", scope="{scope}"'},
+    )
 
 
 def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:

@@ -2,33 +2,51 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.requests import Request
 
 from queue_service.errors import ApiError
+from queue_service.models import TIMESTAMP_SCHEMA
 from queue_service.statuses import SOURCES, STATUS_WORDS, Source, Status, UnknownStatus
 from queue_service.statuses import normalize_status as _normalize_status
 from queue_service.store import Cursor
-from queue_service.timeutil import normalize_ts
 
 MAX_TEXT = 200
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
-_TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
-_DIGITS = re.compile(r"^[0-9]{1,9}$")
+#: At most this much of a client's text is echoed back in an error.
+MAX_ECHO = 100
+#: Every pattern below is written once and serves twice: as the JSON Schema `pattern` in the
+#: OpenAPI document (ECMA-262) and, through `re.fullmatch`, as the server's own check. Only
+#: constructs that mean the same in both dialects are used (explicit ASCII classes, no `\d`,
+#: no `\w`), and fullmatch keeps Python's `$` from accepting a trailing newline.
+LIMIT_PATTERN = r"^[0-9]+$"
 #: Names of plugins: what a manifest may declare.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 #: Free text (a command may be a Databricks job name): anything but control characters.
 TEXT_PATTERN = r"^[^\u0000-\u001f\u007f]+$"
+#: A page position: the last job's created_at as 20 digits, and its insertion sequence.
+CURSOR_PATTERN = r"^[0-9]{20}-[1-9][0-9]{0,17}$"
+_LIMIT = re.compile(LIMIT_PATTERN)
 _NAME = re.compile(NAME_PATTERN)
 _TEXT = re.compile(TEXT_PATTERN)
+#: TIMESTAMP_PATTERN with its parts captured.
+_TIMESTAMP = re.compile(
+    r"^([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]{1,9})?"
+    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))$"
+)
+_CURSOR = re.compile(CURSOR_PATTERN)
+#: What the store can hold: earlier and later instants are clamped to these.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MIN_MICROS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+_MAX_MICROS = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _EPOCH) // timedelta(
+    microseconds=1
+)
 
 
 def case_insensitive_pattern(words: Sequence[str], *, as_list: bool = False) -> str:
@@ -66,13 +84,15 @@ def parse_query(request: Request, specs: Sequence[QueryParam]) -> dict[str, Any]
         spec = by_name.get(key)
         if spec is None:
             accepted = ", ".join(by_name) or "none"
+            # A hostile name may be huge: echo a bounded prefix of it, never all of it.
+            shown = key[:MAX_ECHO]
             if key == "access_token":
                 message = (
                     "tokens are not accepted in the query string; send 'Authorization: Bearer qs_…'"
                 )
             else:
-                message = f"unknown query parameter {key!r}; this endpoint accepts: {accepted}"
-            raise ApiError("unknown_parameter", message, param=key, allowed=list(by_name))
+                message = f"unknown query parameter {shown!r}; this endpoint accepts: {accepted}"
+            raise ApiError("unknown_parameter", message, param=shown, allowed=list(by_name))
         if key in raw:
             raise ApiError(
                 "invalid_parameter",
@@ -102,7 +122,7 @@ def parse_query(request: Request, specs: Sequence[QueryParam]) -> dict[str, Any]
 
 
 def parse_name(text: str) -> str:
-    if not text or len(text) > MAX_TEXT or not _NAME.match(text):
+    if len(text) > MAX_TEXT or not _NAME.fullmatch(text):
         raise ValueError(
             f"must be 1-{MAX_TEXT} letters, digits, '_', '.' or '-', "
             "starting with a letter or digit"
@@ -111,61 +131,139 @@ def parse_name(text: str) -> str:
 
 
 def parse_text(text: str) -> str:
-    if not text or len(text) > MAX_TEXT or not _TEXT.match(text):
+    if len(text) > MAX_TEXT or not _TEXT.fullmatch(text):
         raise ValueError(f"must be 1-{MAX_TEXT} characters with no control characters")
     return text
 
 
+def _words(text: str, pattern: re.Pattern[str]) -> list[str] | None:
+    """The comma-separated words of `text` (spaces around them dropped, lower-cased) when
+    `text` matches `pattern`; None when it does not."""
+    if not pattern.fullmatch(text):
+        return None
+    # Matching the ASCII-only pattern first means str.lower() and strip(" ") cannot turn a
+    # look-alike (a Kelvin sign, a tab, a no-break space) into an accepted word.
+    return [word.strip(" ").lower() for word in text.split(",")]
+
+
+def _first_unknown(text: str, known: Sequence[str]) -> str:
+    for word in text.split(","):
+        if word.strip(" ").lower() not in known or not word.strip(" ").isascii():
+            return word.strip(" ")
+    return text
+
+
 def parse_statuses(text: str) -> tuple[Status, ...]:
-    words = text.split(",")
+    words = _words(text, _STATUS_LIST)
+    if words is None:
+        raise ValueError(
+            f"unknown status {_first_unknown(text, STATUS_WORDS)[:80]!r}; use one of "
+            f"{', '.join(STATUS_WORDS)} (comma-separated for any of several)"
+        )
     try:
         return tuple(dict.fromkeys(_normalize_status(word) for word in words))
-    except UnknownStatus as exc:
-        raise ValueError(
-            f"unknown status {exc.word.strip()!r}; use one of {', '.join(STATUS_WORDS)} "
-            "(comma-separated for any of several)"
-        ) from None
+    except UnknownStatus as exc:  # pragma: no cover - the pattern admits only known words
+        raise ValueError(f"unknown status {exc.word!r}") from None
 
 
 def parse_source(text: str) -> tuple[Source, ...]:
-    try:
-        return (Source(text.strip().lower()),)
-    except ValueError:
-        raise ValueError(f"unknown source {text!r}; use one of {', '.join(SOURCES)}") from None
+    words = _words(text, _SOURCE)
+    if words is None:
+        raise ValueError(f"unknown source {text[:80]!r}; use one of {', '.join(SOURCES)}")
+    return (Source(words[0]),)
+
+
+def _days_in_month(year: int, month: int) -> int:
+    if month == 2:
+        leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+        return 29 if leap else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 in the proleptic Gregorian calendar (any year, 0 included)."""
+    year -= month <= 2
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
 
 
 def parse_timestamp(text: str) -> str:
-    return normalize_ts(text)
+    """RFC 3339 `date-time` (as JSON Schema's format means it) -> the store's UTC text.
+
+    Accepts exactly what TIMESTAMP_PATTERN plus `format: date-time` describe. A leap second
+    (23:59:60 UTC) reads as 23:59:59.999999; instants before year 1 or after year 9999 in
+    UTC (e.g. 0001-01-01T00:00:00+01:00) are clamped to the first or last representable
+    microsecond, which orders the same against every stored timestamp.
+    """
+    match = _TIMESTAMP.fullmatch(text)
+    if not match:
+        raise ValueError(
+            f"{text[:80]!r} is not an RFC 3339 timestamp; use e.g. 2026-11-23T15:46:40Z "
+            "or 2026-11-23T16:46:40+01:00"
+        )
+    year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
+    fraction = match.group(7)
+    sign, off_hours, off_minutes = match.group(9), match.group(10), match.group(11)
+    offset = 0
+    if sign is not None:
+        if int(off_hours) > 23 or int(off_minutes) > 59:
+            raise ValueError(f"{text[:80]!r} has an offset beyond ±23:59")
+        offset = (int(off_hours) * 60 + int(off_minutes)) * (1 if sign == "+" else -1)
+    problem = None
+    if not 1 <= month <= 12:
+        problem = "month must be in 1..12"
+    elif not 1 <= day <= _days_in_month(year, month):
+        problem = f"day must be in 1..{_days_in_month(year, month)} for that month"
+    elif hour > 23 or minute > 59 or second > 60:
+        problem = "time must be within 00:00:00..23:59:59"
+    elif second == 60 and (hour * 60 + minute - offset) % 1440 != 23 * 60 + 59:
+        problem = "a leap second (:60) exists only at 23:59:60 UTC"
+    if problem is not None:
+        raise ValueError(f"{text[:80]!r} is not a valid date and time: {problem}")
+    micros = int(((fraction or ".")[1:] + "000000")[:6])
+    if second == 60:
+        second, micros = 59, 999_999
+    seconds = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+    total = (seconds - offset * 60) * 1_000_000 + micros
+    total = min(max(total, _MIN_MICROS), _MAX_MICROS)
+    moment = _EPOCH + timedelta(microseconds=total)
+    # isoformat pads the year to 4 digits; strftime("%Y") does not for years before 1000.
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_limit(text: str) -> int:
-    if not _DIGITS.match(text) or not 1 <= int(text) <= MAX_LIMIT:
+    """A decimal integer from 1 to MAX_LIMIT; leading zeros are fine, signs and spaces not."""
+    significant = text.lstrip("0")
+    if not _LIMIT.fullmatch(text) or len(significant) > 3 or not 1 <= int(text) <= MAX_LIMIT:
         raise ValueError(f"must be a whole number from 1 to {MAX_LIMIT}, got {text[:40]!r}")
-    return int(text)
+    return int(significant)
 
 
 def encode_cursor(cursor: Cursor) -> str:
-    raw = json.dumps([cursor.created_at, cursor.seq], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    """`<created_at as 20 digits>-<seq>`: opaque to clients, exactly CURSOR_PATTERN."""
+    digits = "".join(c for c in cursor.created_at if c.isdigit())
+    text = f"{digits}-{cursor.seq}"
+    if not _CURSOR.fullmatch(text):  # pragma: no cover - store timestamps are fixed-width
+        raise ValueError(f"cannot encode the position {cursor!r}")
+    return text
 
 
 def parse_cursor(text: str) -> Cursor:
-    problem = "is not a cursor this server issued; pass next_cursor from a previous page"
-    if len(text) > 200:
-        raise ValueError(problem)
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        created_at, seq = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError):
-        raise ValueError(problem) from None
-    if not (isinstance(created_at, str) and _TS.match(created_at)):
-        raise ValueError(problem)
-    if not (isinstance(seq, int) and not isinstance(seq, bool) and 0 < seq < 2**63):
-        raise ValueError(problem)
-    return Cursor(created_at, seq)
+    if not _CURSOR.fullmatch(text):
+        raise ValueError(
+            "is not a cursor this server issued; pass next_cursor from a previous page"
+        )
+    digits, seq = text.split("-")
+    d = digits
+    created_at = f"{d[0:4]}-{d[4:6]}-{d[6:8]}T{d[8:10]}:{d[10:12]}:{d[12:14]}.{d[14:20]}Z"
+    return Cursor(created_at, int(seq))
 
 
-_CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,200}$"
+_STATUS_LIST = re.compile(case_insensitive_pattern(STATUS_WORDS, as_list=True))
+_SOURCE = re.compile(case_insensitive_pattern(SOURCES))
 
 JOB_LIST_PARAMS: tuple[QueryParam, ...] = (
     QueryParam(
@@ -199,14 +297,15 @@ JOB_LIST_PARAMS: tuple[QueryParam, ...] = (
     ),
     QueryParam(
         "created_after",
-        "Only jobs created strictly after this RFC 3339 time.",
-        {"type": "string", "format": "date-time"},
+        "Only jobs created strictly after this RFC 3339 time, e.g. 2026-11-23T15:46:40Z or "
+        "2026-11-23T16:46:40.5+01:00 (at most 9 fraction digits; `+` is `%2B` in a URL).",
+        TIMESTAMP_SCHEMA,
         parse_timestamp,
     ),
     QueryParam(
         "created_before",
-        "Only jobs created strictly before this RFC 3339 time.",
-        {"type": "string", "format": "date-time"},
+        "Only jobs created strictly before this RFC 3339 time (same form as created_after).",
+        TIMESTAMP_SCHEMA,
         parse_timestamp,
     ),
     QueryParam(
@@ -219,7 +318,7 @@ JOB_LIST_PARAMS: tuple[QueryParam, ...] = (
     QueryParam(
         "cursor",
         "Opaque position from a previous page's `next_cursor`.",
-        {"type": "string", "pattern": _CURSOR_PATTERN},
+        {"type": "string", "pattern": CURSOR_PATTERN},
         parse_cursor,
     ),
 )

@@ -1,0 +1,327 @@
+"""Plugin routes: GET /plugins, POST /plugin/{plugin}/{command}, POST /job/{id}/cancel,
+GET /schedules."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from queue_service import models
+from queue_service.api.jobs import job_view, json_response
+from queue_service.api.operations import ANY_SCOPE, Context, Operation, insufficient_scope
+from queue_service.api.params import MAX_ECHO, MAX_TEXT, parse_timestamp
+from queue_service.errors import ApiError
+from queue_service.plugins import PluginLookupError, PluginUnavailable, UnknownCommand
+from queue_service.scopes import grants
+from queue_service.statuses import TERMINAL, Status
+from queue_service.store import Conflict, JobNotFound, NewJob
+
+#: How long POST /job/{id}/cancel waits for a running job's subprocess to stop.
+CANCEL_WAIT_SECONDS = 10.0
+#: The media types a JSON body may be sent as (the OpenAPI document lists each).
+JSON_TYPES = ("application/json", "application/merge-patch+json")
+
+
+async def list_plugins(request: Request, ctx: Context) -> Response:
+    plugins = [
+        models.PluginInfo(
+            name=p.name,
+            version=p.version,
+            description=p.description,
+            valid=p.valid,
+            error=p.error,
+            concurrency_safe=p.concurrency_safe,
+            commands=[
+                models.CommandInfo(
+                    name=c.name,
+                    type=str(c.type),
+                    description=c.description,
+                    input_schema=dict(c.input_schema) if c.input_schema is not None else None,
+                )
+                for c in p.commands
+            ],
+        )
+        for p in ctx.state.registry.all()
+    ]
+    return json_response(models.PluginList(plugins=plugins))
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+#: A \uD800-\uDFFF escape: the only way a lone surrogate can reach a parsed string.
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+
+
+def _check_shape(document: Any, *, strings: bool) -> None:
+    """Refuse nesting deeper than MAX_JSON_DEPTH and (when `strings`) text that is not valid
+    Unicode (lone surrogates): both would be stored and then break every read of the job."""
+    if strings and isinstance(document, str):
+        _check_text(document)
+    stack: list[tuple[Any, int]] = [(document, 1)] if isinstance(document, dict | list) else []
+    while stack:
+        value, depth = stack.pop()
+        if depth > models.MAX_JSON_DEPTH:
+            raise ValueError(f"it nests deeper than {models.MAX_JSON_DEPTH} levels")
+        if isinstance(value, dict):
+            if strings:
+                for key in value:
+                    _check_text(key)
+            children = value.values()
+        else:
+            children = value
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+            elif strings and isinstance(child, str):
+                _check_text(child)
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
+
+
+async def read_json_body(request: Request) -> Any:
+    """The request body as JSON; an empty body is `{}`. Errors are canonical 400/415s.
+
+    Strict JSON: NaN and Infinity, numbers beyond the float range, lone surrogates and
+    nesting deeper than MAX_JSON_DEPTH are refused.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type and content_type not in JSON_TYPES:
+        raise ApiError(
+            "unsupported_media_type",
+            f"the body must be application/json, not {content_type[:80]!r} "
+            "(with curl, add -H 'Content-Type: application/json')",
+            allowed=list(JSON_TYPES),
+        )
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        document = json.loads(raw, parse_float=_finite_float, parse_constant=_no_constant)
+        strings = _SURROGATE_ESCAPE.search(raw) is not None
+        if strings or raw.count(b"[") + raw.count(b"{") > models.MAX_JSON_DEPTH:
+            _check_shape(document, strings=strings)
+    except RecursionError:
+        raise ApiError(
+            "invalid_body",
+            f"the body is not valid JSON: it nests deeper than {models.MAX_JSON_DEPTH} levels",
+        ) from None
+    except ValueError as exc:
+        raise ApiError("invalid_body", f"the body is not valid JSON: {str(exc)[:200]}") from None
+    return document
+
+
+def parse_enqueue(body: Any) -> models.EnqueueRequest:
+    if not isinstance(body, dict):
+        raise ApiError("invalid_body", 'the body must be a JSON object like {"payload": {...}}')
+    attempts = body.get("max_attempts")
+    if isinstance(attempts, float) and attempts.is_integer():
+        # JSON Schema counts 3.0 as the integer 3; strict validation would not.
+        body = {**body, "max_attempts": int(attempts)}
+    try:
+        request = models.EnqueueRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise ApiError("invalid_body", f"{where}: {first['msg']}", param=where[:MAX_ECHO]) from None
+    if request.run_after is not None:
+        try:
+            request.run_after = parse_timestamp(request.run_after)
+        except ValueError as exc:
+            raise ApiError("invalid_body", f"run_after: {exc}", param="run_after") from None
+    return request
+
+
+async def enqueue(request: Request, ctx: Context) -> Response:
+    plugin_name = request.path_params["plugin"]
+    command_name = request.path_params["command"]
+    try:
+        plugin, command = ctx.state.registry.resolve(plugin_name, command_name)
+    except PluginLookupError as exc:
+        code = "conflict" if isinstance(exc, PluginUnavailable) else "not_found"
+        param = "command" if isinstance(exc, UnknownCommand) else "plugin"
+        raise ApiError(code, str(exc), param=param, allowed=list(exc.allowed)) from None
+    assert ctx.principal is not None
+    needed = "plugin:rw" if str(command.type) == "write" else "plugin:ro"
+    if not grants(ctx.principal.scopes, needed):
+        raise insufficient_scope(needed, f"command {command_name!r} is a {command.type} command")
+    body = parse_enqueue(await read_json_body(request))
+    problem = command.validate_payload(body.payload)
+    if problem is not None:
+        raise ApiError(
+            "validation_failed",
+            f"payload does not match the input_schema of {plugin.name}.{command.name} "
+            f"at {problem.path}: {problem.message}",
+            param=f"payload{problem.path[1:]}" if problem.path != "$" else "payload",
+        )
+    settings = ctx.state.config.plugin(plugin.name)
+    result = await ctx.state.store.enqueue(
+        NewJob(
+            plugin=plugin.name,
+            command=command.name,
+            payload=body.payload,
+            max_attempts=body.max_attempts or settings.max_attempts,
+            submitted_by=ctx.principal.name,
+            dedupe_key=body.dedupe_key,
+            run_after=body.run_after,
+        )
+    )
+    if ctx.state.worker is not None:
+        ctx.state.worker.wake()
+    status = Status.QUEUED
+    if result.deduplicated:
+        existing = await ctx.state.store.get_job(result.job_id)
+        status = existing.status if existing else Status.QUEUED
+    answer = models.EnqueueResponse(
+        job_id=result.job_id,
+        status=status,
+        plugin=plugin.name,
+        command=command.name,
+        deduplicated=result.deduplicated,
+    )
+    return json_response(answer, 200 if result.deduplicated else 202)
+
+
+async def cancel(request: Request, ctx: Context) -> Response:
+    job_id = request.path_params["job_id"]
+    try:
+        if len(job_id) > MAX_TEXT:  # no id is that long
+            raise JobNotFound(job_id[:MAX_ECHO])
+        outcome = await ctx.state.store.cancel_job(job_id)
+    except JobNotFound:
+        raise ApiError("not_found", f"no job with id {job_id[:64]!r}", param="job_id") from None
+    except Conflict as exc:
+        raise ApiError("conflict", str(exc)) from None
+    if outcome is Status.RUNNING:
+        # The holder's heartbeat sees the flag; a job this process runs stops at once.
+        if ctx.state.worker is not None:
+            ctx.state.worker.cancel_running(job_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CANCEL_WAIT_SECONDS
+        while loop.time() < deadline:
+            job = await ctx.state.store.get_job(job_id)
+            if job is None or job.status in TERMINAL:
+                break
+            await asyncio.sleep(0.05)
+    job = await ctx.state.store.get_job(job_id)
+    if job is None:  # pruned in between: vanishingly rare
+        raise ApiError("not_found", f"no job with id {job_id[:64]!r}", param="job_id")
+    detailed = ctx.principal is not None and grants(ctx.principal.scopes, "jobs:ro")
+    attempts = await ctx.state.store.get_attempts(job_id) if detailed else None
+    return json_response(job_view(job, attempts), 200 if job.status in TERMINAL else 202)
+
+
+async def list_schedules(request: Request, ctx: Context) -> Response:
+    states = await ctx.state.store.get_schedule_states()
+    items = []
+    for key, plugin, spec in ctx.state.config.schedules():
+        state = states.get(key)
+        last_status = None
+        if state is not None and state.last_job_id:
+            last = await ctx.state.store.get_job(state.last_job_id)
+            last_status = last.status if last else None
+        items.append(
+            models.ScheduleInfo(
+                schedule_id=spec.id,
+                plugin=plugin,
+                command=spec.command,
+                every=spec.every,
+                cron=spec.cron,
+                timezone=spec.timezone,
+                if_running=spec.if_running,
+                catch_up=spec.catch_up,
+                next_run_at=state.next_run_at if state else None,
+                last_fired_at=state.last_fired_at if state else None,
+                last_job_id=state.last_job_id if state else None,
+                last_job_status=last_status,
+            )
+        )
+    return json_response(models.ScheduleList(schedules=items))
+
+
+OPERATIONS = (
+    Operation(
+        method="GET",
+        path="/plugins",
+        operation_id="list_plugins",
+        summary="Installed plugins and their commands",
+        description="Every discovered plugin, valid or not; an invalid one carries its error.",
+        handler=list_plugins,
+        scope=ANY_SCOPE,
+        responses={200: (models.PluginList, "The plugins.")},
+        tags=("plugins",),
+    ),
+    Operation(
+        method="POST",
+        path="/plugin/{plugin}/{command}",
+        operation_id="enqueue",
+        summary="Enqueue a plugin command (ductile-compatible)",
+        description=(
+            "Needs `plugin:rw`, or `plugin:ro` for commands of type read. The payload is "
+            "checked against the command's input_schema. Answers 202 with the new job, or 200 "
+            "with the existing one when an active job has the same dedupe_key."
+        ),
+        handler=enqueue,
+        scope="plugin:ro",
+        responses={
+            202: (models.EnqueueResponse, "Queued."),
+            200: (models.EnqueueResponse, "Deduplicated: an active job has this dedupe_key."),
+            404: (models.ErrorBody, "Unknown plugin or command."),
+            409: (models.ErrorBody, "The plugin is installed but invalid."),
+        },
+        request_body=models.EnqueueRequest,
+        tags=("plugins",),
+    ),
+    Operation(
+        method="POST",
+        path="/job/{job_id}/cancel",
+        operation_id="cancel_job",
+        summary="Cancel a job",
+        description=(
+            "A queued job becomes canceled at once. A running job has its subprocess "
+            "terminated (SIGTERM, then SIGKILL after the grace period) and becomes canceled; "
+            f"the call waits up to {CANCEL_WAIT_SECONDS:.0f} s for that and answers 202 if the "
+            "job is still stopping. A finished job is a 409."
+        ),
+        handler=cancel,
+        scope="jobs:rw",
+        responses={
+            200: ([models.JobDetail, models.JobStatusView], "Canceled."),
+            202: ([models.JobDetail, models.JobStatusView], "Cancel requested; still stopping."),
+            404: (models.ErrorBody, "No job has this id."),
+            409: (models.ErrorBody, "The job already finished."),
+        },
+        tags=("jobs",),
+    ),
+    Operation(
+        method="GET",
+        path="/schedules",
+        operation_id="list_schedules",
+        summary="Configured schedules and their state",
+        description="Each schedule with its timetable, next and last firing, and last job.",
+        handler=list_schedules,
+        scope="jobs:ro",
+        responses={200: (models.ScheduleList, "The schedules.")},
+        tags=("plugins",),
+    ),
+)

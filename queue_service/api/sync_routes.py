@@ -1,0 +1,47 @@
+"""GET /sync: the Databricks sync's progress per workspace."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from queue_service.api.jobs import json_response
+from queue_service.api.operations import Context, Operation
+from queue_service.api.state import ServiceState
+from queue_service.databricks.status import SyncStatus, build_status
+
+
+async def sync_status(state: ServiceState) -> SyncStatus:
+    """The sync's status from the store, so any process can answer, not only the syncing one.
+
+    Workspaces are those configured now; with no [databricks] section, whatever the store
+    holds is shown (e.g. after a one-off `queue-service sync databricks --once`).
+    """
+    databricks = state.config.databricks
+    states = await state.store.get_sync_states()
+    if databricks is None:
+        return build_status(states, enabled=False)
+    names = [workspace.display_name for workspace in databricks.workspaces]
+    return build_status(states, enabled=databricks.enabled, workspaces=names or None)
+
+
+async def get_sync(request: Request, ctx: Context) -> Response:
+    return json_response(await sync_status(ctx.state))
+
+
+OPERATIONS = (
+    Operation(
+        method="GET",
+        path="/sync",
+        operation_id="sync_status",
+        summary="Databricks sync status per workspace",
+        description=(
+            "For each workspace: its state (pending, ok, backing_off, unhealthy), last success, "
+            "last error (never a secret), watermark and runs ingested."
+        ),
+        handler=get_sync,
+        scope="jobs:ro",
+        responses={200: (SyncStatus, "The sync's state.")},
+        tags=("databricks",),
+    ),
+)

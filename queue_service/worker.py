@@ -1,0 +1,379 @@
+"""The worker: claims jobs with a lease, runs plugin commands as subprocesses, retries, cancels.
+
+Guarantees (see docs/RELIABILITY.md):
+- A job is claimed by exactly one worker at a time: the claim is one UPDATE … RETURNING in
+  BEGIN IMMEDIATE, and only the lease holder of the current attempt may finish it.
+- A running job carries a lease that a heartbeat extends. If its worker dies, any serving
+  process recovers the expired lease: the job is queued again (the lost attempt counts) or
+  dead when no attempt is left. So no job stays `running` forever.
+- On shutdown the worker stops claiming, lets running jobs finish within a grace period, and
+  returns the rest to `queued` without spending an attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+
+from queue_service.config import ServiceConfig
+from queue_service.plugins import Registry
+from queue_service.plugins.runner import KILL_GRACE, AttemptOutcome, OutcomeKind, run_command
+from queue_service.statuses import Status
+from queue_service.store import Job, SQLiteStore
+from queue_service.store.types import AttemptEnd
+from queue_service.timeutil import format_ts, utcnow
+
+log = logging.getLogger("queue_service.worker")
+
+Clock = Callable[[], datetime]
+
+
+def backoff_delay(base_seconds: float, attempt: int, rng: random.Random) -> float:
+    """Seconds before retry number `attempt` (1-based): base * 2^(attempt-1), plus a jitter
+    of up to base/4 so that jobs failing together do not retry together."""
+    jitter: float = rng.uniform(0, base_seconds / 4)
+    return float(base_seconds * 2 ** (attempt - 1)) + jitter
+
+
+def decide_end(
+    job: Job, outcome: AttemptOutcome, *, backoff_seconds: float, now: datetime, rng: random.Random
+) -> AttemptEnd:
+    """How a finished attempt moves the job on. Pure: the clock and randomness are injected.
+
+    - ok -> succeeded (state updates are applied only then);
+    - an error, a protocol violation or a timeout -> queued again with a backoff while
+      attempts remain and the plugin allows a retry (exit 78 and `"retry": false` do not);
+      otherwise failed or timed_out.
+    """
+    timed_out = outcome.kind is OutcomeKind.TIMED_OUT
+    base = AttemptEnd(
+        status=Status.SUCCEEDED,
+        attempt_status="succeeded",
+        events=list(outcome.events) or None,
+        logs=list(outcome.logs) or None,
+        exit_code=outcome.exit_code,
+        stderr_tail=outcome.stderr_tail or None,
+    )
+    if outcome.kind is OutcomeKind.SUCCEEDED:
+        return replace(base, result=outcome.result, state_updates=outcome.state_updates or None)
+    attempt_status = "timed_out" if timed_out else "failed"
+    failed = replace(base, attempt_status=attempt_status, error=outcome.error or attempt_status)
+    if outcome.retry_allowed and job.attempt < job.max_attempts:
+        delay = backoff_delay(backoff_seconds, job.attempt, rng)
+        return replace(
+            failed, status=Status.QUEUED, run_after=format_ts(now + timedelta(seconds=delay))
+        )
+    return replace(failed, status=Status.TIMED_OUT if timed_out else Status.FAILED)
+
+
+def new_owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(slots=True)
+class _Running:
+    job: Job
+    task: asyncio.Task[None]
+    #: Why the worker is stopping this job early: "canceled", "shutdown" or "lease_lost".
+    abort: str | None = None
+    run: asyncio.Task[AttemptOutcome] | None = field(default=None)
+
+
+class Worker:
+    """Runs queued jobs of the registry's valid plugins, `workers` at a time."""
+
+    def __init__(
+        self,
+        store: SQLiteStore,
+        registry: Registry,
+        config: ServiceConfig,
+        *,
+        owner: str | None = None,
+        clock: Clock = utcnow,
+        rng: random.Random | None = None,
+        poll_interval: float = 0.5,
+        kill_grace: float = KILL_GRACE,
+        recover_interval: float | None = None,
+        retention_interval: float = 3600.0,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.config = config
+        self.owner = owner or new_owner_id()
+        self.clock = clock
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self.poll_interval = poll_interval
+        self.kill_grace = kill_grace
+        self.lease_seconds = config.service.lease_seconds
+        self.recover_interval = recover_interval or min(5.0, self.lease_seconds / 2)
+        self.retention_interval = retention_interval
+        self._running: dict[str, _Running] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._background: list[asyncio.Task[None]] = []
+
+    # -- public ----------------------------------------------------------
+
+    @property
+    def running_job_ids(self) -> list[str]:
+        return list(self._running)
+
+    def wake(self) -> None:
+        """Look for work now (called after an in-process enqueue)."""
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and run jobs until `stop` is set, then shut down gracefully."""
+        await self.kill_orphans()
+        self._background = [
+            asyncio.create_task(self._every(self.lease_seconds / 3, self._heartbeat)),
+            asyncio.create_task(self._every(self.recover_interval, self.recover)),
+            asyncio.create_task(self._every(self.retention_interval, self.prune)),
+        ]
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                try:
+                    claimed = await self._claim_round()
+                except Exception:
+                    # A busy or briefly unavailable database must not end the worker.
+                    log.exception("claiming jobs failed; will retry")
+                    claimed = 0
+                if claimed:
+                    continue
+                self._wake.clear()
+                waker = asyncio.create_task(self._wake.wait())
+                await asyncio.wait(
+                    {stopper, waker},
+                    timeout=self.poll_interval,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                waker.cancel()
+        finally:
+            stopper.cancel()
+            await self.shutdown(self.config.service.shutdown_grace_seconds)
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop claiming, give running jobs `grace` seconds, then release the rest to queued."""
+        self._stopping = True
+        tasks = [r.task for r in self._running.values()]
+        if tasks:
+            log.info("waiting up to %.0f s for %d running job(s)", grace, len(tasks))
+            await asyncio.wait(tasks, timeout=grace)
+        for running in list(self._running.values()):
+            running.abort = running.abort or "shutdown"
+            if running.run is not None:
+                running.run.cancel()
+        remaining = [r.task for r in self._running.values()]
+        if remaining:
+            await asyncio.gather(*remaining, return_exceptions=True)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background = []
+
+    def cancel_running(self, job_id: str) -> bool:
+        """Terminate the subprocess of a job this worker runs; it then ends `canceled`."""
+        running = self._running.get(job_id)
+        if running is None:
+            return False
+        running.abort = "canceled"
+        if running.run is not None:
+            running.run.cancel()
+        return True
+
+    async def recover(self) -> int:
+        """Recover expired leases (of any process). Returns how many jobs were recovered."""
+        recovered = await self.store.recover_expired_leases(now=self.clock())
+        for job in recovered:
+            log.warning(
+                "job %s: attempt %d lost its lease (worker stopped); now %s",
+                job.job_id,
+                job.attempt,
+                job.status,
+            )
+        if recovered:
+            self.wake()
+        return len(recovered)
+
+    async def prune(self) -> int:
+        """Delete finished jobs older than retention_days, in small batches."""
+        before = format_ts(self.clock() - timedelta(days=self.config.service.retention_days))
+        total = 0
+        while True:
+            deleted = await self.store.prune_finished(before=before, limit=500)
+            total += deleted
+            if deleted < 500:
+                break
+            await asyncio.sleep(0)  # let requests in between batches
+        if total:
+            log.info("retention: pruned %d finished job(s) completed before %s", total, before)
+        return total
+
+    async def kill_orphans(self) -> list[str]:
+        """Queued local jobs of plugins that no longer exist can never run: mark them dead."""
+        known = [p.name for p in self.registry.all()]
+        dead: list[str] = []
+        while True:
+            batch = await self.store.kill_orphaned_jobs(known, limit=500)
+            dead += batch
+            if len(batch) < 500:
+                break
+        for job_id in dead:
+            log.warning("job %s is dead: its plugin is not installed", job_id)
+        return dead
+
+    # -- claiming ----------------------------------------------------------
+
+    def _plugin_cap(self, plugin: str, concurrency_safe: bool) -> int | None:
+        configured = self.config.plugin(plugin).concurrency
+        if not concurrency_safe:
+            return 1
+        return configured
+
+    async def _claim_round(self) -> int:
+        if self._stopping:
+            return 0
+        claimed = 0
+        plugins = list(self.registry.valid())
+        self.rng.shuffle(plugins)  # no plugin starves the others
+        for plugin in plugins:
+            free = self.config.service.workers - len(self._running)
+            if free <= 0:
+                break
+            cap = self._plugin_cap(plugin.name, plugin.concurrency_safe)
+            jobs = await self.store.claim_jobs(
+                plugin.name,
+                limit=free,
+                owner=self.owner,
+                lease_seconds=self.lease_seconds,
+                concurrency=cap,
+                now=self.clock(),
+            )
+            for job in jobs:
+                running = _Running(job=job, task=asyncio.create_task(self._run_job(job)))
+                self._running[job.job_id] = running
+            claimed += len(jobs)
+        return claimed
+
+    # -- running one job ---------------------------------------------------
+
+    async def _run_job(self, job: Job) -> None:
+        try:
+            await self._attempt(job)
+        except Exception:
+            log.exception("job %s: the worker failed while running it", job.job_id)
+        finally:
+            self._running.pop(job.job_id, None)
+            self.wake()
+
+    async def _attempt(self, job: Job) -> None:
+        running = self._running[job.job_id]
+        plugin = self.registry.get(job.plugin)
+        if plugin is None or not plugin.valid:
+            # Claimed a moment before the registry changed: give the job back.
+            await self.store.release_jobs([(job.job_id, job.attempt)], owner=self.owner)
+            return
+        settings = self.config.plugin(job.plugin)
+        state = await self.store.get_plugin_state(job.plugin)
+        running.run = asyncio.create_task(
+            run_command(
+                plugin,
+                job.command,
+                job_id=job.job_id,
+                payload=job.payload,
+                state=state,
+                timeout_seconds=self.config.timeout_for(job.plugin, job.command),
+                kill_grace=self.kill_grace,
+            )
+        )
+        if running.abort is not None:  # canceled between claim and start
+            running.run.cancel()
+        try:
+            outcome = await running.run
+        except asyncio.CancelledError:
+            outcome = None
+            current = asyncio.current_task()
+            if current is not None and current.cancelling() and running.abort is None:
+                raise  # the worker task itself was cancelled
+        held = [(job.job_id, job.attempt)]
+        if outcome is None:
+            if running.abort == "canceled":
+                end = AttemptEnd(
+                    status=Status.CANCELED, attempt_status="canceled", error="canceled by request"
+                )
+                await self.store.finish_attempt(
+                    job.job_id, plugin=job.plugin, attempt=job.attempt, owner=self.owner, end=end
+                )
+                log.info("job %s canceled while running", job.job_id)
+            elif running.abort == "shutdown":
+                await self.store.release_jobs(held, owner=self.owner)
+                log.info("job %s returned to queued at shutdown", job.job_id)
+            return
+        end = decide_end(
+            job, outcome, backoff_seconds=settings.backoff_seconds, now=self.clock(), rng=self.rng
+        )
+        finished = await self.store.finish_attempt(
+            job.job_id, plugin=job.plugin, attempt=job.attempt, owner=self.owner, end=end
+        )
+        if not finished:
+            log.warning(
+                "job %s: attempt %d finished after its lease was lost; outcome discarded",
+                job.job_id,
+                job.attempt,
+            )
+        elif end.status is Status.QUEUED:
+            log.info(
+                "job %s: attempt %d %s (%s); retry at %s",
+                job.job_id,
+                job.attempt,
+                end.attempt_status,
+                end.error,
+                end.run_after,
+            )
+
+    async def _heartbeat(self) -> None:
+        # Jobs being stopped (canceled, shutdown) keep their lease too: terminating a
+        # plugin can take the kill grace, and the lease must not expire meanwhile.
+        held = [
+            (r.job.job_id, r.job.attempt) for r in self._running.values() if r.abort != "lease_lost"
+        ]
+        if not held:
+            return
+        kept = await self.store.heartbeat(
+            held, owner=self.owner, lease_seconds=self.lease_seconds, now=self.clock()
+        )
+        for job_id, _ in held:
+            running = self._running.get(job_id)
+            if running is None or running.abort is not None:
+                continue
+            if job_id not in kept:
+                log.warning("job %s: lease lost; stopping its subprocess", job_id)
+                running.abort = "lease_lost"
+                if running.run is not None:
+                    running.run.cancel()
+            elif kept[job_id]:
+                self.cancel_running(job_id)
+
+    async def _every(self, seconds: float, action: Callable[[], object]) -> None:
+        while True:
+            try:
+                result = action()
+                if asyncio.iscoroutine(result):
+                    await result
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background task %s failed; will retry", action)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(seconds)
+                continue
+            raise asyncio.CancelledError
