@@ -96,6 +96,7 @@ BEGIN
 END;
 
 CREATE TABLE job_attempts (
+    id           INTEGER PRIMARY KEY,  -- record order; an interrupted attempt's number is reused
     job_id       TEXT    NOT NULL REFERENCES jobs (job_id) ON DELETE CASCADE,
     attempt      INTEGER NOT NULL,
     status       TEXT    NOT NULL,  -- running, succeeded, failed, timed_out, canceled, lost, interrupted
@@ -103,9 +104,9 @@ CREATE TABLE job_attempts (
     completed_at TEXT,
     exit_code    INTEGER,
     error        TEXT,
-    stderr_tail  TEXT,
-    PRIMARY KEY (job_id, attempt)
-) WITHOUT ROWID;
+    stderr_tail  TEXT
+);
+CREATE INDEX job_attempts_by_job ON job_attempts (job_id, attempt);
 
 CREATE TABLE plugin_state (
     plugin     TEXT PRIMARY KEY,

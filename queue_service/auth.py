@@ -88,6 +88,12 @@ class TokenService:
         token = await self.store.create_token(name, hash_token(secret), checked, expires_at)
         return secret, token
 
+    async def create_first_admin(self) -> tuple[str, Token] | None:
+        """A `*` token when the database has no usable token yet (first start), else None."""
+        secret = new_secret()
+        token = await self.store.create_first_token("admin", hash_token(secret), ("*",))
+        return None if token is None else (secret, token)
+
     async def verify(self, header: str | None) -> Principal:
         """Authenticate an Authorization header value; raise AuthError when it fails."""
         secret = parse_authorization(header)

@@ -369,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         code: int = args.run(args)
-    except CliError as exc:
+    except (CliError, StoreError) as exc:
+        # A store failure (read-only database, full disk) is an answer, not a crash.
         print(f"queue-service: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

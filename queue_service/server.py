@@ -24,6 +24,7 @@ from queue_service.models import ErrorBody
 from queue_service.plugins import Registry
 from queue_service.plugins import load as load_plugins
 from queue_service.scheduler import Scheduler
+from queue_service.store import StoreError
 from queue_service.worker import Worker
 
 log = logging.getLogger("queue_service.server")
@@ -62,12 +63,14 @@ def read_config(path: str | None) -> ServiceConfig:
 
 async def ensure_admin_token(state: ServiceState, host: str, port: int) -> None:
     """On first start (no live token), create a `*` token and print it once on stdout."""
-    if await state.store.count_live_tokens() > 0:
+    created = await state.tokens.create_first_admin()
+    if created is None:
         return
-    secret, _ = await state.tokens.create("admin", ["*"])
+    secret, token = created
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
     print(
-        "\nNo tokens yet: created an admin token (scope *). It is shown only this once;\n"
+        f"\nNo usable token yet: created the admin token {token.name!r} (scope *). "
+        "It is shown only this once;\n"
         "only its hash is stored. Keep it somewhere safe.\n\n"
         f"  export QS_TOKEN={secret}\n"
         f"  curl -H \"Authorization: Bearer $QS_TOKEN\" 'http://{shown_host}:{port}/jobs?status=ok'\n",
@@ -124,8 +127,19 @@ async def run_service(
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     try:
-        await ensure_admin_token(state, host, port)
-        tasks = start_roles(state, stop)
+        if state.store.read_only is None:
+            await ensure_admin_token(state, host, port)
+            tasks = start_roles(state, stop)
+        else:
+            # Every role writes (claims, schedule slots, synced runs), so none can run;
+            # reads are served, writes answer 503 with the same reason.
+            log.warning(
+                "%s: %s; serving reads only (writes answer 503; no worker, scheduler "
+                "or sync runs; %d live token(s))",
+                db,
+                state.store.read_only,
+                await state.store.count_live_tokens(),
+            )
         server = uvicorn.Server(
             uvicorn.Config(
                 create_app(state),
@@ -162,6 +176,9 @@ async def run_service(
 async def run_worker(*, db: str, config_path: str | None) -> int:
     """The roles without HTTP, until SIGTERM or SIGINT."""
     state = await open_service(db, config_path)
+    if state.store.read_only is not None:
+        await state.store.close()
+        raise CliError(f"{db}: {state.store.read_only}; a worker needs to write")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -197,7 +214,9 @@ def _main(run: Coroutine[Any, Any, int], log_level: str) -> int:
     logsetup.configure(log_level)
     try:
         return asyncio.run(run)
-    except CliError as exc:
+    except (CliError, StoreError) as exc:
+        # A store that fails at start (disk full while creating the first token, say)
+        # is reported in one line, like a bad --db.
         print(f"queue-service: {exc}", file=sys.stderr)
         return 1
 

@@ -219,8 +219,15 @@ class Worker:
         return total
 
     async def kill_orphans(self) -> list[str]:
-        """Queued local jobs of plugins that no longer exist can never run: mark them dead."""
+        """Queued local jobs of plugins that no longer exist can never run: mark them dead.
+
+        Only a process that loads plugins does this: an API-only process (no plugin dirs)
+        knows no plugins and must not condemn other processes' jobs. Processes that do
+        load plugins are expected to share one plugin set (see docs/RELIABILITY.md).
+        """
         known = [p.name for p in self.registry.all()]
+        if not known:
+            return []
         dead: list[str] = []
         while True:
             batch = await self.store.kill_orphaned_jobs(known, limit=500)
@@ -321,16 +328,16 @@ class Worker:
         end = decide_end(
             job, outcome, backoff_seconds=settings.backoff_seconds, now=self.clock(), rng=self.rng
         )
-        finished = await self.store.finish_attempt(
+        status = await self.store.finish_attempt(
             job.job_id, plugin=job.plugin, attempt=job.attempt, owner=self.owner, end=end
         )
-        if not finished:
+        if status is None:
             log.warning(
                 "job %s: attempt %d finished after its lease was lost; outcome discarded",
                 job.job_id,
                 job.attempt,
             )
-        elif end.status is Status.QUEUED:
+        elif status is Status.QUEUED:
             log.info(
                 "job %s: attempt %d %s (%s); retry at %s",
                 job.job_id,
@@ -338,6 +345,10 @@ class Worker:
                 end.attempt_status,
                 end.error,
                 end.run_after,
+            )
+        elif status is not end.status:
+            log.info(
+                "job %s: attempt %d ended; job %s (requested)", job.job_id, job.attempt, status
             )
 
     async def _heartbeat(self) -> None:

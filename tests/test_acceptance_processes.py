@@ -332,7 +332,10 @@ def test_sigterm_returns_running_jobs_to_queued_without_spending_an_attempt(
             assert job.status is Status.QUEUED, job
             assert job.attempt == 0, "the interrupted attempt must not be spent"
             assert job.started_at is None and job.lease_expires_at is None
-            assert attempts_of(db, job_id) == []
+            # On record as interrupted, not counted.
+            assert [(a["attempt"], a["status"]) for a in attempts_of(db, job_id)] == [
+                (1, "interrupted")
+            ]
         wait_until(lambda: not any(alive(pid) for pid in pids), "the plugins to be stopped", 5)
     finally:
         kill_quietly(pids)

@@ -185,3 +185,25 @@ async def test_verify_rejects_missing_header(state: ServiceState) -> None:
     with pytest.raises(AuthError) as info:
         await state.tokens.verify(None)
     assert info.value.missing
+
+
+async def test_first_admin_is_created_once_even_when_raced(state: ServiceState) -> None:
+    import asyncio
+
+    results = await asyncio.gather(*(state.tokens.create_first_admin() for _ in range(5)))
+    created = [r for r in results if r is not None]
+    assert len(created) == 1
+    assert created[0][1].name == "admin" and created[0][1].scopes == ("*",)
+    assert await state.store.count_live_tokens() == 1
+
+
+async def test_first_admin_after_every_token_expired(state: ServiceState, db_path: Path) -> None:
+    await state.tokens.create("admin", ["*"], expires_in="1h")
+    assert await state.tokens.create_first_admin() is None
+    raw = sqlite3.connect(db_path)
+    raw.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z'")
+    raw.commit()
+    raw.close()
+    assert await state.store.count_live_tokens() == 0
+    created = await state.tokens.create_first_admin()
+    assert created is not None and created[1].name == "admin-2"

@@ -262,7 +262,7 @@ async def test_finish_as_retry_requeues_with_run_after_and_keeps_last_error(
     ]
 
 
-async def test_a_stale_finish_returns_false_and_writes_nothing(store: SQLiteStore) -> None:
+async def test_a_stale_finish_returns_none_and_writes_nothing(store: SQLiteStore) -> None:
     await enqueue(store)
     job = await claim_one(store, lease_seconds=1)
     # Not the holder.
@@ -458,10 +458,14 @@ async def test_release_returns_to_queued_without_spending_the_attempt(
     assert back.status is Status.QUEUED
     assert back.attempt == 0 and back.started_at is None
     assert back.lease_expires_at is None and back.completed_at is None
-    assert await store.get_attempts(job.job_id) == []
+    # The interrupted attempt stays on record but does not count: its number is reused.
+    interrupted = await store.get_attempts(job.job_id)
+    assert [(a["attempt"], a["status"]) for a in interrupted] == [(1, "interrupted")]
+    assert interrupted[0]["completed_at"] is not None
     again = await claim_one(store)
     assert again.attempt == 1
-    assert [a["attempt"] for a in await store.get_attempts(job.job_id)] == [1]
+    attempts = await store.get_attempts(job.job_id)
+    assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "interrupted"), (1, "running")]
 
 
 async def test_release_after_a_retry_keeps_the_spent_attempts(store: SQLiteStore) -> None:
@@ -474,7 +478,8 @@ async def test_release_after_a_retry_keeps_the_spent_attempts(store: SQLiteStore
     back = await get(store, job.job_id)
     assert back.status is Status.QUEUED and back.attempt == 1 and back.last_error == "e"
     assert [(a["attempt"], a["status"]) for a in await store.get_attempts(second.job_id)] == [
-        (1, "failed")
+        (1, "failed"),
+        (2, "interrupted"),
     ]
 
 

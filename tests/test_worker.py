@@ -620,7 +620,10 @@ async def test_graceful_shutdown_returns_running_jobs_to_queued(
             assert job.status is Status.QUEUED, job
             assert job.attempt == 0, "the interrupted attempt is not spent"
             assert job.started_at is None and job.lease_expires_at is None
-            assert await h.attempts(job_id) == []
+            # On record as interrupted, not counted.
+            assert [(a["attempt"], a["status"]) for a in await h.attempts(job_id)] == [
+                (1, "interrupted")
+            ]
         assert await gone(pid1) and await gone(pid2)
     finally:
         kill_quietly([pid1, pid2])
@@ -724,7 +727,10 @@ async def test_shutdown_keeps_the_lease_while_a_slow_plugin_is_stopped(
         assert recovered == [], "the lease expired while the worker was stopping the job"
         job = await h.job(job_id)
         assert (job.status, job.attempt) == (Status.QUEUED, 0), job
-        assert await h.attempts(job_id) == []
+        # On record as interrupted, not counted.
+        assert [(a["attempt"], a["status"]) for a in await h.attempts(job_id)] == [
+            (1, "interrupted")
+        ]
         assert await gone(pid)
     finally:
         kill_quietly([pid])

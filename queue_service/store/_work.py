@@ -71,7 +71,7 @@ def heartbeat(
 
 def finish_attempt(
     conn: sqlite3.Connection, job_id: str, plugin: str, attempt: int, owner: str, end: AttemptEnd
-) -> bool:
+) -> Status | None:
     now = now_ts()
     row = conn.execute(
         q("finish_job"),
@@ -90,7 +90,7 @@ def finish_attempt(
     ).fetchone()
     if row is None:
         # The lease was lost (recovered by another process): this outcome is stale.
-        return False
+        return None
     conn.execute(
         q("finish_attempt"),
         {
@@ -108,12 +108,18 @@ def finish_attempt(
             q("merge_plugin_state"),
             {"plugin": plugin, "updates": json.dumps(end.state_updates), "now": now},
         )
-    return True
+    return Status(row[0])
 
 
 def recover_expired(conn: sqlite3.Connection, now: str, limit: int) -> list[RecoveredJob]:
-    params = {"now": now, "limit": limit}
-    conn.execute(q("expired_attempts"), params)
+    expired = conn.execute(q("expired_leases"), {"now": now, "limit": limit}).fetchall()
+    if not expired:
+        return []
+    conn.execute(
+        q("expired_attempts"),
+        {"now": now, "pairs": json.dumps([[row["job_id"], row["attempt"]] for row in expired])},
+    )
+    params = {"now": now, "seqs": json.dumps([row["seq"] for row in expired])}
     return [
         RecoveredJob(row["job_id"], Status(row["status"]), row["attempt"])
         for row in conn.execute(q("recover_expired"), params).fetchall()

@@ -10,7 +10,7 @@ from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
 
-from queue_service.store.errors import SchemaTooNew
+from queue_service.store.errors import NotADatabase, SchemaTooNew
 from queue_service.store.sql import q
 from queue_service.timeutil import now_ts
 
@@ -69,6 +69,54 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return max((row[0] for row in rows), default=0)
 
 
+def latest_version() -> int:
+    """The version the code expects: the highest numbered migration."""
+    known = available_migrations()
+    return known[-1].version if known else 0
+
+
+def applied_version(conn: sqlite3.Connection) -> int:
+    """The schema version of the database, without writing anything: 0 for an empty one.
+
+    Raises NotADatabase for an SQLite database of another application (tables but no
+    schema_migrations), so that migrating never adds our tables to someone else's file.
+    """
+    tables = [row[0] for row in conn.execute(q("user_tables"))]
+    if "schema_migrations" not in tables:
+        if tables:
+            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+            raise NotADatabase(
+                f"it is an SQLite database of another application (tables: {shown}; no "
+                "schema_migrations); queue-service will not add its tables to it. "
+                "Give --db a new file"
+            )
+        return 0
+    rows = conn.execute(q("applied_migrations")).fetchall()
+    return max((row[0] for row in rows), default=0)
+
+
+def refuse_newer(current: int, latest: int) -> None:
+    if current > latest:
+        raise SchemaTooNew(
+            f"the database schema is version {current}, newer than this queue-service "
+            f"understands (up to {latest}); upgrade queue-service or use another --db"
+        )
+
+
+def probe_write(conn: sqlite3.Connection) -> None:
+    """Raise sqlite3.OperationalError (SQLITE_READONLY) when the connection cannot write.
+
+    SQLite opens a file it may not write read-only without saying so, and BEGIN
+    IMMEDIATE still succeeds; only the first changed page fails. The probe changes one
+    row to itself and rolls back, so it writes nothing.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(q("probe_write"))
+    finally:
+        conn.execute("ROLLBACK")
+
+
 def migrate(conn: sqlite3.Connection) -> list[Migration]:
     """Apply every pending migration; return those applied (empty when up to date).
 
@@ -80,16 +128,14 @@ def migrate(conn: sqlite3.Connection) -> list[Migration]:
     latest = known[-1].version if known else 0
     conn.execute("BEGIN IMMEDIATE")
     try:
-        current = schema_version(conn)
+        current = applied_version(conn)
+        if current < latest:
+            conn.execute(q("create_migrations_table"))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    if current > latest:
-        raise SchemaTooNew(
-            f"the database schema is version {current}, newer than this queue-service "
-            f"understands (up to {latest}); upgrade queue-service or use another --db"
-        )
+    refuse_newer(current, latest)
     applied: list[Migration] = []
     for migration in known:
         if migration.version <= current:

@@ -24,7 +24,7 @@ FROM jobs WHERE job_id = :job_id;
 
 -- name: get_attempts
 SELECT attempt, status, started_at, completed_at, exit_code, error, stderr_tail
-FROM job_attempts WHERE job_id = :job_id ORDER BY attempt;
+FROM job_attempts WHERE job_id = :job_id ORDER BY id;
 
 -- Listing: one query per (status, source) pair, merged by the store. The
 -- bounds default to values outside any timestamp so each query is one index range.
@@ -166,6 +166,20 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 -- name: applied_migrations
 SELECT version, name FROM schema_migrations ORDER BY version;
+
+-- name: user_tables
+-- The tables SQLite did not create itself: tells a queue-service database (or an empty
+-- file) from another application's.
+SELECT name FROM sqlite_master
+WHERE type = 'table' AND name NOT LIKE 'sqlite\_%' ESCAPE '\'
+ORDER BY name;
+
+-- name: probe_write
+-- Rewrites one row to the value it has, inside a transaction that is rolled back:
+-- SQLite refuses it at once (SQLITE_READONLY) when it can only read the file, and
+-- nothing reaches the disk either way.
+UPDATE schema_migrations SET version = version
+WHERE version = (SELECT MAX(version) FROM schema_migrations);
 
 -- name: record_migration
 INSERT INTO schema_migrations (version, name, applied_at) VALUES (:version, :name, :applied_at);

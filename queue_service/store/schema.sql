@@ -40,6 +40,7 @@ CREATE TABLE job_counts (
 ) WITHOUT ROWID;
 
 CREATE TABLE job_attempts (
+    id           INTEGER PRIMARY KEY,  -- record order; an interrupted attempt's number is reused
     job_id       TEXT    NOT NULL REFERENCES jobs (job_id) ON DELETE CASCADE,
     attempt      INTEGER NOT NULL,
     status       TEXT    NOT NULL,  -- running, succeeded, failed, timed_out, canceled, lost, interrupted
@@ -47,9 +48,8 @@ CREATE TABLE job_attempts (
     completed_at TEXT,
     exit_code    INTEGER,
     error        TEXT,
-    stderr_tail  TEXT,
-    PRIMARY KEY (job_id, attempt)
-) WITHOUT ROWID;
+    stderr_tail  TEXT
+);
 
 CREATE TABLE plugin_state (
     plugin     TEXT PRIMARY KEY,
@@ -116,6 +116,8 @@ CREATE INDEX jobs_schedule_active ON jobs (schedule_id)
 
 CREATE INDEX jobs_finished ON jobs (completed_at)
     WHERE status NOT IN ('queued', 'running');
+
+CREATE INDEX job_attempts_by_job ON job_attempts (job_id, attempt);
 
 CREATE UNIQUE INDEX tokens_live_name ON tokens (name) WHERE revoked_at IS NULL;
 

@@ -14,12 +14,15 @@ Design:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import json
+import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -84,6 +87,23 @@ _COUNT_QUERY = {key: name.replace("list_", "count_") for key, name in _SUMMARY_Q
 _BUSY = {"SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_BUSY_SNAPSHOT", "SQLITE_BUSY_RECOVERY"}
 
 
+def _is_busy(error: StoreError) -> bool:
+    return type(error) is StoreUnavailable and "busy" in str(error)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back what is open; a failing rollback must not hide the error that caused it
+    (SQLite has rolled back itself when it reports no transaction)."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _prefixed(path: str, exc: NotADatabase) -> str:
+    text = str(exc)
+    return text if text.startswith(path) else f"{path}: {text}"
+
+
 def translate_error(exc: sqlite3.Error, path: str) -> StoreError:
     """Map an sqlite3 error to the store's vocabulary, with a message an operator can act on."""
     name = getattr(exc, "sqlite_errorname", "") or ""
@@ -135,26 +155,47 @@ class SQLiteStore:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
+        #: Why the store only reads (its file or directory cannot be written), or None.
+        self.read_only: str | None = None
+        #: The URI every connection opens in read-only mode.
+        self._read_only_uri: str | None = None
 
     # -- connections -----------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = None
         try:
-            conn = sqlite3.connect(
-                self.path,
-                isolation_level=None,
-                check_same_thread=False,
-                timeout=self.busy_timeout_ms / 1000,
-            )
+            if self._read_only_uri is not None:
+                conn = sqlite3.connect(
+                    self._read_only_uri,
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=self.busy_timeout_ms / 1000,
+                )
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            else:
+                conn = sqlite3.connect(
+                    self.path,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=self.busy_timeout_ms / 1000,
+                )
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+                conn.execute("PRAGMA foreign_keys = ON")
+                conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if mode != "wal":
+                    raise StoreUnavailable(f"cannot put {self.path} in WAL mode (got {mode!r})")
             conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode != "wal":
-                raise StoreUnavailable(f"cannot put {self.path} in WAL mode (got {mode!r})")
         except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
             raise translate_error(exc, self.path) from exc
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
         deadline = [float("inf")]
         self._local.deadline = deadline
         conn.set_progress_handler(lambda: 1 if time.monotonic() > deadline[0] else 0, 10_000)
@@ -168,6 +209,15 @@ class SQLiteStore:
             conn = self._connect()
             self._local.conn = conn
         return conn
+
+    def _drop_thread_conn(self) -> None:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._lock:
+            self._connections.remove(conn)
+        conn.close()
 
     def _in_read(self, fn: Callable[..., T], *args: Any) -> T:
         conn = self._thread_conn()
@@ -184,6 +234,8 @@ class SQLiteStore:
             self._local.deadline[0] = float("inf")
 
     def _in_write(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.read_only is not None:
+            raise StoreUnavailable(self.read_only)
         conn = self._thread_conn()
         give_up = time.monotonic() + self.write_timeout_s
         while True:
@@ -193,8 +245,7 @@ class SQLiteStore:
                 error = translate_error(exc, self.path)
                 # busy_timeout already waited; keep trying until our own budget ends,
                 # so contention never surfaces as "database is locked".
-                busy = type(error) is StoreUnavailable and "busy" in str(error)
-                if busy and time.monotonic() < give_up:
+                if _is_busy(error) and time.monotonic() < give_up:
                     time.sleep(0.01)
                     continue
                 raise error from exc
@@ -203,8 +254,7 @@ class SQLiteStore:
                 conn.execute("COMMIT")
                 return result
             except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                _rollback(conn)
                 if isinstance(exc, sqlite3.Error):
                     raise translate_error(exc, self.path) from exc
                 raise
@@ -222,22 +272,153 @@ class SQLiteStore:
     async def open(self, *, migrate: bool = True) -> list[migrations.Migration]:
         """Open the database, create it if missing, and apply pending migrations.
 
-        Raises NotADatabase for a file that is not SQLite and SchemaTooNew for a
-        database migrated by a newer version.
+        A database whose file or directory cannot be written is opened read-only when
+        its schema is current: reads work, every write raises StoreUnavailable, and
+        `read_only` says why. Raises NotADatabase for a file that is not a queue-service
+        SQLite database, SchemaTooNew for one migrated by a newer version, and
+        StoreUnavailable when it cannot be opened at all (the message says why).
         """
         loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, self._setup, migrate)
 
-        def setup() -> list[migrations.Migration]:
-            conn = self._thread_conn()
+    def _setup(self, migrate: bool) -> list[migrations.Migration]:
+        give_up = time.monotonic() + self.write_timeout_s
+        while True:
             try:
-                if migrate:
-                    return migrations.migrate(conn)
-                migrations.schema_version(conn)
+                return self._setup_read_write(migrate)
+            except NotADatabase as exc:
+                raise NotADatabase(_prefixed(self.path, exc)) from exc.__cause__
+            except StoreUnavailable as error:
+                self._drop_thread_conn()
+                # Other processes writing at the same moment must not fail a start.
+                if _is_busy(error) and time.monotonic() < give_up:
+                    time.sleep(0.01)
+                    continue
+                unwritable = self._unwritable()
+                if unwritable is None or not Path(self.path).is_file():
+                    raise self._cannot_open(error) from error
+                self._open_read_only(unwritable)
                 return []
-            except sqlite3.Error as exc:
-                raise translate_error(exc, self.path) from exc
 
-        return await loop.run_in_executor(self._writer, setup)
+    def _setup_read_write(self, migrate: bool) -> list[migrations.Migration]:
+        self._identify()
+        conn = self._thread_conn()
+        try:
+            if migrate:
+                applied = migrations.migrate(conn)
+            else:
+                migrations.refuse_newer(
+                    migrations.applied_version(conn), migrations.latest_version()
+                )
+                applied = []
+            migrations.probe_write(conn)
+        except sqlite3.Error as exc:
+            raise translate_error(exc, self.path) from exc
+        return applied
+
+    def _identify(self) -> None:
+        """Refuse a file that is not a queue-service database before anything changes it:
+        switching to WAL rewrites the file header, even of another application's database."""
+        path = Path(self.path).absolute()
+        if not path.is_file():
+            return
+        try:
+            conn = sqlite3.connect(
+                f"file:{urllib.parse.quote(str(path))}?mode=ro",
+                uri=True,
+                timeout=self.busy_timeout_ms / 1000,
+            )
+        except sqlite3.Error as exc:
+            raise translate_error(exc, self.path) from exc
+        try:
+            migrations.applied_version(conn)
+        except sqlite3.Error as exc:
+            raise translate_error(exc, self.path) from exc
+        finally:
+            conn.close()
+
+    def _unwritable(self) -> str | None:
+        """What keeps the database from being written, per the OS, or None."""
+        path = Path(self.path).absolute()
+        if not os.access(path.parent, os.W_OK):
+            return f"its directory {path.parent} is not writable"
+        if path.exists() and not os.access(path, os.W_OK):
+            return f"the file {path} is not writable"
+        probe = self._read_only_reason_from_sqlite()
+        return probe
+
+    def _read_only_reason_from_sqlite(self) -> str | None:
+        """SQLite may find a file read-only that access(2) allows (a read-only mount seen
+        through an overlay, say): ask it, with a connection of its own."""
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=0.5)
+        except sqlite3.Error:
+            return None
+        try:
+            migrations.probe_write(conn)
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_READONLY"):
+                return "SQLite can only read the file"
+            return None
+        finally:
+            conn.close()
+        return None
+
+    def _cannot_open(self, error: StoreUnavailable) -> StoreUnavailable:
+        path = Path(self.path).absolute()
+        if not path.exists() and not os.access(path.parent, os.W_OK):
+            return StoreUnavailable(
+                f"cannot create the database {path}: its directory is not writable"
+            )
+        return error
+
+    def _open_read_only(self, why: str) -> None:
+        """Serve reads from a database that cannot be written, if its schema is current."""
+        path = Path(self.path).absolute()
+        base = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+        # mode=ro still needs the -shm file, which an unwritable directory cannot get.
+        # immutable=1 reads the file alone, which is right only while no write-ahead log
+        # holds committed pages; with one, refuse rather than serve stale rows.
+        wal = Path(f"{path}-wal")
+        candidates = [base]
+        if not (wal.exists() and wal.stat().st_size > 0):
+            candidates.append(base + "&immutable=1")
+        version: int | None = None
+        failure: StoreError | None = None
+        for uri in candidates:
+            self._read_only_uri = uri
+            try:
+                version = migrations.applied_version(self._thread_conn())
+                break
+            except NotADatabase as exc:
+                raise NotADatabase(_prefixed(self.path, exc)) from exc.__cause__
+            except sqlite3.Error as exc:
+                failure = translate_error(exc, self.path)
+            except StoreError as exc:
+                failure = exc
+            self._drop_thread_conn()
+        if version is None:
+            self._read_only_uri = None
+            if len(candidates) == 1:
+                raise StoreUnavailable(
+                    f"{path} cannot be opened: {why}, and its write-ahead log {wal} "
+                    "cannot be read without writing beside it; make the directory writable"
+                )
+            assert failure is not None
+            raise failure
+        latest = migrations.latest_version()
+        migrations.refuse_newer(version, latest)
+        if version < latest:
+            self._drop_thread_conn()
+            self._read_only_uri = None
+            raise StoreUnavailable(
+                f"{path} is read-only ({why}) and its schema (version {version}) must be "
+                f"migrated to version {latest} first; make it writable and start again"
+            )
+        self.read_only = (
+            f"the database is read-only ({why}); writes are refused until it is writable "
+            "and the service is restarted"
+        )
 
     async def close(self) -> None:
         if self._closed:
@@ -338,6 +519,37 @@ class SQLiteStore:
 
         return await self._write(insert)
 
+    async def create_first_token(
+        self, name: str, token_hash: str, scopes: Sequence[str]
+    ) -> Token | None:
+        """Create a token only when no usable token exists, atomically (two processes
+        starting on a fresh database create one between them). If `name` is taken by an
+        expired token, a numbered variant (`name-2`, …) is used. None when one exists."""
+
+        def insert(conn: sqlite3.Connection) -> Token | None:
+            now = now_ts()
+            if conn.execute(q("count_live_tokens"), {"now": now}).fetchone()[0]:
+                return None
+            for suffix in range(1, 1000):
+                candidate = name if suffix == 1 else f"{name}-{suffix}"
+                params = {
+                    "name": candidate,
+                    "token_hash": token_hash,
+                    "scopes": json.dumps(list(scopes)),
+                    "created_at": now,
+                    "expires_at": None,
+                }
+                try:
+                    conn.execute(q("insert_token"), params).fetchall()
+                except sqlite3.IntegrityError:
+                    continue
+                return token_from_row(
+                    conn.execute(q("token_by_hash"), {"token_hash": token_hash}).fetchone()
+                )
+            raise Conflict(f"no free token name like {name!r}")
+
+        return await self._write(insert)
+
     async def token_by_hash(self, token_hash: str) -> tuple[Token, str] | None:
         """The token row with this hash, and the stored hash (for a constant-time compare)."""
 
@@ -416,11 +628,12 @@ class SQLiteStore:
 
     async def finish_attempt(
         self, job_id: str, *, plugin: str, attempt: int, owner: str, end: AttemptEnd
-    ) -> bool:
+    ) -> Status | None:
         """Record how an attempt ended and move the job on, in one transaction.
 
-        Plugin state updates are merged in the same transaction. Returns False (and
-        writes nothing) when `owner` no longer holds this attempt's lease.
+        Plugin state updates are merged in the same transaction. Returns the job's new
+        status (a requested cancel wins over a retry), or None, writing nothing, when
+        `owner` no longer holds this attempt's lease.
         """
         return await self._write(_work.finish_attempt, job_id, plugin, attempt, owner, end)
 

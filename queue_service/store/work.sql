@@ -56,7 +56,7 @@ UPDATE job_attempts SET
     exit_code = :exit_code,
     error = :error,
     stderr_tail = :stderr_tail
-WHERE job_id = :job_id AND attempt = :attempt;
+WHERE job_id = :job_id AND attempt = :attempt AND status = 'running';
 
 -- name: merge_plugin_state
 INSERT INTO plugin_state (plugin, state, updated_at) VALUES (:plugin, json(:updates), :now)
@@ -65,15 +65,20 @@ ON CONFLICT (plugin) DO UPDATE SET state = json_patch(state, json(:updates)), up
 -- name: get_plugin_state
 SELECT state FROM plugin_state WHERE plugin = :plugin;
 
+-- name: expired_leases
+-- Recovery picks its rows once, so the attempt rows and the jobs it updates are the same.
+SELECT seq, job_id, attempt FROM jobs INDEXED BY jobs_leases
+WHERE status = 'running' AND lease_expires_at < :now
+ORDER BY lease_expires_at
+LIMIT :limit;
+
 -- name: expired_attempts
 UPDATE job_attempts SET
     status = 'lost',
     completed_at = :now,
     error = 'the lease expired: the worker running this attempt stopped (crash, kill or hang)'
-WHERE (job_id, attempt) IN (
-    SELECT job_id, attempt FROM jobs INDEXED BY jobs_leases
-    WHERE status = 'running' AND lease_expires_at < :now
-    LIMIT :limit
+WHERE status = 'running' AND (job_id, attempt) IN (
+    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:pairs)
 );
 
 -- name: recover_expired
@@ -90,15 +95,17 @@ UPDATE jobs SET
     run_after = :now,
     lease_expires_at = NULL,
     lease_owner = NULL
-WHERE seq IN (
-    SELECT seq FROM jobs INDEXED BY jobs_leases
-    WHERE status = 'running' AND lease_expires_at < :now
-    LIMIT :limit
-)
+WHERE seq IN (SELECT value FROM json_each(:seqs))
+  AND status = 'running' AND lease_expires_at < :now
 RETURNING job_id, status, attempt;
 
 -- name: release_attempt
-DELETE FROM job_attempts WHERE job_id = :job_id AND attempt = :attempt;
+-- The attempt stays on record as interrupted; it is not counted, so its number is reused.
+UPDATE job_attempts SET
+    status = 'interrupted',
+    completed_at = :now,
+    error = 'the worker shut down before this attempt finished; it does not count'
+WHERE job_id = :job_id AND attempt = :attempt AND status = 'running';
 
 -- name: release_job
 -- Graceful shutdown: back to queued without spending the attempt, unless a cancel was
