@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Protocol
 
 from queue_service.config import ServiceConfig
+from queue_service.plugins import Registry
 from queue_service.scheduling import (
     Decision,
     FireOutcome,
@@ -209,3 +210,34 @@ class Scheduler:
                 logger.exception("scheduler tick failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop_event.wait(), timeout=self._tick_seconds)
+
+
+def check_schedules(config: ServiceConfig, registry: Registry) -> list[str]:
+    """Problems with the configured schedules of loaded plugins, one line each, naming the
+    key: a command the plugin does not declare, or a payload its input_schema rejects.
+
+    Schedules of plugins that did not load are not checked here: the plugin's own
+    problem is reported when it loads, and its schedules never fire.
+    """
+    problems: list[str] = []
+    for name, section in config.plugins.items():
+        plugin = registry.get(name)
+        if plugin is None or not plugin.valid:
+            continue
+        for index, spec in enumerate(section.schedules):
+            where = f"plugins.{name}.schedules[{index}]"
+            command = plugin.command(spec.command)
+            if command is None:
+                declared = ", ".join(c.name for c in plugin.commands) or "none"
+                problems.append(
+                    f"{where}.command: plugin {name!r} has no command {spec.command!r} "
+                    f"(it declares: {declared})"
+                )
+                continue
+            invalid = command.validate_payload(dict(spec.payload))
+            if invalid is not None:
+                problems.append(
+                    f"{where}.payload: does not match the input_schema of {name}.{spec.command} "
+                    f"at {invalid.path}: {invalid.message}"
+                )
+    return problems

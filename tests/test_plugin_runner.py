@@ -401,7 +401,7 @@ async def test_stderr_tail_cap_is_configurable(registry: Registry) -> None:
 
 
 def test_default_timeouts() -> None:
-    assert dict(DEFAULT_TIMEOUTS) == {"poll": 60, "handle": 120, "health": 10, "init": 30}
+    assert dict(DEFAULT_TIMEOUTS) == {"poll": 60, "handle": 120, "health": 10}
     assert default_timeout("poll") == 60 and default_timeout("health") == 10
     assert default_timeout("anything_else") == 60
     with pytest.raises(TypeError):
@@ -584,3 +584,45 @@ async def test_runs_do_not_block_the_loop_and_run_concurrently(
     ticking.cancel()
     assert all(o.kind is OutcomeKind.SUCCEEDED for o in outcomes)
     assert ticks >= 50  # the loop kept running while the plugins slept for 2 s
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv")
+def test_the_plugin_dies_with_a_sigkilled_worker(tmp_path: Path) -> None:
+    """A worker killed with SIGKILL cannot stop its plugin; the kernel must (PDEATHSIG), or the
+    job would run twice at once after its lease is recovered elsewhere."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "plugin.pid"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, sys\n"
+            "from queue_service.plugins import load\n"
+            "from queue_service.plugins.runner import run_command\n"
+            f"plugin = load([{str(PLUGINS)!r}]).get('sleepy')\n"
+            "asyncio.run(run_command(plugin, 'poll', job_id='j', "
+            f"payload={{'seconds': 60, 'pid_file': {str(pid_file)!r}}}))\n",
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while pid_in(pid_file) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        plugin_pid = pid_in(pid_file)
+        assert plugin_pid is not None, "the plugin never started"
+        assert is_running(plugin_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while is_running(plugin_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not is_running(plugin_pid), "the plugin outlived its SIGKILLed worker"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()

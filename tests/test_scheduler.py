@@ -222,3 +222,30 @@ def test_schedule_keys_must_be_unique(db_path: Path) -> None:
     spec = ScheduleSpec.model_validate({"id": "hb", "command": "poll", "every": "5m"})
     with pytest.raises(ValueError, match="unique"):
         Scheduler(store, [PluginSchedule("echo", spec)] * 2)
+
+
+def test_check_schedules_names_unknown_commands_and_bad_payloads(tmp_path: Path) -> None:
+    from queue_service.config import parse_config
+    from queue_service.plugins import load
+    from queue_service.scheduler import check_schedules
+
+    plugins_dir = Path(__file__).parent / "plugins"
+    config = parse_config(
+        {
+            "service": {"plugin_dirs": [str(plugins_dir)]},
+            "plugins": {
+                "strict": {
+                    "schedules": [
+                        {"id": "typo", "command": "pol", "every": "1m"},
+                        {"id": "bad", "command": "lookup", "every": "1m", "payload": {}},
+                    ]
+                },
+                "ok": {"schedules": [{"id": "fine", "command": "poll", "every": "1m"}]},
+                "not-installed": {"schedules": [{"id": "x", "command": "poll", "every": "1m"}]},
+            },
+        }
+    )
+    problems = check_schedules(config, load([plugins_dir]))
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("plugins.strict.schedules[0].command: plugin 'strict' has no")
+    assert problems[1].startswith("plugins.strict.schedules[1].payload: does not match")

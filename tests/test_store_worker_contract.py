@@ -651,3 +651,27 @@ async def test_a_claim_in_one_store_is_seen_by_another(
     assert await store.claim_jobs("p", limit=1, owner=OWNER, lease_seconds=60) == []
     assert not await finish_ok(store, job, owner=OWNER)
     assert await finish_ok(store, job, owner=OTHER)
+
+
+async def test_a_mirrored_databricks_run_cannot_be_canceled_here(store: SQLiteStore) -> None:
+    from queue_service.store import Conflict, ExternalJob
+
+    run = ExternalJob(
+        job_id="7f0c4a52-0000-5000-8000-000000000001",
+        plugin="databricks",
+        command="nightly",
+        status=Status.RUNNING,
+        status_if_new=Status.RUNNING,
+        external_id="42",
+        external_url=None,
+        created_at=now_ts(),
+        started_at=now_ts(),
+        completed_at=None,
+        attempt=1,
+        last_error=None,
+        result={"run_id": 42},
+    )
+    await store.upsert_external_jobs([run])
+    with pytest.raises(Conflict, match="cancel the run there"):
+        await store.cancel_job(run.job_id)
+    assert (await get(store, run.job_id)).status is Status.RUNNING

@@ -42,6 +42,7 @@ import contextlib
 import enum
 import json
 import os
+import shutil
 import signal
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -55,9 +56,9 @@ from queue_service.timeutil import format_ts, utcnow
 
 PROTOCOL_VERSION: Final = 2
 
-#: Per-command default timeouts in seconds (ductile's defaults).
+#: Per-command default timeouts in seconds; any other command gets FALLBACK_TIMEOUT.
 DEFAULT_TIMEOUTS: Final[Mapping[str, float]] = MappingProxyType(
-    {"poll": 60.0, "handle": 120.0, "health": 10.0, "init": 30.0}
+    {"poll": 60.0, "handle": 120.0, "health": 10.0}
 )
 #: Timeout for any command not in DEFAULT_TIMEOUTS.
 FALLBACK_TIMEOUT: Final = 60.0
@@ -100,6 +101,14 @@ ENV_ALLOWLIST: Final = frozenset(
     }
 )
 _DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+# A plugin runs in its own session (so timeouts can signal its whole group), which also
+# means it would outlive a worker that is SIGKILLed and keep running while another
+# process retries the job. util-linux's setpriv sets PR_SET_PDEATHSIG before exec, so the
+# kernel kills the plugin when its worker dies. (preexec_fn would do the same in-process,
+# but is unsafe in a process with threads.) Where setpriv is missing, lease expiry still
+# recovers the job; only the overlap guard is lost.
+_SETPRIV = shutil.which("setpriv")
+_DIE_WITH_PARENT: tuple[str, ...] = (_SETPRIV, "--pdeathsig", "KILL", "--") if _SETPRIV else ()
 # After the group has been SIGKILLed, how long to wait for the pipes to report EOF.
 # Only a descendant that left the process group could still hold them open.
 _SETTLE_AFTER_KILL = 2.0
@@ -237,6 +246,7 @@ async def run_command(
     try:
         transport, proto = await loop.subprocess_exec(
             lambda: _PluginProtocol(loop, stdout_cap, stderr_cap),
+            *_DIE_WITH_PARENT,
             str(plugin.entrypoint),
             stdin=PIPE,
             stdout=PIPE,
@@ -290,6 +300,7 @@ async def run_command(
         stop=stop,
         stdout_cap=stdout_cap,
         duration=loop.time() - started,
+        entrypoint=plugin.manifest.entrypoint,
     )
 
 
@@ -506,6 +517,7 @@ def _outcome(
     stop: str,
     stdout_cap: int,
     duration: float,
+    entrypoint: str,
 ) -> AttemptOutcome:
     common: dict[str, Any] = {
         "exit_code": exit_code,
@@ -521,6 +533,15 @@ def _outcome(
     if end is _End.TIMED_OUT:
         return AttemptOutcome(
             kind=OutcomeKind.TIMED_OUT, error=f"timed out after {timeout:g}s; {stop}", **common
+        )
+    stderr = common["stderr_tail"]
+    if _SETPRIV and exit_code in (126, 127) and not proto.stdout and "setpriv:" in stderr:
+        # setpriv could not exec the entrypoint: the same failure as an OSError at spawn.
+        reason = stderr.strip().splitlines()[-1].split(": ", 2)[-1]
+        return AttemptOutcome(
+            kind=OutcomeKind.FAILED,
+            error=f"could not start plugin entrypoint {entrypoint!r}: {reason}",
+            **{**common, "exit_code": None},  # the plugin itself never ran
         )
     try:
         response = parse_response(bytes(proto.stdout))

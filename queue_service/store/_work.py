@@ -149,6 +149,11 @@ def cancel(conn: sqlite3.Connection, job_id: str, reason: str) -> Status:
     current = conn.execute(q("get_status"), {"job_id": job_id}).fetchone()
     if current is None:
         raise JobNotFound(job_id)
+    if current["source"] != "local" and current["status"] in ("queued", "running"):
+        raise Conflict(
+            f"job {job_id} mirrors a {current['source']} run; cancel the run there "
+            "(the next sync records the cancellation)"
+        )
     raise Conflict(f"job {job_id} already finished as {current['status']}; it cannot be canceled")
 
 

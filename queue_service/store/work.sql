@@ -124,12 +124,12 @@ RETURNING job_id;
 
 -- name: cancel_queued
 UPDATE jobs SET status = 'canceled', completed_at = :now, last_error = :reason
-WHERE job_id = :job_id AND status = 'queued'
+WHERE job_id = :job_id AND status = 'queued' AND source = 'local'
 RETURNING status;
 
 -- name: request_cancel
 UPDATE jobs SET cancel_requested = 1
-WHERE job_id = :job_id AND status = 'running'
+WHERE job_id = :job_id AND status = 'running' AND source = 'local'
 RETURNING status;
 
 -- name: orphaned_jobs
