@@ -238,3 +238,134 @@ async def test_cursor_paging_survives_concurrent_inserts(
             break
     assert len(seen) == len(set(seen)), "a job was repeated"
     assert seen == original[::-1], "a job was skipped or reordered"
+
+
+# -- regressions found by fuzzing (tests/test_fuzz_openapi.py) and hostile input --------------
+# The OpenAPI document must describe exactly what the server accepts: anything its schema
+# allows is served (positive_data_acceptance), anything it forbids is a 400
+# (negative_data_rejection), and nothing is a 500.
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    ["00000000000000000000-1", "99999999999999999999-999999999999999999", "20261123154640123456-7"],
+)
+async def test_any_cursor_the_schema_allows_is_served(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], cursor: str
+) -> None:
+    # Before: the schema allowed any 1-200 url-safe characters, the server refused most of them.
+    response = await client.get("/jobs", params={"cursor": cursor}, headers=admin_headers)
+    assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "0",
+        "WyIyMDI2LTExLTIzVDE1OjU1OjM5LjI1NTEyNloiLDNd",  # the old base64 form
+        "00000000000000000000-0",
+        "00000000000000000000-1\n",
+        "0000000000000000000-1",
+        "00000000000000000000-1234567890123456789",
+    ],
+)
+async def test_a_cursor_the_schema_forbids_is_a_400(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], cursor: str
+) -> None:
+    response = await client.get("/jobs", params={"cursor": cursor}, headers=admin_headers)
+    assert_error(response, 400, "invalid_parameter", param="cursor")
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "0001-01-01T00:00:00+01:00",  # before year 1 in UTC: was a 500 (OverflowError)
+        "9999-12-31T23:59:59-01:00",  # after year 9999 in UTC: was a 500
+        "0000-01-01T00:00:00Z",  # year 0 is RFC 3339; was a 400
+        "2016-12-31T23:59:60Z",  # a leap second; was a 400
+        "2016-12-31T22:59:60-01:00",
+        "2026-11-23t15:46:40.123456789z",
+    ],
+)
+async def test_every_rfc3339_time_the_schema_allows_is_served(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], moment: str
+) -> None:
+    for name in ("created_after", "created_before"):
+        response = await client.get("/jobs", params={name: moment}, headers=admin_headers)
+        assert response.status_code == 200, (name, moment, response.text)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "2026-11-23 15:46:40Z",  # a space is not RFC 3339 date-time; was accepted
+        "2026-11-23T15:46:40Z\n",  # Python's `$` matched before a trailing newline
+        "2026-11-23T12:30:60Z",  # a leap second only exists at 23:59:60 UTC
+        "2026-02-29T00:00:00Z",
+        "2026-11-23T15:46:40.1234567891Z",
+        "2026-11-23T24:00:00Z",
+        "2026-11-23T15:46:40+24:00",
+        "\uff12\uff10\uff12\uff16-11-23T15:46:40Z",  # FULLWIDTH digits
+    ],
+)
+async def test_a_time_the_schema_forbids_is_a_400(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], moment: str
+) -> None:
+    response = await client.get("/jobs", params={"created_after": moment}, headers=admin_headers)
+    assert_error(response, 400, "invalid_parameter", param="created_after")
+
+
+async def test_times_before_year_1000_order_correctly(
+    client: httpx.AsyncClient, store: SQLiteStore, admin_headers: dict[str, str]
+) -> None:
+    # strftime("%Y") wrote year 999 as "999-…", which sorts after "2026-…": every job
+    # looked older than year 999.
+    await store.enqueue(NewJob("p", "c"))
+    after = await client.get(
+        "/jobs", params={"created_after": "0999-01-01T00:00:00Z"}, headers=admin_headers
+    )
+    before = await client.get(
+        "/jobs", params={"created_before": "0999-01-01T00:00:00Z"}, headers=admin_headers
+    )
+    assert after.json()["total"] == 1 and before.json()["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("plugin", "echo\n"),
+        ("command", "poll\n"),
+        ("limit", "5\n"),
+        ("status", "ok\n"),
+        ("status", "ok\t"),
+        ("status", "o\u212a"),  # KELVIN SIGN lower-cases to "k"
+        ("status", "ok\u00a0"),  # a no-break space is stripped by str.strip()
+        ("source", "databric\u212as"),
+        ("source", "local\u2003"),
+    ],
+)
+async def test_values_python_would_bend_into_valid_ones_are_400(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], name: str, value: str
+) -> None:
+    response = await client.get("/jobs", params={name: value}, headers=admin_headers)
+    assert_error(response, 400, "invalid_parameter", param=name)
+
+
+async def test_limit_takes_leading_zeros_of_any_length(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    for text, ok in (("0000000000050", True), ("0000000000201", False), ("00", False)):
+        response = await client.get("/jobs", params={"limit": text}, headers=admin_headers)
+        if ok:
+            assert response.status_code == 200, response.text
+        else:
+            assert_error(response, 400, "invalid_parameter", param="limit")
+
+
+async def test_an_unknown_parameter_name_is_echoed_only_in_part(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    name = "x" * 60_000  # httpx caps a URL at 64 KiB
+    response = await client.get(f"/jobs?{name}=1", headers=admin_headers)
+    body = assert_error(response, 400, "unknown_parameter")
+    assert len(response.content) < 2_000 and body["param"] == "x" * 100

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -24,6 +25,16 @@ log = logging.getLogger("queue_service.api")
 
 #: The largest request body accepted, in bytes.
 MAX_BODY_BYTES = 1024 * 1024
+#: A request whose body may be larger than this (declared so, or chunked) is "large".
+LARGE_BODY_BYTES = 8 * 1024
+#: Large requests are read and handled at most this many at a time. The others wait with
+#: their bodies unread (uvicorn stops reading the socket), so the memory bodies can take -
+#: the raw bytes plus the objects JSON decoding makes of them, up to ~25x for `[{},{},…]` -
+#: stays bounded however many arrive at once.
+MAX_LARGE_BODIES = 2
+#: A large body must arrive within this many seconds once its turn has come, so that slow
+#: uploads cannot hold the turns for ever.
+BODY_READ_TIMEOUT_S = 30.0
 #: Requests served at once; beyond it the answer is 503.
 MAX_IN_FLIGHT = 512
 
@@ -56,41 +67,76 @@ class BodyLimitMiddleware:
     """Refuse bodies over `limit` bytes with 413, reading at most `limit` + one chunk.
 
     A declared Content-Length over the limit is refused before any body is read;
-    a chunked body is counted as it arrives.
+    a chunked body is counted as it arrives. Large bodies take turns (MAX_LARGE_BODIES).
     """
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
         self.app = app
         self.limit = limit
+        self.turns = asyncio.Semaphore(MAX_LARGE_BODIES)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared: int | None = None
+        chunked = False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.limit:
+                    await self._too_large(scope, receive, send)
+                    return
+                declared = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+        # A chunked body is as long as the client likes (a Content-Length beside it does not
+        # bound it: Transfer-Encoding wins), so it is large.
+        if chunked or (declared or 0) > LARGE_BODY_BYTES:
+            async with self.turns:
+                await self._buffered(scope, receive, send, deadline=BODY_READ_TIMEOUT_S)
+        else:
+            await self._buffered(scope, receive, send, deadline=None)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         too_large = error_response(
             "payload_too_large", f"the request body is over the {self.limit} byte limit"
         )
-        for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
-                await too_large(scope, receive, send)
-                return
+        await too_large(scope, receive, send)
+
+    async def _buffered(
+        self, scope: Scope, receive: Receive, send: Send, *, deadline: float | None
+    ) -> None:
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                # Client went away; let the app see the disconnect.
-                await self.app(scope, _replay([message]), send)
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await too_large(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(deadline):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        break  # the client went away
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.limit:
+                        break
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            slow = error_response(
+                "invalid_body", f"the request body did not arrive within {deadline} s"
+            )
+            await slow(scope, receive, send)
+            return
+        if message["type"] != "http.request":
+            # Let the app see the disconnect.
+            await self.app(scope, _replay([message]), send)
+            return
+        if size > self.limit:
+            chunks.clear()
+            await self._too_large(scope, receive, send)
+            return
         body = b"".join(chunks)
+        chunks.clear()
         await self.app(scope, _replay([{"type": "http.request", "body": body}], receive), send)
 
 

@@ -65,38 +65,43 @@ def _no_constant(name: str) -> Any:
 
 
 #: A \uD800-\uDFFF escape: the only way a lone surrogate can reach a parsed string.
-_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+#: A JSON string literal (escapes included), to drop before counting brackets.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_OBJECTS_AS_ARRAYS = bytes.maketrans(b"{}", b"[]")
 
 
-def _check_shape(document: Any, *, strings: bool) -> None:
-    """Refuse nesting deeper than MAX_JSON_DEPTH and (when `strings`) text that is not valid
-    Unicode (lone surrogates): both would be stored and then break every read of the job."""
-    if strings and isinstance(document, str):
-        _check_text(document)
-    stack: list[tuple[Any, int]] = [(document, 1)] if isinstance(document, dict | list) else []
-    while stack:
-        value, depth = stack.pop()
-        if depth > models.MAX_JSON_DEPTH:
-            raise ValueError(f"it nests deeper than {models.MAX_JSON_DEPTH} levels")
-        if isinstance(value, dict):
-            if strings:
-                for key in value:
-                    _check_text(key)
-            children = value.values()
-        else:
-            children = value
-        for child in children:
-            if isinstance(child, dict | list):
-                stack.append((child, depth + 1))
-            elif strings and isinstance(child, str):
-                _check_text(child)
+def _nests_deeper_than(raw: bytes, limit: int) -> bool:
+    """Whether the JSON text nests containers more than `limit` deep, at C speed.
+
+    Strings are dropped and only brackets kept (objects written as arrays: depth does not
+    care which). Each bytes.replace pass then removes every innermost `[]`, i.e. exactly one
+    level, so `limit` passes empty any text of depth <= limit. (Walking a parsed 1 MiB body
+    in Python took 0.3 s.)
+    """
+    brackets = _JSON_STRING.sub(b"", raw).translate(_OBJECTS_AS_ARRAYS, _NOT_BRACKETS)
+    too_deep = b"[" * (limit + 1)
+    for _ in range(limit):
+        if not brackets:
+            return False
+        if too_deep in brackets:  # limit + 1 openers in a row: no need to peel further
+            return True
+        peeled = brackets.replace(b"[]", b"")
+        if len(peeled) == len(brackets):
+            return False  # unbalanced, so not JSON at all: let the parser say where
+        brackets = peeled
+    return bool(brackets)
 
 
-def _check_text(text: str) -> None:
+def _has_lone_surrogate(document: Any) -> bool:
+    """Whether any string (or key) is not valid Unicode. Such text would be stored and then
+    break every read of the job."""
     try:
-        text.encode("utf-8")
+        json.dumps(document, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
-        raise ValueError("a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
+        return True
+    return False
 
 
 async def read_json_body(request: Request) -> Any:
@@ -116,18 +121,33 @@ async def read_json_body(request: Request) -> Any:
     raw = await request.body()
     if not raw.strip():
         return {}
+    if len(raw) > _INLINE_JSON_BYTES:
+        # Decoding a large body takes milliseconds; keep the event loop serving meanwhile.
+        return await asyncio.to_thread(decode_json, raw)
+    return decode_json(raw)
+
+
+#: Bodies up to this size are decoded on the event loop; larger ones in a thread.
+_INLINE_JSON_BYTES = 64 * 1024
+
+
+def decode_json(raw: bytes) -> Any:
+    """Strict JSON from UTF-8 bytes, or the canonical 400 saying what is wrong."""
+    if _nests_deeper_than(raw, models.MAX_JSON_DEPTH):
+        raise ApiError("invalid_body", f"the body nests deeper than {models.MAX_JSON_DEPTH} levels")
     try:
-        document = json.loads(raw, parse_float=_finite_float, parse_constant=_no_constant)
-        strings = _SURROGATE_ESCAPE.search(raw) is not None
-        if strings or raw.count(b"[") + raw.count(b"{") > models.MAX_JSON_DEPTH:
-            _check_shape(document, strings=strings)
-    except RecursionError:
+        # JSON on the wire is UTF-8 (RFC 8259); json.loads would also guess UTF-16 or -32.
+        document = json.loads(
+            raw.decode("utf-8"), parse_float=_finite_float, parse_constant=_no_constant
+        )
+    except (ValueError, RecursionError) as exc:
+        raise ApiError("invalid_body", f"the body is not valid JSON: {str(exc)[:200]}") from None
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(document):
         raise ApiError(
             "invalid_body",
-            f"the body is not valid JSON: it nests deeper than {models.MAX_JSON_DEPTH} levels",
-        ) from None
-    except ValueError as exc:
-        raise ApiError("invalid_body", f"the body is not valid JSON: {str(exc)[:200]}") from None
+            "the body is not valid Unicode: a string holds a lone UTF-16 surrogate "
+            "(\\ud800-\\udfff)",
+        )
     return document
 
 

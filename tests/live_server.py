@@ -1,0 +1,284 @@
+"""A real `queue-service serve` process on 127.0.0.1, with a seeded database and a token per
+scope, for the tests that must see the product as it runs: fuzzing, hostile input over the
+wire, auth and log capture, and memory under load. Not a test module itself."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from queue_service.api import ServiceState
+from queue_service.auth import hash_token
+from queue_service.scopes import SCOPES
+from queue_service.statuses import Source, Status
+from queue_service.store import ExternalJob, NewJob, SQLiteStore
+from queue_service.timeutil import now_ts
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The sample plugin shipped with the repository: echo (poll and health are read commands,
+#: handle is a write command).
+PLUGIN_DIR = ROOT / "plugins"
+
+
+@dataclass
+class Seeded:
+    """What the database holds before the server starts."""
+
+    #: One token per scope, plus "expired" and "revoked" tokens (scope `*`).
+    tokens: dict[str, str] = field(default_factory=dict)
+    #: Job ids by status (and "databricks" for a synced run).
+    jobs: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def all_job_ids(self) -> list[str]:
+        return [job_id for ids in self.jobs.values() for job_id in ids]
+
+
+async def seed_database(db: Path, preset_tokens: dict[str, str] | None = None) -> Seeded:
+    """Migrate `db`, create the tokens and jobs in every status, and close it.
+
+    `preset_tokens` maps a scope to a secret made beforehand (with auth.new_secret), for
+    callers that must know a token before the server exists; only its hash is stored."""
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        state = ServiceState.for_store(store)
+        seeded = Seeded()
+        for scope in SCOPES:
+            secret = (preset_tokens or {}).get(scope)
+            if secret is None:
+                secret, _ = await state.tokens.create(f"scope-{scope}", [scope])
+            else:
+                await store.create_token(f"scope-{scope}", hash_token(secret), [scope], None)
+            seeded.tokens[scope] = secret
+        seeded.tokens["expired"], _ = await state.tokens.create("expired", ["*"], "1h")
+        seeded.tokens["revoked"], _ = await state.tokens.create("revoked", ["*"])
+        assert await store.revoke_token("revoked")
+
+        def add(key: str, job_id: str) -> None:
+            seeded.jobs.setdefault(key, []).append(job_id)
+
+        # Queued echo jobs due far in the future: the server's worker never claims them, so
+        # they stay queued (and cancelable) for the whole test.
+        later = "2999-01-01T00:00:00.000000Z"
+        payloads: list[object] = [
+            {},
+            {"text": "héllo ✓ 😀", "n": [1, 2.5, None, True], "deep": {"a": {"b": {"c": []}}}},
+            {"big": 10**30, "neg": -1, "empty": ""},
+        ]
+        for i, payload in enumerate(payloads):
+            job = NewJob(
+                "echo", "poll", payload, submitted_by="seed", dedupe_key=f"k{i}", run_after=later
+            )
+            add("queued", (await store.enqueue(job)).job_id)
+        endings = {
+            Status.SUCCEEDED: {"answer": 42, "list": ["x", {"y": None}]},
+            Status.FAILED: None,
+            Status.TIMED_OUT: None,
+            Status.CANCELED: None,
+            Status.DEAD: None,
+        }
+        for status, result in endings.items():
+            job = NewJob("echo", "handle", {"s": str(status)}, run_after=later)
+            job_id = (await store.enqueue(job)).job_id
+            await store.set_status(job_id, Status.RUNNING)
+            error = None if status is Status.SUCCEEDED else f"it ended {status}"
+            await store.set_status(job_id, status, result=result, last_error=error)
+            add(str(status), job_id)
+        running = (await store.enqueue(NewJob("echo", "poll", run_after=later))).job_id
+        await store.set_status(running, Status.RUNNING)
+        add("running", running)
+        now = now_ts()  # recent, so retention does not prune it
+        await store.upsert_external_jobs(
+            [
+                ExternalJob(
+                    job_id="databricks-ws-123",
+                    plugin="databricks",
+                    command="nightly etl ✓",
+                    status=Status.SUCCEEDED,
+                    status_if_new=Status.SUCCEEDED,
+                    external_id="123",
+                    external_url="https://example.invalid/#job/1/run/123",
+                    created_at=now,
+                    started_at=now,
+                    completed_at=now,
+                    attempt=1,
+                    last_error=None,
+                    result={"state": "SUCCESS"},
+                    source=Source.DATABRICKS,
+                )
+            ]
+        )
+        add("databricks", "databricks-ws-123")
+    finally:
+        await store.close()
+    # An expired token: its expiry moved into the past behind the service's back.
+    raw = sqlite3.connect(db)
+    with raw:
+        raw.execute(
+            "UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z' WHERE name = ?",
+            ("expired",),
+        )
+    raw.close()
+    return seeded
+
+
+@dataclass
+class LiveServer:
+    proc: subprocess.Popen[bytes]
+    base: str
+    db: Path
+    log: Path
+    seeded: Seeded
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def headers(self, scope: str = "*") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.seeded.tokens[scope]}"}
+
+    def rss_kib(self) -> int:
+        """The server's resident set size, from /proc (no psutil)."""
+        return read_rss_kib(self.pid)
+
+    def stop(self) -> str:
+        """SIGTERM, wait for a clean exit, and return everything the server logged."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.log.read_text(errors="replace")
+
+
+def read_rss_kib(pid: int | str = "self") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def start_server(
+    tmp: Path, *, log_level: str = "info", preset_tokens: dict[str, str] | None = None
+) -> LiveServer:
+    """Seed a database under `tmp`, start `queue-service serve` on a free port, wait for it."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    db = tmp / "live.db"
+    seeded = asyncio.run(seed_database(db, preset_tokens))
+    config = tmp / "config.toml"
+    config.write_text(f'[service]\nplugin_dirs = ["{PLUGIN_DIR}"]\nworkers = 1\n')
+    port = free_port()
+    log = tmp / "server.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "queue_service",
+                "serve",
+                "--db",
+                str(db),
+                "--port",
+                str(port),
+                "--config",
+                str(config),
+                "--log-level",
+                log_level,
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=tmp,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    server = LiveServer(proc, f"http://127.0.0.1:{port}", db, log, seeded)
+    deadline = time.monotonic() + 30
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{server.base}/healthz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"serve did not answer /healthz:\n{log.read_text()}")
+        time.sleep(0.05)
+
+
+#: The tables a request could change when it touches jobs (tokens are left out: a good
+#: token's last_used_at is bookkeeping, not state).
+JOB_TABLES = ("jobs", "job_counts", "job_attempts")
+
+
+def jobs_snapshot(db: Path) -> dict[str, list[tuple[object, ...]]]:
+    """Every row of the job tables, in a stable order: to prove requests changed nothing."""
+    raw = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {
+            table: sorted(raw.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
+            for table in JOB_TABLES
+        }
+    finally:
+        raw.close()
+
+
+def raw_request(
+    server: LiveServer, head: bytes, body: bytes | Iterable[bytes] = b"", *, timeout: float = 30
+) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes exactly as given (no client-side normalization or size caps) and read the
+    answer until the server closes (send `Connection: close`). The server may answer before
+    the upload ends (a 413): the rest of the upload is then dropped."""
+    port = int(server.base.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        # No half-close: uvicorn reads EOF as the client going away and would not answer.
+        try:
+            sock.sendall(head)
+            for part in [body] if isinstance(body, bytes) else body:
+                sock.sendall(part)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+    raw = b"".join(chunks)
+    head_part, _, payload = raw.partition(b"\r\n\r\n")
+    lines = head_part.decode("latin-1").split("\r\n")
+    if not lines[0]:
+        raise ConnectionError("the server closed the connection without answering")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    if headers.get("transfer-encoding") == "chunked":
+        payload = _dechunk(payload)
+    return status, headers, payload
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        data = rest[size + 2 :]
+    return out
