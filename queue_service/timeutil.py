@@ -23,7 +23,12 @@ def format_ts(moment: datetime) -> str:
     """Format an aware datetime as fixed-width UTC text."""
     if moment.tzinfo is None:
         raise ValueError("naive datetimes are ambiguous; pass an aware datetime")
-    return moment.astimezone(UTC).strftime(TIMESTAMP_FORMAT)
+    utc = moment.astimezone(UTC)
+    # Not strftime("%Y"): it does not pad years before 1000, which would break text order.
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
+        f"{utc.second:02d}.{utc.microsecond:06d}Z"
+    )
 
 
 def now_ts() -> str:

@@ -44,3 +44,13 @@ def test_parse_duration(text: str, seconds: int) -> None:
 def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+def test_format_ts_pads_early_years_so_text_order_holds() -> None:
+    from datetime import UTC, datetime
+
+    from queue_service.timeutil import format_ts
+
+    early = format_ts(datetime(999, 1, 2, 3, 4, 5, 6, tzinfo=UTC))
+    assert early == "0999-01-02T03:04:05.000006Z"
+    assert early < format_ts(datetime(2026, 1, 1, tzinfo=UTC))
