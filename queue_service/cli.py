@@ -13,7 +13,13 @@ from typing import Any
 
 from queue_service import __version__
 from queue_service.api.jobs import job_view
-from queue_service.api.params import encode_cursor, parse_cursor, parse_limit, parse_statuses
+from queue_service.api.params import (
+    encode_cursor,
+    parse_cursor,
+    parse_limit,
+    parse_source,
+    parse_statuses,
+)
 from queue_service.auth import TokenService
 from queue_service.scopes import SCOPES, UnknownScope
 from queue_service.store import (
@@ -149,6 +155,7 @@ async def _jobs(store: SQLiteStore, args: argparse.Namespace) -> int:
             plugin=args.plugin,
             command=args.command,
             statuses=parse_statuses(args.status) if args.status else (),
+            sources=parse_source(args.source) if args.source else (),
         )
         limit = parse_limit(str(args.limit))
         cursor = parse_cursor(args.cursor) if args.cursor else None
@@ -297,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     worker = commands.add_parser(
-        "worker", help="run only the worker and scheduler (no HTTP), against the same --db"
+        "worker",
+        help="run the worker, the scheduler and (with [databricks]) the sync, without HTTP",
     )
     _add_db(worker)
     worker.add_argument("--config", help="TOML config file (default: $QUEUE_SERVICE_CONFIG)")
@@ -352,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--plugin")
     jobs.add_argument("--command")
     jobs.add_argument("--status", help="status or alias; comma-separated for several")
+    jobs.add_argument("--source", help="local or databricks")
     jobs.add_argument("--limit", type=int, default=50)
     jobs.add_argument("--cursor")
     jobs.add_argument("--json", action="store_true", help="print the API's JSON")

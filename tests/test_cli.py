@@ -154,3 +154,12 @@ def test_not_a_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     bogus.write_text("plain text " * 500)
     code, _, err = run(capsys, "jobs", "--db", str(bogus))
     assert code == 1 and "not a queue-service SQLite database" in err
+
+
+def test_jobs_filters_by_source(seeded: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "jobs", "--json", "--source", "local", "--db", seeded)
+    assert code == 0 and json.loads(out)["total"] == 4
+    code, out, _ = run(capsys, "jobs", "--json", "--source", "databricks", "--db", seeded)
+    assert code == 0 and json.loads(out)["total"] == 0
+    code, _, err = run(capsys, "jobs", "--source", "remote", "--db", seeded)
+    assert code == 1 and "unknown source 'remote'" in err
