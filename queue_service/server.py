@@ -114,9 +114,14 @@ def start_roles(state: ServiceState, stop: asyncio.Event) -> list[asyncio.Task[N
     return [asyncio.create_task(role) for role in roles]
 
 
-async def open_service(db: str, config_path: str | None) -> ServiceState:
+async def open_service(db: str, config_path: str | None, *, writes: bool = False) -> ServiceState:
+    """The config, the store and the plugins. With `writes`, a read-only database is
+    refused (CliError) before anything else happens."""
     config = read_config(config_path)
     store = await open_store(db, synchronous=config.service.synchronous)
+    if writes and store.read_only is not None:
+        await store.close()
+        raise CliError(f"{db}: {store.read_only}; a worker needs to write")
     return ServiceState.for_store(store, config=config, registry=registry_for(config))
 
 
@@ -160,7 +165,7 @@ async def run_service(
             host,
             port,
             len(state.registry.valid()),
-            state.config.service.workers,
+            state.config.service.workers if tasks else 0,
         )
         with _quiet_signals():
             await server.serve()
@@ -175,10 +180,7 @@ async def run_service(
 
 async def run_worker(*, db: str, config_path: str | None) -> int:
     """The roles without HTTP, until SIGTERM or SIGINT."""
-    state = await open_service(db, config_path)
-    if state.store.read_only is not None:
-        await state.store.close()
-        raise CliError(f"{db}: {state.store.read_only}; a worker needs to write")
+    state = await open_service(db, config_path, writes=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

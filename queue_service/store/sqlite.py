@@ -122,6 +122,12 @@ def translate_error(exc: sqlite3.Error, path: str) -> StoreError:
         return NotADatabase(f"{path} is not a queue-service SQLite database (or it is corrupt)")
     if name.startswith("SQLITE_CANTOPEN") or "unable to open" in text:
         return StoreUnavailable(f"cannot open the database: {text}")
+    if name in {"SQLITE_IOERR_WRITE", "SQLITE_IOERR_TRUNCATE", "SQLITE_IOERR_FSYNC"}:
+        # A file-size limit (RLIMIT_FSIZE) or a quota shows up here rather than as "full".
+        return StoreUnavailable(
+            f"cannot write the database ({text}): the disk may be full, or a size limit or "
+            "quota reached; writes resume when it can grow"
+        )
     if name.startswith("SQLITE_IOERR"):
         return StoreUnavailable(f"I/O error on the database: {text}")
     return StoreError(text)
@@ -338,14 +344,14 @@ class SQLiteStore:
             conn.close()
 
     def _unwritable(self) -> str | None:
-        """What keeps the database from being written, per the OS, or None."""
+        """What keeps the database from being written, per the OS, or None. No path in it:
+        the reason is also every refused write's answer, and API callers need no paths."""
         path = Path(self.path).absolute()
         if not os.access(path.parent, os.W_OK):
-            return f"its directory {path.parent} is not writable"
+            return "its directory is not writable"
         if path.exists() and not os.access(path, os.W_OK):
-            return f"the file {path} is not writable"
-        probe = self._read_only_reason_from_sqlite()
-        return probe
+            return "the file is not writable"
+        return self._read_only_reason_from_sqlite()
 
     def _read_only_reason_from_sqlite(self) -> str | None:
         """SQLite may find a file read-only that access(2) allows (a read-only mount seen
