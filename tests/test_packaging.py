@@ -1,0 +1,31 @@
+"""The wheel carries what an installed queue-service needs outside the source tree."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_migrations_and_queries(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("queue_service-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    migrations = sorted(p.name for p in (ROOT / "migrations").glob("[0-9]*.sql"))
+    assert migrations, "no migrations in the source tree"
+    for name in migrations:
+        assert f"queue_service/migrations/{name}" in names
+    for name in ("queries.sql", "work.sql", "sync.sql", "schedules.sql", "schema.sql"):
+        assert f"queue_service/store/{name}" in names
+    assert any(n.endswith("entry_points.txt") for n in names)
