@@ -27,7 +27,7 @@ from queue_service.config import ServiceConfig
 from queue_service.plugins import Registry
 from queue_service.plugins.runner import KILL_GRACE, AttemptOutcome, OutcomeKind, run_command
 from queue_service.statuses import Status
-from queue_service.store import Job, SQLiteStore
+from queue_service.store import Job, SQLiteStore, StoreUnavailable
 from queue_service.store.types import AttemptEnd
 from queue_service.timeutil import format_ts, utcnow
 
@@ -72,6 +72,15 @@ def decide_end(
             failed, status=Status.QUEUED, run_after=format_ts(now + timedelta(seconds=delay))
         )
     return replace(failed, status=Status.TIMED_OUT if timed_out else Status.FAILED)
+
+
+def log_failure(message: str, exc: Exception) -> None:
+    """One line for an unavailable store (busy, read-only, disk full: the message says
+    which, and it repeats until fixed); a traceback for anything unexpected."""
+    if isinstance(exc, StoreUnavailable):
+        log.warning("%s: %s", message, exc)
+    else:
+        log.error("%s", message, exc_info=exc)
 
 
 def new_owner_id() -> str:
@@ -143,9 +152,9 @@ class Worker:
             while not stop.is_set():
                 try:
                     claimed = await self._claim_round()
-                except Exception:
+                except Exception as exc:
                     # A busy or briefly unavailable database must not end the worker.
-                    log.exception("claiming jobs failed; will retry")
+                    log_failure("claiming jobs failed; will retry", exc)
                     claimed = 0
                 if claimed:
                     continue
@@ -276,8 +285,8 @@ class Worker:
     async def _run_job(self, job: Job) -> None:
         try:
             await self._attempt(job)
-        except Exception:
-            log.exception("job %s: the worker failed while running it", job.job_id)
+        except Exception as exc:
+            log_failure(f"job {job.job_id}: the worker failed while running it", exc)
         finally:
             self._running.pop(job.job_id, None)
             self.wake()
@@ -382,8 +391,8 @@ class Worker:
                     await result
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("background task %s failed; will retry", action)
+            except Exception as exc:
+                log_failure(f"background task {getattr(action, '__name__', action)} failed", exc)
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.sleep(seconds)
                 continue

@@ -125,3 +125,32 @@ def test_a_file_that_is_not_sqlite_is_refused_with_a_message(tmp_path: Path) -> 
     assert result.returncode == 1
     assert "not a queue-service SQLite database" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_schedule_naming_an_unknown_command_stops_start_up(tmp_path: Path) -> None:
+    plugins = Path(__file__).resolve().parents[1] / "plugins"
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        f'[service]\nplugin_dirs = ["{plugins}"]\n'
+        '[[plugins.echo.schedules]]\nid = "typo"\ncommand = "pol"\nevery = "1m"\n'
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "queue_service",
+            "serve",
+            "--db",
+            str(tmp_path / "q.db"),
+            "--port",
+            str(free_port()),
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "plugins.echo.schedules[0].command: plugin 'echo' has no command 'pol'" in result.stderr
+    assert "Traceback" not in result.stderr
