@@ -118,6 +118,10 @@ class Health(_Model):
     version: str
     uptime_seconds: float
     queue_depth: int = Field(description="Jobs that are queued or running.")
+    writable: bool = Field(
+        description="False when the database was opened read-only (file or folder not "
+        "writable): reads work, writes answer 503."
+    )
     sync: SyncStatus | None = Field(
         default=None, description="The Databricks sync, when it is configured."
     )

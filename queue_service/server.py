@@ -118,14 +118,15 @@ async def open_service(db: str, config_path: str | None, *, writes: bool = False
     """The config, the store and the plugins. With `writes`, a read-only database is
     refused (CliError) before anything else happens."""
     config = read_config(config_path)
-    registry = registry_for(config)
-    problems = check_schedules(config, registry)
-    if problems:
-        raise CliError("invalid schedules in the config:\n  " + "\n  ".join(problems))
     store = await open_store(db, synchronous=config.service.synchronous)
     if writes and store.read_only is not None:
         await store.close()
         raise CliError(f"{db}: {store.read_only}; a worker needs to write")
+    registry = registry_for(config)
+    problems = check_schedules(config, registry)
+    if problems:
+        await store.close()
+        raise CliError("invalid schedules in the config:\n  " + "\n  ".join(problems))
     return ServiceState.for_store(store, config=config, registry=registry)
 
 

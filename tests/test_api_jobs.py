@@ -61,6 +61,7 @@ async def test_healthz_needs_no_token_and_counts_active_jobs(
     body = response.json()
     assert body["status"] == "ok" and body["queue_depth"] == 1
     assert isinstance(body["uptime_seconds"], float) and body["version"]
+    assert body["writable"] is True
 
 
 async def test_empty_listing_shape(

@@ -145,7 +145,8 @@ def test_a_read_only_database_serves_reads_and_answers_writes_with_503(
             assert listing.json()["total"] == len(seeded.all_job_ids)
             for job_id in seeded.all_job_ids:
                 assert http.get(f"/job/{job_id}").status_code == 200
-            assert http.get("/healthz").status_code == 200
+            health = http.get("/healthz")
+            assert health.status_code == 200 and health.json()["writable"] is False
 
             writes = [
                 http.post("/plugin/ok/poll", json={"payload": {}}),

@@ -43,6 +43,7 @@ async def health(request: Request, ctx: Context) -> Response:
         version=ctx.state.version,
         uptime_seconds=ctx.state.uptime_seconds(),
         queue_depth=depth,
+        writable=ctx.state.store.read_only is None,
         sync=await sync_status(ctx.state) if databricks and databricks.enabled else None,
     )
     # `sync` is left out when not configured; nested nulls stay (they are schema-required).
