@@ -65,30 +65,35 @@ WHERE status = :status AND source = :source AND command = :command
   AND (created_at, seq) < (:cursor_created, :cursor_seq)
 ORDER BY created_at DESC, seq DESC LIMIT :limit;
 
--- Exact totals with no time bounds come from job_counts (a few rows).
+-- Exact per-(status, source) counts from job_counts (a few rows): the total without time
+-- bounds, and which listing queries can be skipped because they would find nothing.
 
 -- name: total_all
-SELECT COALESCE(SUM(n), 0) FROM job_counts
+SELECT status, source, SUM(n) FROM job_counts
 WHERE status IN (SELECT value FROM json_each(:statuses))
-  AND source IN (SELECT value FROM json_each(:sources));
+  AND source IN (SELECT value FROM json_each(:sources))
+GROUP BY status, source;
 
 -- name: total_plugin
-SELECT COALESCE(SUM(n), 0) FROM job_counts
+SELECT status, source, SUM(n) FROM job_counts
 WHERE plugin = :plugin
   AND status IN (SELECT value FROM json_each(:statuses))
-  AND source IN (SELECT value FROM json_each(:sources));
+  AND source IN (SELECT value FROM json_each(:sources))
+GROUP BY status, source;
 
 -- name: total_plugin_command
-SELECT COALESCE(SUM(n), 0) FROM job_counts
+SELECT status, source, SUM(n) FROM job_counts
 WHERE plugin = :plugin AND command = :command
   AND status IN (SELECT value FROM json_each(:statuses))
-  AND source IN (SELECT value FROM json_each(:sources));
+  AND source IN (SELECT value FROM json_each(:sources))
+GROUP BY status, source;
 
 -- name: total_command
-SELECT COALESCE(SUM(n), 0) FROM job_counts
+SELECT status, source, SUM(n) FROM job_counts
 WHERE command = :command
   AND status IN (SELECT value FROM json_each(:statuses))
-  AND source IN (SELECT value FROM json_each(:sources));
+  AND source IN (SELECT value FROM json_each(:sources))
+GROUP BY status, source;
 
 -- Exact totals with time bounds count one covering-index range per (status, source).
 

@@ -783,9 +783,8 @@ def _list_jobs(
     conn: sqlite3.Connection, filters: JobFilter, limit: int, cursor: Cursor | None
 ) -> JobPage:
     key = (filters.plugin is not None, filters.command is not None)
-    statuses: Iterable[str] = filters.statuses or STATUSES
-    sources: Iterable[str] = filters.sources or SOURCES
-    statuses, sources = sorted(set(statuses)), sorted(set(sources))
+    statuses = sorted(set(filters.statuses or STATUSES))
+    sources = sorted(set(filters.sources or SOURCES))
     base = {
         "plugin": filters.plugin,
         "command": filters.command,
@@ -795,25 +794,40 @@ def _list_jobs(
         "cursor_seq": cursor.seq if cursor else _MAX_SEQ,
         "limit": limit + 1,
     }
-    runs = []
-    for status, source in itertools.product(statuses, sources):
-        params = {**base, "status": status, "source": source}
-        runs.append(conn.execute(q(_SUMMARY_QUERY[key]), params).fetchall())
-    merged = heapq.merge(*runs, key=lambda r: (r["created_at"], r["seq"]), reverse=True)
-    rows = list(itertools.islice(merged, limit + 1))
+    # Counts per (status, source) from job_counts: the exact total when there are no time
+    # bounds, and the pairs worth listing at all (a pair with no jobs needs no query).
+    counts = {
+        (status, source): int(n)
+        for status, source, n in conn.execute(
+            q(_TOTAL_QUERY[key]),
+            {**base, "statuses": json.dumps(statuses), "sources": json.dumps(sources)},
+        )
+        if n
+    }
+    # One index walk per pair, merged lazily: the cursors step only as far as the merge
+    # needs, so a page reads about limit + pairs rows, not limit x pairs.
+    walks = [
+        conn.execute(q(_SUMMARY_QUERY[key]), {**base, "status": status, "source": source})
+        for status, source in counts
+    ]
+    try:
+        merged = heapq.merge(*walks, key=lambda r: (r["created_at"], r["seq"]), reverse=True)
+        rows = list(itertools.islice(merged, limit + 1))
+    finally:
+        for walk in walks:
+            walk.close()
     jobs = [summary_from_row(r) for r in rows[:limit]]
     next_cursor = Cursor(jobs[-1].created_at, jobs[-1].seq) if len(rows) > limit else None
 
     if filters.created_after is None and filters.created_before is None:
-        total = conn.execute(
-            q(_TOTAL_QUERY[key]),
-            {**base, "statuses": json.dumps(statuses), "sources": json.dumps(sources)},
-        ).fetchone()[0]
+        total = sum(counts.values())
     else:
-        total = 0
-        for status, source in itertools.product(statuses, sources):
-            params = {**base, "status": status, "source": source}
-            total += conn.execute(q(_COUNT_QUERY[key]), params).fetchone()[0]
+        total = sum(
+            conn.execute(
+                q(_COUNT_QUERY[key]), {**base, "status": status, "source": source}
+            ).fetchone()[0]
+            for status, source in counts
+        )
     return JobPage(jobs=jobs, total=int(total), next_cursor=next_cursor)
 
 
