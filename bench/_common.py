@@ -104,7 +104,7 @@ def cpu_busy(seconds: float = 1.0) -> float:
     return 1 - (idle1 - idle0) / max(1, total1 - total0)
 
 
-def wait_for_quiet(where: str, limit_s: float = 180.0, busy_below: float = 0.2) -> dict[str, float]:
+def wait_for_quiet(where: str, limit_s: float = 180.0, busy_below: float = 0.2) -> dict[str, Any]:
     """Wait (up to `limit_s`) until other processes leave the CPUs mostly idle, then report
     the load. Every figure on a shared 2-core machine depends on it."""
     deadline = time.monotonic() + limit_s
@@ -116,7 +116,11 @@ def wait_for_quiet(where: str, limit_s: float = 180.0, busy_below: float = 0.2) 
         "quiet" if busy < busy_below else "BUSY: other processes compete; figures are pessimistic"
     )
     print(f"[{where}] CPUs {busy:.0%} busy before start, load average {load:.2f} ({state})")
-    return {"cpu_busy_at_start": round(busy, 3), "loadavg_1m_at_start": round(load, 2)}
+    return {
+        "cpu_busy_at_start": round(busy, 3),
+        "loadavg_1m_at_start": round(load, 2),
+        "source_at_start": source_version(),
+    }
 
 
 def source_version() -> dict[str, Any]:
@@ -142,16 +146,14 @@ def machine() -> dict[str, Any]:
     }
 
 
-def write_results(
-    name: str, data: dict[str, Any], *, quick: bool = False, source: dict[str, Any] | None = None
-) -> Path:
+def write_results(name: str, data: dict[str, Any], *, quick: bool = False) -> Path:
     """Write bench/results/NAME.json atomically (through NAME.json.tmp). A --quick run
     writes NAME_quick.json instead, so a smoke test never replaces the full-size figures."""
     name = f"{name}_quick" if quick else name
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
-    header = {"machine": machine(), "source_at_start": source or source_version()}
+    header = {"machine": machine(), "source_at_end": source_version()}
     tmp.write_text(json.dumps({**header, **data}, indent=2) + "\n")
     tmp.replace(path)
     print(f"\nresults: {path.relative_to(REPO)}")

@@ -290,7 +290,7 @@ async def measure_in_process(
             combo.cpu.append(cpu)
             combo.per_query.setdefault(query, []).append(elapsed)
             if i % 4 == 0:
-                filters, cursor = parsed[id(combo)][i % len(combo.queries)]
+                filters, cursor = parsed[id(combo)][(i // 4) % len(combo.queries)]
                 t0 = time.perf_counter()
                 await store.list_jobs(filters, limit=50, cursor=cursor)
                 combo.store.append(time.perf_counter() - t0)
