@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from queue_service import __version__
-from queue_service.api.jobs import job_view
+from queue_service.api.jobs import job_view, page_body
 from queue_service.api.params import (
     encode_cursor,
     parse_cursor,
@@ -148,7 +148,6 @@ async def _token_revoke(store: SQLiteStore, args: argparse.Namespace) -> int:
 
 
 async def _jobs(store: SQLiteStore, args: argparse.Namespace) -> int:
-    from queue_service import models
 
     try:
         filters = JobFilter(
@@ -164,15 +163,7 @@ async def _jobs(store: SQLiteStore, args: argparse.Namespace) -> int:
     page = await store.list_jobs(filters, limit=limit, cursor=cursor)
     next_cursor = encode_cursor(page.next_cursor) if page.next_cursor else None
     if args.json:
-        body = models.JobList(
-            jobs=[
-                models.JobSummary(**{f: getattr(j, f) for f in models.JobSummary.model_fields})
-                for j in page.jobs
-            ],
-            total=page.total,
-            next_cursor=next_cursor,
-        )
-        print(body.model_dump_json(indent=2))
+        print(page_body(page).model_dump_json(indent=2))
         return 0
     rows = [
         [j.job_id, j.plugin, j.command[:40], j.status, j.source, j.created_at[:19], str(j.attempt)]

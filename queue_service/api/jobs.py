@@ -15,7 +15,7 @@ from queue_service.api.operations import Context, Operation
 from queue_service.api.params import JOB_LIST_PARAMS, encode_cursor
 from queue_service.errors import ApiError
 from queue_service.scopes import grants
-from queue_service.store import Job, JobFilter
+from queue_service.store import Job, JobFilter, JobPage
 
 log = logging.getLogger("queue_service.api")
 _STATUS_FIELDS = tuple(models.JobStatusView.model_fields)
@@ -68,15 +68,36 @@ def job_view(job: Job, attempts: list[dict[str, object]] | None) -> BaseModel:
     )
 
 
+def job_not_found(job_id: str) -> ApiError:
+    return ApiError("not_found", f"no job with id {job_id[:64]!r}", param="job_id")
+
+
+async def job_response(ctx: Context, job: Job, status_code: int = 200) -> Response:
+    """The job as the caller's scope may see it: the detail view with attempts for
+    `jobs:ro` and above, else the status view."""
+    detailed = ctx.principal is not None and grants(ctx.principal.scopes, "jobs:ro")
+    attempts = await ctx.state.store.get_attempts(job.job_id) if detailed else None
+    return json_response(job_view(job, attempts), status_code)
+
+
+def page_body(page: JobPage) -> models.JobList:
+    """A store page in the GET /jobs shape (the CLI's --json prints the same)."""
+    return models.JobList(
+        jobs=[
+            models.JobSummary(**{name: getattr(j, name) for name in _SUMMARY_FIELDS})
+            for j in page.jobs
+        ],
+        total=page.total,
+        next_cursor=encode_cursor(page.next_cursor) if page.next_cursor else None,
+    )
+
+
 async def get_job(request: Request, ctx: Context) -> Response:
     job_id = request.path_params["job_id"]
     job = await ctx.state.store.get_job(job_id) if len(job_id) <= 200 else None
     if job is None:
-        raise ApiError("not_found", f"no job with id {job_id[:64]!r}", param="job_id")
-    assert ctx.principal is not None
-    detailed = grants(ctx.principal.scopes, "jobs:ro")
-    attempts = await ctx.state.store.get_attempts(job.job_id) if detailed else None
-    return json_response(job_view(job, attempts))
+        raise job_not_found(job_id)
+    return await job_response(ctx, job)
 
 
 async def list_jobs(request: Request, ctx: Context) -> Response:
@@ -90,14 +111,7 @@ async def list_jobs(request: Request, ctx: Context) -> Response:
         created_before=query["created_before"],
     )
     page = await ctx.state.store.list_jobs(filters, limit=query["limit"], cursor=query["cursor"])
-    body = models.JobList(
-        jobs=[
-            models.JobSummary(**{name: getattr(j, name) for name in _SUMMARY_FIELDS})
-            for j in page.jobs
-        ],
-        total=page.total,
-        next_cursor=encode_cursor(page.next_cursor) if page.next_cursor else None,
-    )
+    body = page_body(page)
     return json_response(body)
 
 

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from queue_service import models
-from queue_service.api.jobs import job_view, json_response
+from queue_service.api.jobs import job_not_found, job_response, json_response
 from queue_service.api.operations import ANY_SCOPE, Context, Operation, insufficient_scope
 from queue_service.api.params import MAX_ECHO, MAX_TEXT, parse_timestamp
 from queue_service.errors import ApiError
@@ -229,7 +229,7 @@ async def cancel(request: Request, ctx: Context) -> Response:
             raise JobNotFound(job_id[:MAX_ECHO])
         outcome = await ctx.state.store.cancel_job(job_id)
     except JobNotFound:
-        raise ApiError("not_found", f"no job with id {job_id[:64]!r}", param="job_id") from None
+        raise job_not_found(job_id) from None
     except Conflict as exc:
         raise ApiError("conflict", str(exc)) from None
     if outcome is Status.RUNNING:
@@ -245,10 +245,8 @@ async def cancel(request: Request, ctx: Context) -> Response:
             await asyncio.sleep(0.05)
     job = await ctx.state.store.get_job(job_id)
     if job is None:  # pruned in between: vanishingly rare
-        raise ApiError("not_found", f"no job with id {job_id[:64]!r}", param="job_id")
-    detailed = ctx.principal is not None and grants(ctx.principal.scopes, "jobs:ro")
-    attempts = await ctx.state.store.get_attempts(job_id) if detailed else None
-    return json_response(job_view(job, attempts), 200 if job.status in TERMINAL else 202)
+        raise job_not_found(job_id)
+    return await job_response(ctx, job, 200 if job.status in TERMINAL else 202)
 
 
 async def list_schedules(request: Request, ctx: Context) -> Response:
