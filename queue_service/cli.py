@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from queue_service import __version__
-from queue_service.api.jobs import job_view, page_body
 from queue_service.api.params import (
     encode_cursor,
     parse_cursor,
@@ -20,6 +19,7 @@ from queue_service.api.params import (
     parse_source,
     parse_statuses,
 )
+from queue_service.api.responses import job_view, page_body, to_json
 from queue_service.auth import TokenService
 from queue_service.scopes import SCOPES, UnknownScope
 from queue_service.store import (
@@ -163,7 +163,7 @@ async def _jobs(store: SQLiteStore, args: argparse.Namespace) -> int:
     page = await store.list_jobs(filters, limit=limit, cursor=cursor)
     next_cursor = encode_cursor(page.next_cursor) if page.next_cursor else None
     if args.json:
-        print(page_body(page).model_dump_json(indent=2))
+        print(to_json(page_body(page), indent=True).decode())
         return 0
     rows = [
         [j.job_id, j.plugin, j.command[:40], j.status, j.source, j.created_at[:19], str(j.attempt)]
@@ -180,7 +180,7 @@ async def _job(store: SQLiteStore, args: argparse.Namespace) -> int:
     if job is None:
         raise CliError(f"no job with id {args.job_id!r}")
     attempts = await store.get_attempts(job.job_id)
-    print(job_view(job, attempts).model_dump_json(indent=2))
+    print(to_json(job_view(job, attempts), indent=True).decode())
     return 0
 
 

@@ -5,11 +5,11 @@ Every error response of the API is built here.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 
+import orjson
 from starlette.responses import Response
-
-from queue_service.models import ErrorBody
 
 #: Machine codes, with the HTTP status each one is sent with.
 ERROR_CODES: dict[str, int] = {
@@ -65,6 +65,26 @@ class ApiError(Exception):
         )
 
 
+def error_body(
+    code: str, message: str, *, param: str | None = None, allowed: Sequence[str] | None = None
+) -> bytes:
+    """The canonical body (models.ErrorBody, absent fields left out) as JSON bytes.
+
+    Also what the HTTP protocol layer sends for a request it cannot parse.
+    """
+    body: dict[str, object] = {"error": message, "code": code}
+    if param is not None:
+        body["param"] = param
+    if allowed:
+        body["allowed"] = list(allowed)
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        # Client text quoted in a message may hold a lone surrogate: escape it rather than
+        # fail while reporting an error.
+        return json.dumps(body).encode()
+
+
 def error_response(
     code: str,
     message: str,
@@ -74,12 +94,9 @@ def error_response(
     headers: Mapping[str, str] | None = None,
     status: int | None = None,
 ) -> Response:
-    body = ErrorBody(
-        error=message, code=code, param=param, allowed=list(allowed) if allowed else None
-    )
     return Response(
-        body.model_dump_json(exclude_none=True),
+        error_body(code, message, param=param, allowed=allowed),
         status_code=status or ERROR_CODES[code],
         media_type="application/json",
-        headers=dict(headers or {}),
+        headers=dict(headers) if headers else None,
     )

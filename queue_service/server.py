@@ -20,7 +20,7 @@ from queue_service import logsetup
 from queue_service.api import ServiceState, create_app
 from queue_service.cli import CliError, open_store
 from queue_service.config import ConfigError, ServiceConfig, load_config
-from queue_service.models import ErrorBody
+from queue_service.errors import error_body
 from queue_service.plugins import Registry
 from queue_service.plugins import load as load_plugins
 from queue_service.scheduler import Scheduler, check_schedules
@@ -35,8 +35,7 @@ class JsonErrorH11Protocol(H11Protocol):
     sees it; this sends the canonical JSON error body instead."""
 
     def send_400_response(self, msg: str) -> None:
-        body = ErrorBody(error=f"malformed HTTP request: {msg}", code="malformed_request")
-        payload = body.model_dump_json(exclude_none=True).encode()
+        payload = error_body("malformed_request", f"malformed HTTP request: {msg}")
         response = h11.Response(
             status_code=400,
             headers=[

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import httpx
@@ -11,7 +12,7 @@ from starlette.responses import Response
 
 from queue_service.api import ServiceState, create_app
 from queue_service.api.operations import Context, Operation
-from queue_service.errors import ERROR_CODES, ApiError
+from queue_service.errors import ERROR_CODES, ApiError, error_body
 from queue_service.store import StoreUnavailable
 from tests.conftest import assert_error
 
@@ -98,3 +99,14 @@ def test_every_error_code_has_a_client_or_server_status() -> None:
         assert 400 <= status < 600, code
     with pytest.raises(ValueError, match="unknown error code"):
         ApiError("made_up", "x")
+
+
+def test_an_error_quoting_a_lone_surrogate_is_still_json() -> None:
+    """Client text quoted in a message may hold a lone surrogate, which UTF-8 cannot carry;
+    the body escapes it rather than failing while an error is reported."""
+    body = error_body("invalid_parameter", "bad value '\ud800'", param="q\udfff")
+    assert json.loads(body) == {
+        "error": "bad value '\ud800'",
+        "code": "invalid_parameter",
+        "param": "q\udfff",
+    }

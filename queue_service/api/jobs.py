@@ -2,94 +2,31 @@
 
 from __future__ import annotations
 
-import json
-import logging
-
-from pydantic import BaseModel
-from pydantic_core import PydanticSerializationError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from queue_service import models
 from queue_service.api.operations import Context, Operation
-from queue_service.api.params import JOB_LIST_PARAMS, encode_cursor
-from queue_service.errors import ApiError
-from queue_service.scopes import grants
-from queue_service.store import Job, JobFilter, JobPage
-
-log = logging.getLogger("queue_service.api")
-_STATUS_FIELDS = tuple(models.JobStatusView.model_fields)
-_SUMMARY_FIELDS = tuple(models.JobSummary.model_fields)
-
-
-def json_response(model: BaseModel, status_code: int = 200) -> Response:
-    try:
-        body = model.model_dump_json()
-    except PydanticSerializationError:
-        # Stored data the API would never accept (a lone surrogate or very deep nesting in a
-        # plugin's result, say) must not make the job unreadable: escape it instead.
-        log.warning("%s needed the fallback JSON encoder", type(model).__name__)
-        body = json.dumps(model.model_dump(), ensure_ascii=True, allow_nan=False, default=str)
-    return Response(body, status_code=status_code, media_type="application/json")
+from queue_service.api.params import JOB_LIST_PARAMS
+from queue_service.api.responses import job_not_found, job_response, json_response, page_body
+from queue_service.api.sync_routes import sync_status
+from queue_service.store import JobFilter
 
 
 async def health(request: Request, ctx: Context) -> Response:
-    from queue_service.api.sync_routes import sync_status
-
     depth = await ctx.state.store.queue_depth()
+    body: dict[str, object] = {
+        "status": "ok",
+        "version": ctx.state.version,
+        "uptime_seconds": ctx.state.uptime_seconds(),
+        "queue_depth": depth,
+        "writable": ctx.state.store.read_only is None,
+    }
     databricks = ctx.state.config.databricks
-    body = models.Health(
-        status="ok",
-        version=ctx.state.version,
-        uptime_seconds=ctx.state.uptime_seconds(),
-        queue_depth=depth,
-        writable=ctx.state.store.read_only is None,
-        sync=await sync_status(ctx.state) if databricks and databricks.enabled else None,
-    )
-    # `sync` is left out when not configured; nested nulls stay (they are schema-required).
-    text = body.model_dump_json(exclude={"sync"} if body.sync is None else None)
-    return Response(text, media_type="application/json")
-
-
-def job_view(job: Job, attempts: list[dict[str, object]] | None) -> BaseModel:
-    """The detail view when `attempts` is given, else the status view."""
-    base = {name: getattr(job, name) for name in _STATUS_FIELDS}
-    if attempts is None:
-        return models.JobStatusView(**base)
-    return models.JobDetail(
-        **base,
-        payload=job.payload,
-        result=job.result,
-        last_error=job.last_error,
-        submitted_by=job.submitted_by,
-        events=job.events,
-        logs=job.logs,
-        attempts=[models.Attempt(**a) for a in attempts],  # type: ignore[arg-type]
-    )
-
-
-def job_not_found(job_id: str) -> ApiError:
-    return ApiError("not_found", f"no job with id {job_id[:64]!r}", param="job_id")
-
-
-async def job_response(ctx: Context, job: Job, status_code: int = 200) -> Response:
-    """The job as the caller's scope may see it: the detail view with attempts for
-    `jobs:ro` and above, else the status view."""
-    detailed = ctx.principal is not None and grants(ctx.principal.scopes, "jobs:ro")
-    attempts = await ctx.state.store.get_attempts(job.job_id) if detailed else None
-    return json_response(job_view(job, attempts), status_code)
-
-
-def page_body(page: JobPage) -> models.JobList:
-    """A store page in the GET /jobs shape (the CLI's --json prints the same)."""
-    return models.JobList(
-        jobs=[
-            models.JobSummary(**{name: getattr(j, name) for name in _SUMMARY_FIELDS})
-            for j in page.jobs
-        ],
-        total=page.total,
-        next_cursor=encode_cursor(page.next_cursor) if page.next_cursor else None,
-    )
+    # `sync` is left out when not configured.
+    if databricks and databricks.enabled:
+        body["sync"] = (await sync_status(ctx.state)).model_dump()
+    return json_response(body)
 
 
 async def get_job(request: Request, ctx: Context) -> Response:
@@ -111,8 +48,7 @@ async def list_jobs(request: Request, ctx: Context) -> Response:
         created_before=query["created_before"],
     )
     page = await ctx.state.store.list_jobs(filters, limit=query["limit"], cursor=query["cursor"])
-    body = page_body(page)
-    return json_response(body)
+    return json_response(page_body(page))
 
 
 OPERATIONS = (

@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from queue_service import models
-from queue_service.api.jobs import job_not_found, job_response, json_response
 from queue_service.api.operations import ANY_SCOPE, Context, Operation, insufficient_scope
 from queue_service.api.params import MAX_ECHO, MAX_TEXT, parse_timestamp
+from queue_service.api.responses import job_not_found, job_response, json_response
 from queue_service.errors import ApiError
 from queue_service.plugins import PluginLookupError, PluginUnavailable, UnknownCommand
 from queue_service.scopes import grants
@@ -31,26 +31,26 @@ JSON_TYPES = ("application/json", "application/merge-patch+json")
 
 async def list_plugins(request: Request, ctx: Context) -> Response:
     plugins = [
-        models.PluginInfo(
-            name=p.name,
-            version=p.version,
-            description=p.description,
-            valid=p.valid,
-            error=p.error,
-            concurrency_safe=p.concurrency_safe,
-            commands=[
-                models.CommandInfo(
-                    name=c.name,
-                    type=str(c.type),
-                    description=c.description,
-                    input_schema=dict(c.input_schema) if c.input_schema is not None else None,
-                )
+        {
+            "name": p.name,
+            "version": p.version,
+            "description": p.description,
+            "valid": p.valid,
+            "error": p.error,
+            "concurrency_safe": p.concurrency_safe,
+            "commands": [
+                {
+                    "name": c.name,
+                    "type": str(c.type),
+                    "description": c.description,
+                    "input_schema": dict(c.input_schema) if c.input_schema is not None else None,
+                }
                 for c in p.commands
             ],
-        )
+        }
         for p in ctx.state.registry.all()
     ]
-    return json_response(models.PluginList(plugins=plugins))
+    return json_response({"plugins": plugins})
 
 
 def _finite_float(text: str) -> float:
@@ -212,13 +212,13 @@ async def enqueue(request: Request, ctx: Context) -> Response:
     if result.deduplicated:
         existing = await ctx.state.store.get_job(result.job_id)
         status = existing.status if existing else Status.QUEUED
-    answer = models.EnqueueResponse(
-        job_id=result.job_id,
-        status=status,
-        plugin=plugin.name,
-        command=command.name,
-        deduplicated=result.deduplicated,
-    )
+    answer = {
+        "job_id": result.job_id,
+        "status": status,
+        "plugin": plugin.name,
+        "command": command.name,
+        "deduplicated": result.deduplicated,
+    }
     return json_response(answer, 200 if result.deduplicated else 202)
 
 
@@ -259,22 +259,22 @@ async def list_schedules(request: Request, ctx: Context) -> Response:
             last = await ctx.state.store.get_job(state.last_job_id)
             last_status = last.status if last else None
         items.append(
-            models.ScheduleInfo(
-                schedule_id=spec.id,
-                plugin=plugin,
-                command=spec.command,
-                every=spec.every,
-                cron=spec.cron,
-                timezone=spec.timezone,
-                if_running=spec.if_running,
-                catch_up=spec.catch_up,
-                next_run_at=state.next_run_at if state else None,
-                last_fired_at=state.last_fired_at if state else None,
-                last_job_id=state.last_job_id if state else None,
-                last_job_status=last_status,
-            )
+            {
+                "schedule_id": spec.id,
+                "plugin": plugin,
+                "command": spec.command,
+                "every": spec.every,
+                "cron": spec.cron,
+                "timezone": spec.timezone,
+                "if_running": spec.if_running,
+                "catch_up": spec.catch_up,
+                "next_run_at": state.next_run_at if state else None,
+                "last_fired_at": state.last_fired_at if state else None,
+                "last_job_id": state.last_job_id if state else None,
+                "last_job_status": last_status,
+            }
         )
-    return json_response(models.ScheduleList(schedules=items))
+    return json_response({"schedules": items})
 
 
 OPERATIONS = (

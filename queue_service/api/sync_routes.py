@@ -5,8 +5,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from queue_service.api.jobs import json_response
 from queue_service.api.operations import Context, Operation
+from queue_service.api.responses import json_response
 from queue_service.api.state import ServiceState
 from queue_service.databricks.status import SyncStatus, build_status
 
@@ -26,7 +26,7 @@ async def sync_status(state: ServiceState) -> SyncStatus:
 
 
 async def get_sync(request: Request, ctx: Context) -> Response:
-    return json_response(await sync_status(ctx.state))
+    return json_response((await sync_status(ctx.state)).model_dump())
 
 
 OPERATIONS = (
