@@ -79,7 +79,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared: int | None = None
+        declared = 0
         chunked = False
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -89,9 +89,13 @@ class BodyLimitMiddleware:
                 declared = int(value)
             elif name == b"transfer-encoding":
                 chunked = True
+        if not chunked and not declared:
+            # No body (most requests): nothing to bound or buffer.
+            await self.app(scope, receive, send)
+            return
         # A chunked body is as long as the client likes (a Content-Length beside it does not
         # bound it: Transfer-Encoding wins), so it is large.
-        if chunked or (declared or 0) > LARGE_BODY_BYTES:
+        if chunked or declared > LARGE_BODY_BYTES:
             async with self.turns:
                 await self._buffered(scope, receive, send, deadline=BODY_READ_TIMEOUT_S)
         else:

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Scope
 
-from queue_service.api.params import QueryParam, parse_query
+from queue_service.api.params import QueryParam, QueryParser
 from queue_service.auth import AuthError, Principal
 from queue_service.errors import ApiError
 from queue_service.scopes import grants
@@ -58,7 +59,7 @@ class Operation:
 async def authenticate(request: Request, state: ServiceState, scope: str) -> Principal:
     """Verify the bearer token and its scope, or raise the RFC 6750 error."""
     try:
-        principal = await state.tokens.verify(request.headers.get("authorization"))
+        principal = await state.tokens.verify(_authorization(request.scope))
     except AuthError as exc:
         if exc.missing:
             raise ApiError("unauthorized", str(exc), headers={"WWW-Authenticate": REALM}) from None
@@ -70,6 +71,16 @@ async def authenticate(request: Request, state: ServiceState, scope: str) -> Pri
     if scope != ANY_SCOPE and not grants(principal.scopes, scope):
         raise insufficient_scope(scope)
     return principal
+
+
+def _authorization(scope: Scope) -> str | None:
+    """The first Authorization header, as `request.headers.get` would give it, read from the
+    ASGI scope without building Starlette's Headers."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            header: str = value.decode("latin-1")
+            return header
+    return None
 
 
 def insufficient_scope(scope: str, why: str = "") -> ApiError:
@@ -84,14 +95,17 @@ def insufficient_scope(scope: str, why: str = "") -> ApiError:
 
 def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
     """Wrap a handler with authentication and query parsing."""
+    scope = operation.scope
+    parse_query = QueryParser(operation.query)
+    handler = operation.handler
 
     async def run(request: Request) -> Response:
         state: ServiceState = request.app.state.service
         principal = None
-        if operation.scope is not None:
-            principal = await authenticate(request, state, operation.scope)
-        query = parse_query(request, operation.query)
-        return await operation.handler(request, Context(state, principal, query))
+        if scope is not None:
+            principal = await authenticate(request, state, scope)
+        query = parse_query(request.scope["query_string"])
+        return await handler(request, Context(state, principal, query))
 
     run.__name__ = operation.operation_id
     return run

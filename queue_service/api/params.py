@@ -7,8 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-from starlette.requests import Request
+from urllib.parse import unquote
 
 from queue_service.errors import ApiError
 from queue_service.models import TIMESTAMP_SCHEMA
@@ -41,6 +40,7 @@ _TIMESTAMP = re.compile(
     r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))$"
 )
 _CURSOR = re.compile(CURSOR_PATTERN)
+_NOT_DIGITS = re.compile(r"[^0-9]")
 #: What the store can hold: earlier and later instants are clamped to these.
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MIN_MICROS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
@@ -72,50 +72,73 @@ class QueryParam:
     allowed: tuple[str, ...] | None = field(default=None)
 
 
-def parse_query(request: Request, specs: Sequence[QueryParam]) -> dict[str, Any]:
-    """Parse and validate the query string against `specs`.
+def query_pairs(query_string: bytes) -> list[tuple[str, str]]:
+    """The (name, value) pairs of a raw query string, exactly as Starlette's
+    `request.query_params.multi_items()` gives them (latin-1 text, then
+    `urllib.parse.parse_qsl(..., keep_blank_values=True)`), without building its containers."""
+    pairs = []
+    for part in query_string.decode("latin-1").split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            pairs.append((unquote(name.replace("+", " ")), unquote(value.replace("+", " "))))
+    return pairs
+
+
+class QueryParser:
+    """Parses and validates a query string against `specs`, built once per operation.
 
     Unknown, repeated or malformed parameters raise ApiError naming the parameter.
     Absent parameters take their default.
     """
-    by_name = {spec.name: spec for spec in specs}
-    raw: dict[str, str] = {}
-    for key, value in request.query_params.multi_items():
-        spec = by_name.get(key)
-        if spec is None:
-            accepted = ", ".join(by_name) or "none"
-            # A hostile name may be huge: echo a bounded prefix of it, never all of it.
-            shown = key[:MAX_ECHO]
-            if key == "access_token":
-                message = (
-                    "tokens are not accepted in the query string; send 'Authorization: Bearer qs_…'"
+
+    __slots__ = ("by_name", "defaults", "specs")
+
+    def __init__(self, specs: Sequence[QueryParam]) -> None:
+        self.specs = tuple(specs)
+        self.by_name = {spec.name: spec for spec in specs}
+        self.defaults = {spec.name: spec.default for spec in specs}
+
+    def __call__(self, query_string: bytes) -> dict[str, Any]:
+        parsed = dict(self.defaults)
+        if not query_string:
+            return parsed
+        raw: dict[str, str] = {}
+        for key, value in query_pairs(query_string):
+            if key not in self.by_name:
+                raise self._unknown(key)
+            if key in raw:
+                raise ApiError(
+                    "invalid_parameter",
+                    f"{key} was given more than once; give it once"
+                    + (" (a comma-separated list means any of them)" if key == "status" else ""),
+                    param=key,
                 )
-            else:
-                message = f"unknown query parameter {shown!r}; this endpoint accepts: {accepted}"
-            raise ApiError("unknown_parameter", message, param=shown, allowed=list(by_name))
-        if key in raw:
-            raise ApiError(
-                "invalid_parameter",
-                f"{key} was given more than once; give it once"
-                + (" (a comma-separated list means any of them)" if key == "status" else ""),
-                param=key,
+            raw[key] = value
+        for spec in self.specs:  # in declaration order, so the first bad one is reported
+            if spec.name not in raw:
+                continue
+            try:
+                parsed[spec.name] = spec.parse(raw[spec.name])
+            except ValueError as exc:
+                raise ApiError(
+                    "invalid_parameter",
+                    f"{spec.name}: {exc}",
+                    param=spec.name,
+                    allowed=list(spec.allowed) if spec.allowed else None,
+                ) from None
+        return parsed
+
+    def _unknown(self, key: str) -> ApiError:
+        accepted = ", ".join(self.by_name) or "none"
+        # A hostile name may be huge: echo a bounded prefix of it, never all of it.
+        shown = key[:MAX_ECHO]
+        if key == "access_token":
+            message = (
+                "tokens are not accepted in the query string; send 'Authorization: Bearer qs_…'"
             )
-        raw[key] = value
-    parsed: dict[str, Any] = {}
-    for spec in specs:
-        if spec.name not in raw:
-            parsed[spec.name] = spec.default
-            continue
-        try:
-            parsed[spec.name] = spec.parse(raw[spec.name])
-        except ValueError as exc:
-            raise ApiError(
-                "invalid_parameter",
-                f"{spec.name}: {exc}",
-                param=spec.name,
-                allowed=list(spec.allowed) if spec.allowed else None,
-            ) from None
-    return parsed
+        else:
+            message = f"unknown query parameter {shown!r}; this endpoint accepts: {accepted}"
+        return ApiError("unknown_parameter", message, param=shown, allowed=list(self.by_name))
 
 
 # -- parsers ---------------------------------------------------------------
@@ -244,8 +267,7 @@ def parse_limit(text: str) -> int:
 
 def encode_cursor(cursor: Cursor) -> str:
     """`<created_at as 20 digits>-<seq>`: opaque to clients, exactly CURSOR_PATTERN."""
-    digits = "".join(c for c in cursor.created_at if c.isdigit())
-    text = f"{digits}-{cursor.seq}"
+    text = f"{_NOT_DIGITS.sub('', cursor.created_at)}-{cursor.seq}"
     if not _CURSOR.fullmatch(text):  # pragma: no cover - store timestamps are fixed-width
         raise ValueError(f"cannot encode the position {cursor!r}")
     return text
