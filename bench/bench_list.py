@@ -585,10 +585,9 @@ def http_benchmark(
 
         def bare() -> None:
             port = free_port()
+            # The same uvicorn stack as `serve` (loop, HTTP parser, settings), access log off.
             command = [
-                PYTHON, "-m", "uvicorn", "_bare_app:app", "--app-dir", str(BENCH),
-                "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-                "--log-level", "warning",
+                PYTHON, str(BENCH / "_bare_app.py"), "--host", "127.0.0.1", "--port", str(port),
             ]  # fmt: skip
             with server(
                 command, port, tmp / "bare.log", {**env, "BENCH_BARE_BODY": str(body)}

@@ -14,7 +14,9 @@ from typing import Any
 
 import h11
 import uvicorn
+from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from queue_service import logsetup
 from queue_service.api import ServiceState, create_app
@@ -30,12 +32,20 @@ from queue_service.worker import Worker
 log = logging.getLogger("queue_service.server")
 
 
+#: The largest request head (request line and headers) read; beyond it the answer is 400.
+MAX_REQUEST_HEAD_BYTES = 16 * 1024
+
+
+def _malformed_request_body(msg: str) -> bytes:
+    return error_body("malformed_request", f"malformed HTTP request: {msg}")
+
+
 class JsonErrorH11Protocol(H11Protocol):
     """uvicorn answers a request it cannot parse with a plain-text 400 before the app
     sees it; this sends the canonical JSON error body instead."""
 
     def send_400_response(self, msg: str) -> None:
-        payload = error_body("malformed_request", f"malformed HTTP request: {msg}")
+        payload = _malformed_request_body(msg)
         response = h11.Response(
             status_code=400,
             headers=[
@@ -48,6 +58,77 @@ class JsonErrorH11Protocol(H11Protocol):
         for event in (response, h11.Data(data=payload), h11.EndOfMessage()):
             self.transport.write(self.conn.send(event) or b"")
         self.transport.close()
+
+
+class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn on httptools (llhttp, in C), with what JsonErrorH11Protocol and h11 give:
+    the canonical JSON body for a request it cannot parse, and a bound on the request head
+    (llhttp has none: h11 enforces h11_max_incomplete_event_size, this counts the bytes
+    received while a head is incomplete, so it holds up to one read beyond the limit)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reading_head = True
+        self._head_bytes = 0
+
+    def data_received(self, data: bytes) -> None:
+        if self._reading_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if (
+            self._reading_head
+            and self._head_bytes > MAX_REQUEST_HEAD_BYTES
+            and not self.transport.is_closing()
+        ):
+            # The same answer as h11's for a head over h11_max_incomplete_event_size.
+            self.logger.warning("request head over %d bytes", MAX_REQUEST_HEAD_BYTES)
+            self.send_400_response("Invalid HTTP request received.")
+
+    def on_headers_complete(self) -> None:
+        self._reading_head = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._reading_head = True
+        self._head_bytes = 0
+
+    def send_400_response(self, msg: str) -> None:
+        payload = _malformed_request_body(msg)
+        self.transport.write(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(payload), payload)
+        )
+        self.transport.close()
+
+
+def _http_protocol() -> type[asyncio.Protocol]:
+    """The HTTP/1.1 parser uvicorn serves with: httptools (llhttp, in C) costs a fraction
+    of h11 (pure Python) per request. JsonErrorH11Protocol is the h11 alternative, with
+    the same canonical errors and head limit (tests/test_http_stack.py runs both)."""
+    return JsonErrorHttpToolsProtocol
+
+
+def http_config(
+    app: ASGIApp, *, host: str, port: int, log_level: str, access_log: bool
+) -> uvicorn.Config:
+    """uvicorn's settings for the API; bench/_bare_app.py serves its baseline with the same."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        log_level=log_level,
+        access_log=access_log,
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
+        http=_http_protocol(),
+    )
+
+
+def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run `main` on the event loop `serve`, `worker` and the bench's baseline share."""
+    return asyncio.run(main)
 
 
 def read_config(path: str | None) -> ServiceConfig:
@@ -150,16 +231,8 @@ async def run_service(
                 await state.store.count_live_tokens(),
             )
         server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(state),
-                host=host,
-                port=port,
-                log_config=None,
-                log_level=log_level,
-                access_log=True,
-                timeout_keep_alive=5,
-                h11_max_incomplete_event_size=16 * 1024,
-                http=JsonErrorH11Protocol,
+            http_config(
+                create_app(state), host=host, port=port, log_level=log_level, access_log=True
             )
         )
         log.info(
@@ -216,10 +289,10 @@ def _quiet_signals() -> Any:
             signal.signal(sig, handler)
 
 
-def _main(run: Coroutine[Any, Any, int], log_level: str) -> int:
+def _main(main: Coroutine[Any, Any, int], log_level: str) -> int:
     logsetup.configure(log_level)
     try:
-        return asyncio.run(run)
+        return run_event_loop(main)
     except (CliError, StoreError) as exc:
         # A store that fails at start (disk full while creating the first token, say)
         # is reported in one line, like a bad --db.
