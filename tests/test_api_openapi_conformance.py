@@ -11,6 +11,7 @@ for the headers the document promises.
 
 from __future__ import annotations
 
+import inspect
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -151,6 +152,24 @@ async def seed(state: ServiceState) -> dict[str, str]:
     return ids
 
 
+class FailingStore:
+    """The store, except that every coroutine method raises `error`."""
+
+    def __init__(self, store: SQLiteStore, error: Exception) -> None:
+        self._store = store
+        self._error = error
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._store, name)
+        if not inspect.iscoroutinefunction(attribute):
+            return attribute
+
+        async def fail(*args: Any, **kwargs: Any) -> Any:
+            raise self._error
+
+        return fail
+
+
 class Checker:
     """Validates responses against the document and records which (operation, status)
     pairs were seen."""
@@ -274,16 +293,12 @@ async def test_every_response_validates_against_the_openapi_document(
             await call(operation_id, url, headers=admin, content=oversized)  # 413
 
         # Server errors: every store call fails.
-        async def unavailable(*args: Any, **kwargs: Any) -> Any:
-            raise StoreUnavailable("the database is read-only")
-
-        async def broken(*args: Any, **kwargs: Any) -> Any:
-            raise RuntimeError("a bug")
-
-        for failure, status in ((unavailable, 503), (broken, 500)):
+        for error, status in ((StoreUnavailable("the database is read-only"), 503),
+                              (RuntimeError("a bug"), 500)):  # fmt: skip
+            failing = FailingStore(store, error)
             with monkeypatch.context() as patch:
-                for name in ("_read", "_read_inline", "_write"):
-                    patch.setattr(store, name, failure)
+                patch.setattr(state, "store", failing)
+                patch.setattr(state.tokens, "store", failing)
                 for operation_id, (path, _, _) in checker.operations.items():
                     url = path.replace("{job_id}", ids["finished"])
                     url = url.replace("{plugin}", "ok").replace("{command}", "poll")
