@@ -127,7 +127,12 @@ def http_config(
 
 
 def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
-    """Run `main` on the event loop `serve`, `worker` and the bench's baseline share."""
+    """Run `main` on the event loop `serve`, `worker` and the bench's baseline share.
+
+    asyncio's own loop: uvloop would be faster, but its subprocess pipes behave differently
+    where the plugin runner relies on asyncio's (they are not asyncio.WriteTransport
+    instances, and writing to one whose process already exited raises RuntimeError).
+    """
     return asyncio.run(main)
 
 
