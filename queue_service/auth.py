@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from queue_service.scopes import validate_scopes
-from queue_service.store import SQLiteStore, Token
+from queue_service.store import Store, Token
 from queue_service.timeutil import format_ts, now_ts, parse_duration, utcnow
 
 log = logging.getLogger("queue_service.auth")
@@ -71,7 +71,7 @@ def parse_authorization(header: str | None) -> str:
 class TokenService:
     """Creates and verifies tokens against the store."""
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self._last_touch: dict[int, float] = {}
         self._pending: set[asyncio.Task[None]] = set()

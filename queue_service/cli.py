@@ -28,9 +28,10 @@ from queue_service.store import (
     NewJob,
     NotADatabase,
     SchemaTooNew,
-    SQLiteStore,
+    Store,
     StoreError,
     Token,
+    create_store,
 )
 from queue_service.timeutil import now_ts
 
@@ -46,11 +47,14 @@ def db_path(args: argparse.Namespace) -> str:
     return str(args.db or os.environ.get("QUEUE_SERVICE_DB") or DEFAULT_DB)
 
 
-async def open_store(path: str, **options: Any) -> SQLiteStore:
+async def open_store(path: str, **options: Any) -> Store:
     """Open (creating and migrating) the database, turning store errors into CLI errors."""
     if Path(path).is_dir():  # noqa: ASYNC240 - one stat before the store exists
         raise CliError(f"--db {path} is a directory; give a file path")
-    store = SQLiteStore(path, **options)
+    try:
+        store = create_store(path, **options)
+    except StoreError as exc:
+        raise CliError(str(exc)) from None
     try:
         await store.open()
     except (NotADatabase, SchemaTooNew, StoreError) as exc:
@@ -60,7 +64,7 @@ async def open_store(path: str, **options: Any) -> SQLiteStore:
 
 
 def with_store(
-    body: Callable[[SQLiteStore, argparse.Namespace], Awaitable[int]],
+    body: Callable[[Store, argparse.Namespace], Awaitable[int]],
 ) -> Callable[[argparse.Namespace], int]:
     """Run `body` with an open store for the command's --db, closing it afterwards."""
 
@@ -80,7 +84,7 @@ def with_store(
 # -- migrate -------------------------------------------------------------
 
 
-async def _migrate(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _migrate(store: Store, args: argparse.Namespace) -> int:
     # open() already migrated; report where the schema stands.
     print(f"{db_path(args)}: schema version {await store.schema_version()}")
     return 0
@@ -89,7 +93,7 @@ async def _migrate(store: SQLiteStore, args: argparse.Namespace) -> int:
 # -- tokens --------------------------------------------------------------
 
 
-async def _token_create(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _token_create(store: Store, args: argparse.Namespace) -> int:
     try:
         secret, _ = await TokenService(store).create(args.name, args.scope, args.expires_in)
     except (UnknownScope, ValueError, Conflict) as exc:
@@ -98,7 +102,7 @@ async def _token_create(store: SQLiteStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _token_list(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _token_list(store: Store, args: argparse.Namespace) -> int:
     tokens = await store.list_tokens()
     if args.json:
         rows = [
@@ -137,7 +141,7 @@ def token_state(token: Token) -> str:
     return "live"
 
 
-async def _token_revoke(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _token_revoke(store: Store, args: argparse.Namespace) -> int:
     if not await store.revoke_token(args.name):
         raise CliError(f"no live token named {args.name!r}")
     print(f"revoked {args.name}")
@@ -147,7 +151,7 @@ async def _token_revoke(store: SQLiteStore, args: argparse.Namespace) -> int:
 # -- jobs ----------------------------------------------------------------
 
 
-async def _jobs(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _jobs(store: Store, args: argparse.Namespace) -> int:
 
     try:
         filters = JobFilter(
@@ -175,7 +179,7 @@ async def _jobs(store: SQLiteStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _job(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _job(store: Store, args: argparse.Namespace) -> int:
     job = await store.get_job(args.job_id)
     if job is None:
         raise CliError(f"no job with id {args.job_id!r}")
@@ -192,7 +196,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
-async def _enqueue(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _enqueue(store: Store, args: argparse.Namespace) -> int:
     from queue_service.plugins import PluginLookupError
     from queue_service.server import read_config, registry_for
 
@@ -228,7 +232,7 @@ async def _enqueue(store: SQLiteStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _sync_databricks(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _sync_databricks(store: Store, args: argparse.Namespace) -> int:
     from queue_service.databricks.config import DatabricksConfig
     from queue_service.databricks.sync import DatabricksSync
     from queue_service.server import read_config

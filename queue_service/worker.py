@@ -26,8 +26,8 @@ from datetime import datetime, timedelta
 from queue_service.config import ServiceConfig
 from queue_service.plugins import Registry
 from queue_service.plugins.runner import KILL_GRACE, AttemptOutcome, OutcomeKind, run_command
-from queue_service.statuses import Status
-from queue_service.store import Job, SQLiteStore, StoreUnavailable
+from queue_service.statuses import AttemptStatus, Status
+from queue_service.store import Job, Store, StoreUnavailable
 from queue_service.store.types import AttemptEnd
 from queue_service.timeutil import format_ts, utcnow
 
@@ -56,7 +56,7 @@ def decide_end(
     timed_out = outcome.kind is OutcomeKind.TIMED_OUT
     base = AttemptEnd(
         status=Status.SUCCEEDED,
-        attempt_status="succeeded",
+        attempt_status=AttemptStatus.SUCCEEDED,
         events=list(outcome.events) or None,
         logs=list(outcome.logs) or None,
         exit_code=outcome.exit_code,
@@ -64,7 +64,7 @@ def decide_end(
     )
     if outcome.kind is OutcomeKind.SUCCEEDED:
         return replace(base, result=outcome.result, state_updates=outcome.state_updates or None)
-    attempt_status = "timed_out" if timed_out else "failed"
+    attempt_status = AttemptStatus.TIMED_OUT if timed_out else AttemptStatus.FAILED
     failed = replace(base, attempt_status=attempt_status, error=outcome.error or attempt_status)
     if outcome.retry_allowed and job.attempt < job.max_attempts:
         delay = backoff_delay(backoff_seconds, job.attempt, rng)
@@ -101,7 +101,7 @@ class Worker:
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         registry: Registry,
         config: ServiceConfig,
         *,
@@ -128,6 +128,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._background: list[asyncio.Task[None]] = []
+        self._reported_missing: set[str] = set()
 
     # -- public ----------------------------------------------------------
 
@@ -141,7 +142,7 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and run jobs until `stop` is set, then shut down gracefully."""
-        await self.kill_orphans()
+        await self.missing_plugins()
         self._background = [
             asyncio.create_task(self._every(self.lease_seconds / 3, self._heartbeat)),
             asyncio.create_task(self._every(self.recover_interval, self.recover)),
@@ -227,25 +228,30 @@ class Worker:
             log.info("retention: pruned %d finished job(s) completed before %s", total, before)
         return total
 
-    async def kill_orphans(self) -> list[str]:
-        """Queued local jobs of plugins that no longer exist can never run: mark them dead.
+    async def missing_plugins(self) -> dict[str, int]:
+        """Plugins with queued local jobs that this process cannot run: {plugin: jobs}.
 
-        Only a process that loads plugins does this: an API-only process (no plugin dirs)
-        knows no plugins and must not condemn other processes' jobs. Processes that do
-        load plugins are expected to share one plugin set (see docs/RELIABILITY.md).
+        Their jobs stay queued (a typo in plugin_dirs or a folder moved during an upgrade
+        must not destroy work) until the plugin is back or an operator cancels them
+        (`queue-service cancel --plugin NAME`). The count comes from the exact counts, so
+        this is cheap at any table size. Each missing plugin is logged once per process.
+        Only a process that loads plugins asks: an API-only process knows none.
         """
-        known = [p.name for p in self.registry.all()]
+        known = {p.name for p in self.registry.all()}
         if not known:
-            return []
-        dead: list[str] = []
-        while True:
-            batch = await self.store.kill_orphaned_jobs(known, limit=500)
-            dead += batch
-            if len(batch) < 500:
-                break
-        for job_id in dead:
-            log.warning("job %s is dead: its plugin is not installed", job_id)
-        return dead
+            return {}
+        waiting = await self.store.queued_by_plugin()
+        missing = {plugin: n for plugin, n in waiting.items() if plugin not in known}
+        for plugin in sorted(missing.keys() - self._reported_missing):
+            log.warning(
+                "plugin %s is not installed: %d queued job(s) wait for it; install it, or "
+                "cancel them with `queue-service cancel --plugin %s`",
+                plugin,
+                missing[plugin],
+                plugin,
+            )
+        self._reported_missing |= missing.keys()
+        return missing
 
     # -- claiming ----------------------------------------------------------
 
@@ -324,7 +330,9 @@ class Worker:
         if outcome is None:
             if running.abort == "canceled":
                 end = AttemptEnd(
-                    status=Status.CANCELED, attempt_status="canceled", error="canceled by request"
+                    status=Status.CANCELED,
+                    attempt_status=AttemptStatus.CANCELED,
+                    error="canceled by request",
                 )
                 await self.store.finish_attempt(
                     job.job_id, plugin=job.plugin, attempt=job.attempt, owner=self.owner, end=end

@@ -13,6 +13,9 @@ import pytest
 from queue_service.api import ServiceState, create_app
 from queue_service.store import SQLiteStore
 
+#: What the store fixture yields (the Store protocol once a second backend exists).
+StoreUnderTest = SQLiteStore
+
 
 @pytest.fixture
 def anyio_backend() -> str:

@@ -30,7 +30,6 @@ from queue_service.plugins.manifest import (
     Command,
     Manifest,
     ManifestError,
-    PayloadError,
     read_manifest,
 )
 
@@ -173,15 +172,6 @@ class Registry:
                 allowed=names,
             )
         return found, declared
-
-    def validate_payload(self, plugin: str, command: str, payload: Any) -> PayloadError | None:
-        """Validate `payload` against the command's input_schema.
-
-        Returns None when it is acceptable, else the validator's message and the JSON
-        path of the offending value. Raises the `resolve` errors for unknown names.
-        """
-        _, declared = self.resolve(plugin, command)
-        return declared.validate_payload(payload)
 
 
 def load(
