@@ -277,3 +277,32 @@ async def test_slow_reads_are_interrupted(db_path: Path) -> None:
         assert await s.queue_depth() == 0
     finally:
         await s.close()
+
+
+async def test_a_new_database_and_its_wal_are_private(db_path: Path) -> None:
+    s = SQLiteStore(db_path)
+    await s.open()
+    try:
+        await s.enqueue(NewJob("echo", "poll", {"secret": "payload"}))
+        files = [db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")]
+        assert all(f.exists() for f in files)
+        assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {
+            f.name: "0o600" for f in files
+        }
+    finally:
+        await s.close()
+
+
+async def test_an_existing_database_readable_by_others_is_reported(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    db_path.touch()
+    db_path.chmod(0o644)
+    s = SQLiteStore(db_path)
+    await s.open()
+    await s.close()
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [
+        f"{db_path} is readable by everyone (mode 644): it holds every payload and result; "
+        "restrict it with chmod 600 (and its -wal and -shm files)"
+    ]

@@ -3,6 +3,7 @@ cannot be written (a read-only mount, an unwritable folder) and its schema is cu
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import time
@@ -13,6 +14,8 @@ from queue_service.store.errors import NotADatabase, StoreError, StoreUnavailabl
 from queue_service.store.sqlite import migrations
 from queue_service.store.sqlite.errors import is_busy, prefixed, translate_error
 from queue_service.store.types import Migration
+
+log = logging.getLogger("queue_service.store")
 
 
 class Opening:
@@ -50,6 +53,7 @@ class Opening:
                 return []
 
     def _setup_read_write(self, migrate: bool) -> list[Migration]:
+        self._create_private()
         self._identify()
         conn = self._thread_conn()
         try:
@@ -63,7 +67,31 @@ class Opening:
             migrations.probe_write(conn)
         except sqlite3.Error as exc:
             raise translate_error(exc, self.path) from exc
+        self._warn_if_readable()
         return applied
+
+    def _create_private(self) -> None:
+        """Create a missing database file readable by its owner only (0600): it holds every
+        payload, result, plugin state and stderr tail. SQLite gives the -wal and -shm files
+        the database file's mode."""
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except OSError:
+            return  # it exists, or the folder is unwritable (the read-only path explains)
+        os.close(fd)
+
+    def _warn_if_readable(self) -> None:
+        """Warn about a queue-service database that others can read."""
+        path = Path(self.path)
+        mode = path.stat().st_mode
+        if mode & 0o044:
+            log.warning(
+                "%s is readable by %s (mode %o): it holds every payload and result; "
+                "restrict it with chmod 600 (and its -wal and -shm files)",
+                path,
+                "everyone" if mode & 0o004 else "its group",
+                mode & 0o777,
+            )
 
     def _identify(self) -> None:
         """Refuse a file that is not a queue-service database before anything changes it:
