@@ -35,6 +35,8 @@ from jsonschema.validators import validator_for
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import UnknownDialect, specification_with
 
+from queue_service.plugins.trust import ownership_problem
+
 MANIFEST_FILENAME = "manifest.yaml"
 MANIFEST_SPEC = "ductile.plugin"
 MANIFEST_VERSION = 1
@@ -159,8 +161,8 @@ def read_manifest(folder: Path) -> Manifest:
 
     Raises ManifestError (one line) for any problem: unreadable or oversized file,
     YAML syntax, a missing or wrong field, an input_schema that is not a valid JSON
-    Schema, or an entrypoint that is missing, not executable, world-writable, or
-    outside the folder.
+    Schema, or an entrypoint that is missing, not executable, outside the folder,
+    or that others could change (see `check_entrypoint`).
     """
     path = folder / MANIFEST_FILENAME
     try:
@@ -258,8 +260,9 @@ def check_entrypoint(folder: Path, entrypoint: str) -> Path:
     """Resolve `entrypoint` inside `folder` and return its absolute, resolved path.
 
     Raises ManifestError when it is absolute, escapes the folder (also through a
-    symlink), is missing, is not a regular file, is not executable, or when the file
-    or the folder is world-writable (anyone could swap the code we run).
+    symlink), is missing, is not a regular file or not executable, or when anyone but
+    root and the service's user could change it: the folder, the manifest, the
+    entrypoint and any folder between them must pass `trust.ownership_problem`.
     """
     if Path(entrypoint).is_absolute():
         raise ManifestError(f"entrypoint {entrypoint!r} must be relative to the plugin folder")
@@ -269,17 +272,20 @@ def check_entrypoint(folder: Path, entrypoint: str) -> Path:
         raise ManifestError(f"entrypoint {entrypoint!r} escapes the plugin folder")
     try:
         info = target.stat()
-        folder_info = root.stat()
     except OSError as exc:
         raise ManifestError(f"entrypoint {entrypoint!r} not found: {exc.strerror or exc}") from None
     if not stat.S_ISREG(info.st_mode):
         raise ManifestError(f"entrypoint {entrypoint!r} is not a regular file")
     if not os.access(target, os.X_OK):
         raise ManifestError(f"entrypoint {entrypoint!r} is not executable (chmod +x)")
-    if info.st_mode & stat.S_IWOTH:
-        raise ManifestError(f"entrypoint {entrypoint!r} is world-writable")
-    if folder_info.st_mode & stat.S_IWOTH:
-        raise ManifestError("plugin folder is world-writable")
+    between = [parent for parent in target.parents if parent.is_relative_to(root)]
+    checks = [(root, "plugin folder"), (root / MANIFEST_FILENAME, "manifest")]
+    checks += [(parent, "folder") for parent in reversed(between) if parent != root]
+    checks.append((target, "entrypoint"))
+    for path, what in checks:
+        problem = ownership_problem(path, what)
+        if problem is not None:
+            raise ManifestError(problem)
     return target
 
 
