@@ -344,6 +344,7 @@ async def test_stdout_over_cap_is_a_protocol_error(registry: Registry) -> None:
     outcome = await run(registry, "huge", payload={"bytes": 3 * 1024 * 1024})
     assert outcome.kind is OutcomeKind.PROTOCOL_ERROR
     assert outcome.error == "protocol violation: stdout exceeded the 1048576-byte cap"
+    assert outcome.retry_allowed is False, "the same input would overflow the same way"
     # The same valid response under a bigger cap succeeds: it was the cap that failed it.
     bigger = await run(registry, "huge", payload={"bytes": 65536}, stdout_cap=200_000)
     assert bigger.kind is OutcomeKind.SUCCEEDED and len(bigger.result) == 65536

@@ -448,6 +448,14 @@ async def test_protocol_violations_fail_the_job_naming_the_violation(
     assert attempt["status"] == "failed" and attempt["error"] == job.last_error
 
 
+async def test_a_reply_over_the_stdout_cap_is_not_retried(harness: HarnessFactory) -> None:
+    h = harness(make_config({"huge": {"max_attempts": 3, "backoff_seconds": 0}}))
+    h.start()
+    job = await h.finished(await h.enqueue("huge"))
+    assert job.status is Status.FAILED and job.attempt == 1, job
+    assert [a["status"] for a in await h.attempts(job.job_id)] == ["failed"]
+
+
 async def test_state_updates_are_merged_and_passed_as_state_next_time(
     harness: HarnessFactory,
 ) -> None:

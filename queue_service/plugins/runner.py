@@ -23,8 +23,8 @@ How an attempt ends (`AttemptOutcome.kind`):
   SIGTERM, `kill_grace` seconds, then SIGKILL (the whole group). A process that has
   already exited when the timer is handled is not timed out: its result wins.
 
-`retry_allowed` is False for exit code 78 and for `"retry": false` on an error
-response; True otherwise (whether a retry happens is the worker's call).
+`retry_allowed` is False for exit code 78, for `"retry": false` on an error
+response and for stdout over the cap; True otherwise (whether a retry happens is the worker's call).
 
 Cancelling the task that awaits `run_command` (job canceled, service shutdown)
 stops the process group the same way (SIGTERM, grace, SIGKILL) and re-raises
@@ -528,6 +528,7 @@ def _outcome(
         return AttemptOutcome(
             kind=OutcomeKind.PROTOCOL_ERROR,
             error=f"protocol violation: stdout exceeded the {stdout_cap}-byte cap",
+            retry_allowed=False,  # the same input would overflow the same way
             **common,
         )
     if end is _End.TIMED_OUT:
