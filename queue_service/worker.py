@@ -57,8 +57,9 @@ def decide_end(
     base = AttemptEnd(
         status=Status.SUCCEEDED,
         attempt_status="succeeded",
-        events=list(outcome.events) or None,
-        logs=list(outcome.logs) or None,
+        # `"events": []` is stored as [], a response without the key as null.
+        events=None if outcome.events is None else list(outcome.events),
+        logs=None if outcome.logs is None else list(outcome.logs),
         exit_code=outcome.exit_code,
         stderr_tail=outcome.stderr_tail or None,
     )

@@ -122,7 +122,7 @@ async def test_ok_returns_payload_as_result(registry: Registry, spawned: list[in
     assert outcome.error is None and outcome.retry_allowed is True
     assert outcome.exit_code == 0
     assert outcome.logs == ({"level": "info", "message": "ok plugin ran poll"},)
-    assert outcome.events == () and outcome.state_updates == {}
+    assert outcome.events is None and outcome.state_updates == {}
     assert 0 < outcome.duration < 5
     # The leader has been reaped: no zombie left behind.
     assert len(spawned) == 1 and proc_state(spawned[0]) is None
@@ -316,7 +316,7 @@ async def test_protocol_violations_are_named(registry: Registry, mode: str, mess
     assert outcome.kind is OutcomeKind.PROTOCOL_ERROR
     assert outcome.error is not None and outcome.error.startswith(message), outcome.error
     assert outcome.retry_allowed is True
-    assert outcome.result is None and outcome.state_updates == {} and outcome.events == ()
+    assert outcome.result is None and outcome.state_updates == {} and outcome.events is None
 
 
 async def test_garbage_stdout_is_not_json(registry: Registry) -> None:

@@ -456,6 +456,24 @@ async def test_a_reply_over_the_stdout_cap_is_not_retried(harness: HarnessFactor
     assert [a["status"] for a in await h.attempts(job.job_id)] == ["failed"]
 
 
+async def test_a_valid_response_wins_over_the_exit_code(harness: HarnessFactory) -> None:
+    h = harness(make_config({"scripted": {"max_attempts": 3, "backoff_seconds": 0}}))
+    h.start()
+    ok = {"status": "ok", "result": "done", "events": [], "logs": []}
+    job = await h.finished(await h.enqueue("scripted", payload={"reply": ok, "exit_code": 1}))
+    assert job.status is Status.SUCCEEDED and job.result == "done", job
+    assert job.events == [] and job.logs == [], "an empty list is stored as [], not null"
+    error = {"status": "error", "error": "no such repo", "retry": False}
+    job = await h.finished(await h.enqueue("scripted", payload={"reply": error, "exit_code": 1}))
+    assert job.status is Status.FAILED and job.attempt == 1, job
+    assert job.last_error == "no such repo"
+    (attempt,) = await h.attempts(job.job_id)
+    assert attempt["exit_code"] == 1 and attempt["error"] == "no such repo"
+    plain = {"status": "ok", "result": "done"}
+    job = await h.finished(await h.enqueue("scripted", payload={"reply": plain}))
+    assert job.events is None and job.logs is None, "no events key: nothing stored"
+
+
 async def test_state_updates_are_merged_and_passed_as_state_next_time(
     harness: HarnessFactory,
 ) -> None:

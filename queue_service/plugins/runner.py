@@ -131,9 +131,10 @@ class AttemptOutcome:
       None when the process never started.
     - `stderr_tail`: the last bytes of stderr (at most the stderr cap), decoded as
       UTF-8 with replacement.
-    - `events`, `logs`, `state_updates`: as the response gave them (on ok and on
-      error responses; empty otherwise). Whether error-time state updates are
-      applied is the caller's decision.
+    - `events`, `logs`: as the response gave them (on ok and on error responses),
+      None when the response has no such key: `[]` stays an empty tuple.
+    - `state_updates`: as the response gave them, `{}` when absent. Whether
+      error-time state updates are applied is the caller's decision.
     - `duration`: seconds from spawn to the end of the run, kill time included.
     """
 
@@ -143,9 +144,9 @@ class AttemptOutcome:
     retry_allowed: bool = True
     exit_code: int | None = None
     stderr_tail: str = ""
-    events: tuple[dict[str, Any], ...] = ()
+    events: tuple[dict[str, Any], ...] | None = None
     state_updates: dict[str, Any] = field(default_factory=dict)
-    logs: tuple[dict[str, Any], ...] = ()
+    logs: tuple[dict[str, Any], ...] | None = None
     duration: float = 0.0
 
     @property
@@ -444,9 +445,9 @@ class _Response:
     result: Any
     error: str | None
     retry: bool
-    events: tuple[dict[str, Any], ...]
+    events: tuple[dict[str, Any], ...] | None
     state_updates: dict[str, Any]
-    logs: tuple[dict[str, Any], ...]
+    logs: tuple[dict[str, Any], ...] | None
 
 
 def parse_response(stdout: bytes) -> _Response:
@@ -485,10 +486,12 @@ def parse_response(stdout: bytes) -> _Response:
     )
 
 
-def _objects(doc: Mapping[str, Any], key: str, *, required: str) -> tuple[dict[str, Any], ...]:
+def _objects(
+    doc: Mapping[str, Any], key: str, *, required: str
+) -> tuple[dict[str, Any], ...] | None:
     value = doc.get(key)
     if value is None:
-        return ()
+        return None
     if not isinstance(value, list):
         raise _Violation(f"{key} must be a list")
     items: list[dict[str, Any]] = []
