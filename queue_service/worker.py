@@ -310,6 +310,8 @@ class Worker:
                 state=state,
                 timeout_seconds=self.config.timeout_for(job.plugin, job.command),
                 kill_grace=self.kill_grace,
+                secrets=settings.secrets,
+                env_passthrough=self.config.service.plugin_env_passthrough,
             )
         )
         if running.abort is not None:  # canceled between claim and start

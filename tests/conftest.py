@@ -14,7 +14,6 @@ import pytest
 from queue_service.api import ServiceState, create_app
 from queue_service.store import SQLiteStore
 
-
 REPO = Path(__file__).parent.parent
 
 

@@ -152,9 +152,11 @@ async def test_request_shape_for_poll(registry: Registry) -> None:
         "command",
         "config",
         "state",
+        "context",
         "payload",
         "deadline_at",
     }
+    assert request["context"] == {"ductile_plugin": "introspect"}
     assert request["protocol"] == 2
     assert request["job_id"] == "job-42"
     assert request["command"] == "poll"
@@ -165,18 +167,43 @@ async def test_request_shape_for_poll(registry: Registry) -> None:
     assert before + timedelta(seconds=7) <= deadline <= utcnow() + timedelta(seconds=7)
 
 
-async def test_handle_carries_an_api_trigger_event(registry: Registry) -> None:
+async def test_handle_carries_the_event_envelope_as_event_and_payload(registry: Registry) -> None:
     outcome = await run(registry, "introspect", "handle", payload={"msg": "hi"}, config={})
     request = outcome.result["request"]
-    assert "payload" not in request
-    assert request["event"] == {"type": "api.trigger", "payload": {"msg": "hi"}}
+    envelope = {
+        "type": "api.trigger",
+        "payload": {"msg": "hi"},
+        "timestamp": "0001-01-01T00:00:00Z",
+    }
+    assert request["event"] == envelope
+    assert request["payload"] == envelope, "ductile sends the whole queued envelope as payload"
+    assert request["context"] == {"ductile_plugin": "introspect"}
     assert request["command"] == "handle" and request["config"] == {}
+    assert "secrets" not in request
 
     echoed = await run(registry, "ok", "handle", payload={"msg": "hi"})
     assert echoed.result == {"msg": "hi"}
 
-    custom = await run(registry, "introspect", "handle", payload=1, event_type="schedule.tick")
-    assert custom.result["request"]["event"] == {"type": "schedule.tick", "payload": 1}
+    custom = await run(registry, "introspect", "handle", payload={}, event_type="schedule.tick")
+    assert custom.result["request"]["event"]["type"] == "schedule.tick"
+    assert custom.result["request"]["event"]["payload"] == {}
+
+
+async def test_empty_payload_is_left_out_and_context_is_always_sent(registry: Registry) -> None:
+    for command in ("poll", "health"):
+        request = (await run(registry, "introspect", command, payload={})).result["request"]
+        assert "payload" not in request, "ductile omits an empty payload"
+        assert request["context"] == {"ductile_plugin": "introspect"}
+        assert request["config"] == {"token": "from-config"} and request["state"] == {}
+
+
+async def test_secrets_travel_top_level_only_when_there_are_some(registry: Registry) -> None:
+    secrets = {"webhook": "https://hooks.example/abc"}
+    request = (await run(registry, "introspect", payload={}, secrets=secrets)).result["request"]
+    assert request["secrets"] == secrets
+    assert "webhook" not in request["config"], "secrets are never merged into config"
+    request = (await run(registry, "introspect", payload={}, secrets={})).result["request"]
+    assert "secrets" not in request
 
 
 async def test_sandbox_argv_cwd_session_and_env_allowlist(

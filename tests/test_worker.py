@@ -456,6 +456,38 @@ async def test_a_reply_over_the_stdout_cap_is_not_retried(harness: HarnessFactor
     assert [a["status"] for a in await h.attempts(job.job_id)] == ["failed"]
 
 
+async def test_the_request_and_environment_follow_the_config(
+    harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QS_TEST_WEBHOOK", "https://hooks.example/s3cret")
+    monkeypatch.setenv("GITHUB_TOKEN", "gh-passed")
+    monkeypatch.setenv("QS_TEST_NOT_PASSED", "hidden")
+    config = parse_config(
+        {
+            "service": {
+                "plugin_dirs": [str(PLUGINS)],
+                "lease_seconds": 3,
+                "plugin_env_passthrough": ["GITHUB_TOKEN"],
+            },
+            "plugins": {
+                "introspect": {
+                    "config": {"channel": "ops"},
+                    "secrets": {"webhook": "${QS_TEST_WEBHOOK}"},
+                }
+            },
+        }
+    )
+    h = harness(config)
+    h.start()
+    job = await h.finished(await h.enqueue("introspect", payload={"n": 1}))
+    assert job.status is Status.SUCCEEDED, job
+    request, env = job.result["request"], job.result["env"]
+    assert request["context"] == {"ductile_plugin": "introspect"}
+    assert request["config"] == {"channel": "ops"}
+    assert request["secrets"] == {"webhook": "https://hooks.example/s3cret"}
+    assert env["GITHUB_TOKEN"] == "gh-passed" and "QS_TEST_NOT_PASSED" not in env
+
+
 async def test_a_valid_response_wins_over_the_exit_code(harness: HarnessFactory) -> None:
     h = harness(make_config({"scripted": {"max_attempts": 3, "backoff_seconds": 0}}))
     h.start()

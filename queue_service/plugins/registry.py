@@ -52,7 +52,8 @@ class Plugin:
     name: str
     folder: Path
     manifest: Manifest | None
-    config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # repr=False: values may be secrets filled in from the environment.
+    config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     error: str | None = None
 
     @property
