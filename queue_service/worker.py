@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from queue_service.config import ServiceConfig
 from queue_service.plugins import Registry
 from queue_service.plugins.runner import KILL_GRACE, AttemptOutcome, OutcomeKind, run_command
+from queue_service.plugins.state import state_cap_problem
 from queue_service.statuses import Status
 from queue_service.store import Job, SQLiteStore, StoreUnavailable
 from queue_service.store.types import AttemptEnd
@@ -48,7 +49,8 @@ def decide_end(
 ) -> AttemptEnd:
     """How a finished attempt moves the job on. Pure: the clock and randomness are injected.
 
-    - ok -> succeeded (state updates are applied only then);
+    - ok -> succeeded (state updates are applied only then; the caller has already turned
+      an ok whose merged state would exceed the cap into a failure without retry);
     - an error, a protocol violation or a timeout -> queued again with a backoff while
       attempts remain and the plugin allows a retry (exit 78 and `"retry": false` do not);
       otherwise failed or timed_out.
@@ -337,6 +339,13 @@ class Worker:
                 await self.store.release_jobs(held, owner=self.owner)
                 log.info("job %s returned to queued at shutdown", job.job_id)
             return
+        if outcome.succeeded and outcome.state_updates:
+            # Read now, not at job start: another job of the plugin may have changed it.
+            current = await self.store.get_plugin_state(job.plugin)
+            problem = state_cap_problem(current, outcome.state_updates)
+            if problem is not None:  # the same input would overflow again: no retry
+                failed = {"kind": OutcomeKind.FAILED, "result": None, "error": problem}
+                outcome = replace(outcome, **failed, retry_allowed=False, state_updates={})
         end = decide_end(
             job, outcome, backoff_seconds=settings.backoff_seconds, now=self.clock(), rng=self.rng
         )

@@ -531,6 +531,50 @@ async def test_state_updates_are_merged_and_passed_as_state_next_time(
     }
 
 
+def replying(state_updates: Any, status: str = "ok") -> dict[str, Any]:
+    """A payload for the scripted plugin: answer `status` with these state_updates."""
+    reply: dict[str, Any] = {"status": status, "state_updates": state_updates}
+    reply.update({"result": "done"} if status == "ok" else {"error": "refused"})
+    return {"reply": reply}
+
+
+async def test_state_updates_are_a_shallow_merge_like_ductile(harness: HarnessFactory) -> None:
+    h = harness(make_config({"scripted": {"max_attempts": 1}}))
+    h.start()
+    first = {"seen": {"a": 1, "b": 2}, "cursor": 1, "note": "keep", "price": 0.30000000000000004}
+    job = await h.finished(await h.enqueue("scripted", payload=replying(first)))
+    assert job.status is Status.SUCCEEDED, job
+    second = {"seen": {"c": 3, "d": None}, "cursor": None, 'odd "key"': [1, None], "new": True}
+    job = await h.finished(await h.enqueue("scripted", payload=replying(second)))
+    assert job.status is Status.SUCCEEDED, job
+    assert await h.store.get_plugin_state("scripted") == {
+        "seen": {"c": 3, "d": None},  # a nested object is replaced whole, its nulls kept
+        "cursor": None,  # null is stored as a value: the key stays
+        "note": "keep",
+        "price": 0.30000000000000004,
+        'odd "key"': [1, None],
+        "new": True,
+    }
+    job = await h.finished(await h.enqueue("scripted", payload=replying({"note": 1}, "error")))
+    assert job.status is Status.FAILED
+    assert (await h.store.get_plugin_state("scripted"))["note"] == "keep", "error: not applied"
+
+
+async def test_state_over_one_mib_fails_the_job_without_retry(harness: HarnessFactory) -> None:
+    h = harness(make_config({"scripted": {"max_attempts": 3, "backoff_seconds": 0}}))
+    h.start()
+    half = "x" * (600 * 1024)
+    job = await h.finished(await h.enqueue("scripted", payload=replying({"a": half})))
+    assert job.status is Status.SUCCEEDED, job
+    job = await h.finished(await h.enqueue("scripted", payload=replying({"b": half})))
+    assert job.status is Status.FAILED and job.attempt == 1, job
+    assert job.last_error is not None and "1048576" in job.last_error, job.last_error
+    assert await h.store.get_plugin_state("scripted") == {"a": half}, "nothing was merged"
+    # Replacing a key keeps the merged state small: that is allowed.
+    job = await h.finished(await h.enqueue("scripted", payload=replying({"a": half[:10]})))
+    assert job.status is Status.SUCCEEDED, job
+
+
 # --- concurrency ---------------------------------------------------------------------------
 
 
