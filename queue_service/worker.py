@@ -341,11 +341,17 @@ class Worker:
             return
         if outcome.succeeded and outcome.state_updates:
             # Read now, not at job start: another job of the plugin may have changed it.
-            current = await self.store.get_plugin_state(job.plugin)
-            problem = state_cap_problem(current, outcome.state_updates)
+            stored = await self.store.get_plugin_state(job.plugin)
+            problem = state_cap_problem(stored, outcome.state_updates)
             if problem is not None:  # the same input would overflow again: no retry
-                failed = {"kind": OutcomeKind.FAILED, "result": None, "error": problem}
-                outcome = replace(outcome, **failed, retry_allowed=False, state_updates={})
+                outcome = replace(
+                    outcome,
+                    kind=OutcomeKind.FAILED,
+                    result=None,
+                    error=problem,
+                    retry_allowed=False,
+                    state_updates={},
+                )
         end = decide_end(
             job, outcome, backoff_seconds=settings.backoff_seconds, now=self.clock(), rng=self.rng
         )
