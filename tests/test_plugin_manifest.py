@@ -389,6 +389,9 @@ def _command_with(**fields: Any) -> dict[str, Any]:
             id="wrong-spec",
         ),
         pytest.param(
+            base_manifest(manifest_spec=5), "manifest_spec must be 'ductile.plugin'", id="int-spec"
+        ),
+        pytest.param(
             base_manifest(manifest_version=2), "manifest_version must be 1, got 2", id="mv2"
         ),
         pytest.param(
@@ -450,6 +453,36 @@ def test_invalid_fields_are_named(doc: Any, message: str) -> None:
         parse_manifest(doc)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    doc = base_manifest(protocol=1, concurrency_safe="yes", config_keys={"optional": "a"})
+    del doc["version"]
+    doc["commands"][0].update(type="delete", idempotent="no")
+    doc["commands"].append({"name": "9lives", "type": "read"})
+    doc["commands"].append("health")
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(doc)
+    message = str(caught.value)
+    assert message.split("; ") == [
+        "version is required (a version string such as 1.0.0)",
+        "protocol must be 2, got 1",
+        "concurrency_safe must be true or false, got 'yes'",
+        "command 'poll': type must be read or write, got 'delete'",
+        "command 'poll': idempotent must be true or false, got 'no'",
+        "commands[1].name must be a letter, then letters, digits, _ or - (max 64), got '9lives'",
+        "commands[2] must be an object with name and type",
+        "config_keys.optional must be a list of key names, got 'a'",
+    ]
+    assert caught.value.plugin_name == "demo"
+
+
+def test_a_schema_with_braces_is_reported_verbatim() -> None:
+    schema = {"type": "object", "properties": {"{x}": {"type": "nope"}}}
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(_command_with(input_schema=schema))
+    assert "input_schema is not a valid JSON Schema" in str(caught.value)
+    assert "(at $.properties['{x}'].type)" in str(caught.value)
 
 
 def test_duplicate_command_is_refused() -> None:
