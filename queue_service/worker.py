@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from queue_service.config import ServiceConfig
 from queue_service.plugins import Registry
 from queue_service.plugins.runner import KILL_GRACE, AttemptOutcome, OutcomeKind, run_command
+from queue_service.plugins.state import state_cap_problem
 from queue_service.statuses import AttemptStatus, Status
 from queue_service.store import Job, Store, StoreUnavailable
 from queue_service.store.types import AttemptEnd
@@ -48,7 +49,8 @@ def decide_end(
 ) -> AttemptEnd:
     """How a finished attempt moves the job on. Pure: the clock and randomness are injected.
 
-    - ok -> succeeded (state updates are applied only then);
+    - ok -> succeeded (state updates are applied only then; the caller has already turned
+      an ok whose merged state would exceed the cap into a failure without retry);
     - an error, a protocol violation or a timeout -> queued again with a backoff while
       attempts remain and the plugin allows a retry (exit 78 and `"retry": false` do not);
       otherwise failed or timed_out.
@@ -57,8 +59,9 @@ def decide_end(
     base = AttemptEnd(
         status=Status.SUCCEEDED,
         attempt_status=AttemptStatus.SUCCEEDED,
-        events=list(outcome.events) or None,
-        logs=list(outcome.logs) or None,
+        # `"events": []` is stored as [], a response without the key as null.
+        events=None if outcome.events is None else list(outcome.events),
+        logs=None if outcome.logs is None else list(outcome.logs),
         exit_code=outcome.exit_code,
         stderr_tail=outcome.stderr_tail or None,
     )
@@ -315,6 +318,8 @@ class Worker:
                 state=state,
                 timeout_seconds=self.config.timeout_for(job.plugin, job.command),
                 kill_grace=self.kill_grace,
+                secrets=settings.secrets,
+                env_passthrough=self.config.service.plugin_env_passthrough,
             )
         )
         if running.abort is not None:  # canceled between claim and start
@@ -342,6 +347,19 @@ class Worker:
                 await self.store.release_jobs(held, owner=self.owner)
                 log.info("job %s returned to queued at shutdown", job.job_id)
             return
+        if outcome.succeeded and outcome.state_updates:
+            # Read now, not at job start: another job of the plugin may have changed it.
+            stored = await self.store.get_plugin_state(job.plugin)
+            problem = state_cap_problem(stored, outcome.state_updates)
+            if problem is not None:  # the same input would overflow again: no retry
+                outcome = replace(
+                    outcome,
+                    kind=OutcomeKind.FAILED,
+                    result=None,
+                    error=problem,
+                    retry_allowed=False,
+                    state_updates={},
+                )
         end = decide_end(
             job, outcome, backoff_seconds=settings.backoff_seconds, now=self.clock(), rng=self.rng
         )

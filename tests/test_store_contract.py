@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from pathlib import Path
 
@@ -296,8 +297,8 @@ async def test_a_new_database_and_its_wal_are_private(db_path: Path) -> None:
 async def test_an_existing_database_readable_by_others_is_reported(
     db_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    db_path.touch()
-    db_path.chmod(0o644)
+    os.close(os.open(db_path, os.O_CREAT | os.O_WRONLY, 0o644))
+    os.chmod(db_path, 0o644)  # whatever the umask
     s = SQLiteStore(db_path)
     await s.open()
     await s.close()

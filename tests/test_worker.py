@@ -448,6 +448,64 @@ async def test_protocol_violations_fail_the_job_naming_the_violation(
     assert attempt["status"] == "failed" and attempt["error"] == job.last_error
 
 
+async def test_a_reply_over_the_stdout_cap_is_not_retried(harness: HarnessFactory) -> None:
+    h = harness(make_config({"huge": {"max_attempts": 3, "backoff_seconds": 0}}))
+    h.start()
+    job = await h.finished(await h.enqueue("huge"))
+    assert job.status is Status.FAILED and job.attempt == 1, job
+    assert [a["status"] for a in await h.attempts(job.job_id)] == ["failed"]
+
+
+async def test_the_request_and_environment_follow_the_config(
+    harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QS_TEST_WEBHOOK", "https://hooks.example/s3cret")
+    monkeypatch.setenv("GITHUB_TOKEN", "gh-passed")
+    monkeypatch.setenv("QS_TEST_NOT_PASSED", "hidden")
+    config = parse_config(
+        {
+            "service": {
+                "plugin_dirs": [str(PLUGINS)],
+                "lease_seconds": 3,
+                "plugin_env_passthrough": ["GITHUB_TOKEN"],
+            },
+            "plugins": {
+                "introspect": {
+                    "config": {"channel": "ops"},
+                    "secrets": {"webhook": "${QS_TEST_WEBHOOK}"},
+                }
+            },
+        }
+    )
+    h = harness(config)
+    h.start()
+    job = await h.finished(await h.enqueue("introspect", payload={"n": 1}))
+    assert job.status is Status.SUCCEEDED, job
+    request, env = job.result["request"], job.result["env"]
+    assert request["context"] == {"ductile_plugin": "introspect"}
+    assert request["config"] == {"channel": "ops"}
+    assert request["secrets"] == {"webhook": "https://hooks.example/s3cret"}
+    assert env["GITHUB_TOKEN"] == "gh-passed" and "QS_TEST_NOT_PASSED" not in env
+
+
+async def test_a_valid_response_wins_over_the_exit_code(harness: HarnessFactory) -> None:
+    h = harness(make_config({"scripted": {"max_attempts": 3, "backoff_seconds": 0}}))
+    h.start()
+    ok = {"status": "ok", "result": "done", "events": [], "logs": []}
+    job = await h.finished(await h.enqueue("scripted", payload={"reply": ok, "exit_code": 1}))
+    assert job.status is Status.SUCCEEDED and job.result == "done", job
+    assert job.events == [] and job.logs == [], "an empty list is stored as [], not null"
+    error = {"status": "error", "error": "no such repo", "retry": False}
+    job = await h.finished(await h.enqueue("scripted", payload={"reply": error, "exit_code": 1}))
+    assert job.status is Status.FAILED and job.attempt == 1, job
+    assert job.last_error == "no such repo"
+    (attempt,) = await h.attempts(job.job_id)
+    assert attempt["exit_code"] == 1 and attempt["error"] == "no such repo"
+    plain = {"status": "ok", "result": "done"}
+    job = await h.finished(await h.enqueue("scripted", payload={"reply": plain}))
+    assert job.events is None and job.logs is None, "no events key: nothing stored"
+
+
 async def test_state_updates_are_merged_and_passed_as_state_next_time(
     harness: HarnessFactory,
 ) -> None:
@@ -471,6 +529,50 @@ async def test_state_updates_are_merged_and_passed_as_state_next_time(
         "counter": 3,
         "last_job_id": jobs[-1].job_id,
     }
+
+
+def replying(state_updates: Any, status: str = "ok") -> dict[str, Any]:
+    """A payload for the scripted plugin: answer `status` with these state_updates."""
+    reply: dict[str, Any] = {"status": status, "state_updates": state_updates}
+    reply.update({"result": "done"} if status == "ok" else {"error": "refused"})
+    return {"reply": reply}
+
+
+async def test_state_updates_are_a_shallow_merge_like_ductile(harness: HarnessFactory) -> None:
+    h = harness(make_config({"scripted": {"max_attempts": 1}}))
+    h.start()
+    first = {"seen": {"a": 1, "b": 2}, "cursor": 1, "note": "keep", "price": 0.30000000000000004}
+    job = await h.finished(await h.enqueue("scripted", payload=replying(first)))
+    assert job.status is Status.SUCCEEDED, job
+    second = {"seen": {"c": 3, "d": None}, "cursor": None, 'odd "key"': [1, None], "new": True}
+    job = await h.finished(await h.enqueue("scripted", payload=replying(second)))
+    assert job.status is Status.SUCCEEDED, job
+    assert await h.store.get_plugin_state("scripted") == {
+        "seen": {"c": 3, "d": None},  # a nested object is replaced whole, its nulls kept
+        "cursor": None,  # null is stored as a value: the key stays
+        "note": "keep",
+        "price": 0.30000000000000004,
+        'odd "key"': [1, None],
+        "new": True,
+    }
+    job = await h.finished(await h.enqueue("scripted", payload=replying({"note": 1}, "error")))
+    assert job.status is Status.FAILED
+    assert (await h.store.get_plugin_state("scripted"))["note"] == "keep", "error: not applied"
+
+
+async def test_state_over_one_mib_fails_the_job_without_retry(harness: HarnessFactory) -> None:
+    h = harness(make_config({"scripted": {"max_attempts": 3, "backoff_seconds": 0}}))
+    h.start()
+    half = "x" * (600 * 1024)
+    job = await h.finished(await h.enqueue("scripted", payload=replying({"a": half})))
+    assert job.status is Status.SUCCEEDED, job
+    job = await h.finished(await h.enqueue("scripted", payload=replying({"b": half})))
+    assert job.status is Status.FAILED and job.attempt == 1, job
+    assert job.last_error is not None and "1048576" in job.last_error, job.last_error
+    assert await h.store.get_plugin_state("scripted") == {"a": half}, "nothing was merged"
+    # Replacing a key keeps the merged state small: that is allowed.
+    job = await h.finished(await h.enqueue("scripted", payload=replying({"a": half[:10]})))
+    assert job.status is Status.SUCCEEDED, job
 
 
 # --- concurrency ---------------------------------------------------------------------------

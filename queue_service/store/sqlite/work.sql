@@ -60,8 +60,29 @@ UPDATE job_attempts SET
 WHERE job_id = :job_id AND attempt = :attempt AND status = 'running';
 
 -- name: merge_plugin_state
+-- ductile's shallow merge: each top-level key of :updates replaces the stored one whole
+-- (nested objects are not merged) and null is stored as a value, so no key is deleted.
+-- Values are copied as their JSON text (`doc -> fullkey`), which keeps numbers exact; the
+-- path cannot name a key holding '"', so such a value is rebuilt from json_each instead.
 INSERT INTO plugin_state (plugin, state, updated_at) VALUES (:plugin, json(:updates), :now)
-ON CONFLICT (plugin) DO UPDATE SET state = json_patch(state, json(:updates)), updated_at = :now;
+ON CONFLICT (plugin) DO UPDATE SET state = (
+    SELECT json_group_object(merged.key, json(merged.value_json)) FROM (
+        SELECT cur.key,
+            coalesce(plugin_state.state -> cur.fullkey, CASE cur.type
+                WHEN 'true' THEN 'true' WHEN 'false' THEN 'false'
+                WHEN 'object' THEN cur.value WHEN 'array' THEN cur.value
+                ELSE json_quote(cur.value) END) AS value_json
+        FROM json_each(plugin_state.state) AS cur
+        WHERE cur.key NOT IN (SELECT upd.key FROM json_each(excluded.state) AS upd)
+        UNION ALL
+        SELECT upd.key,
+            coalesce(excluded.state -> upd.fullkey, CASE upd.type
+                WHEN 'true' THEN 'true' WHEN 'false' THEN 'false'
+                WHEN 'object' THEN upd.value WHEN 'array' THEN upd.value
+                ELSE json_quote(upd.value) END)
+        FROM json_each(excluded.state) AS upd
+    ) AS merged
+), updated_at = :now;
 
 -- name: get_plugin_state
 SELECT state FROM plugin_state WHERE plugin = :plugin;
