@@ -645,7 +645,7 @@ def test_resolve_and_validate_through_registry() -> None:
     assert list(unknown.value.allowed) == sorted(unknown.value.allowed)
 
     with pytest.raises(UnknownCommand) as no_command:
-        registry.validate_payload("ok", "explode", {})
+        registry.resolve("ok", "explode")
     assert no_command.value.param == "command"
     assert no_command.value.allowed == ("handle", "health", "poll")
     assert str(no_command.value) == "plugin 'ok' has no command 'explode'"
