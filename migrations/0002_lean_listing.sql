@@ -5,9 +5,9 @@
 -- Now:
 -- * two listing indexes without status (jobs_by_time, jobs_by_plugin_command): written
 --   when a job is inserted, never touched by a status change;
--- * one partial index led by status, holding every job except the succeeded ones: it
---   serves the selective status filters (queued, running, failed, ...); the happy path
---   leaves it when the job succeeds;
+-- * two partial indexes led by status, holding every job except the succeeded ones: they
+--   serve the selective status filters (queued, running, failed, ...); the happy path
+--   leaves them when the job succeeds;
 -- * counts kept exact in the same transaction, through a delta log: the triggers append
 --   one row per change to job_count_deltas, and the store folds the log into job_counts
 --   and the hourly rollups before each COMMIT (readers add any unfolded deltas, so the
@@ -90,7 +90,10 @@ CREATE INDEX jobs_by_time ON jobs (created_at);
 
 CREATE INDEX jobs_by_plugin_command ON jobs (plugin, command, created_at);
 
-CREATE INDEX jobs_by_status ON jobs (status, plugin, command, created_at)
+CREATE INDEX jobs_by_status ON jobs (status, created_at)
+    WHERE status != 'succeeded';
+
+CREATE INDEX jobs_by_status_plugin_command ON jobs (status, plugin, command, created_at)
     WHERE status != 'succeeded';
 
 CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs

@@ -132,7 +132,16 @@ async def _all_pages(store: StoreUnderTest, f: JobFilter, limit: int) -> list[Jo
     return seen
 
 
-async def test_pages_and_totals_match_a_brute_force_filter(store: StoreUnderTest) -> None:
+@pytest.mark.parametrize("planner", ["default", "per-pair walks"])
+async def test_pages_and_totals_match_a_brute_force_filter(
+    store: StoreUnderTest, planner: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if planner == "per-pair walks":
+        # Make the planner prefer one walk per (plugin, command) wherever it may.
+        from queue_service.store.sqlite import listing
+
+        monkeypatch.setattr(listing, "_MAX_SCAN_RATIO", 0)
+        monkeypatch.setattr(listing, "_MAX_WALKS", 1000)
     jobs = _rows(seed=7, count=600)
     await store.upsert_external_jobs(jobs)
     stored = {j.job_id: j for j in jobs}

@@ -25,11 +25,12 @@ SELECT * FROM jobs WHERE job_id = :job_id;
 SELECT attempt, status, started_at, completed_at, exit_code, error, stderr_tail
 FROM job_attempts WHERE job_id = :job_id ORDER BY id;
 
--- Listing. A page is one or a few index walks, merged by the store on (created_at, seq):
--- jobs_by_time or jobs_by_plugin_command (no status in the key) with status and source
--- checked on the row, or one jobs_by_status walk per (status, plugin, command) for the
--- selective statuses. Absent bounds are values outside any timestamp ('' and '~'), and the
+-- Listing. A page is one or a few index walks, merged by the store on (created_at, seq);
+-- listing.py says which walks serve which filter. Every walk checks all the filters on the
+-- row (a NULL :plugin or :command means any), so any walk is correct and the choice is
+-- only about speed. Absent bounds are values outside any timestamp ('' and '~'), and the
 -- status and source lists are padded by repeating an element, so each walk is one range.
+-- `status != 'succeeded'` repeats the partial indexes' condition so SQLite may use them.
 
 -- name: walk_time
 SELECT job_id, plugin, command, status, source, created_at, started_at, completed_at,
@@ -38,6 +39,7 @@ FROM jobs INDEXED BY jobs_by_time
 WHERE created_at > :after AND created_at < :before
   AND (created_at, seq) < (:cursor_created, :cursor_seq)
   AND status IN (:s0, :s1, :s2, :s3, :s4, :s5, :s6) AND source IN (:src0, :src1)
+  AND plugin = COALESCE(:plugin, plugin) AND command = COALESCE(:command, command)
 ORDER BY created_at DESC, seq DESC LIMIT :limit;
 
 -- name: walk_plugin_command
@@ -51,48 +53,58 @@ WHERE plugin = :plugin AND command = :command
 ORDER BY created_at DESC, seq DESC LIMIT :limit;
 
 -- name: walk_status
--- `status != 'succeeded'` repeats the partial index's condition so that SQLite may use it.
 SELECT job_id, plugin, command, status, source, created_at, started_at, completed_at,
        attempt, external_url, seq
 FROM jobs INDEXED BY jobs_by_status
+WHERE status = :status AND status != 'succeeded'
+  AND created_at > :after AND created_at < :before
+  AND (created_at, seq) < (:cursor_created, :cursor_seq)
+  AND source IN (:src0, :src1)
+  AND plugin = COALESCE(:plugin, plugin) AND command = COALESCE(:command, command)
+ORDER BY created_at DESC, seq DESC LIMIT :limit;
+
+-- name: walk_status_plugin_command
+SELECT job_id, plugin, command, status, source, created_at, started_at, completed_at,
+       attempt, external_url, seq
+FROM jobs INDEXED BY jobs_by_status_plugin_command
 WHERE status = :status AND status != 'succeeded' AND plugin = :plugin AND command = :command
   AND created_at > :after AND created_at < :before
   AND (created_at, seq) < (:cursor_created, :cursor_seq)
   AND source IN (:src0, :src1)
 ORDER BY created_at DESC, seq DESC LIMIT :limit;
 
--- Exact counts per (status, source, plugin, command): job_counts plus any deltas not yet
--- folded (none outside a write transaction, unless something wrote around the store).
+-- Exact counts from job_counts plus any deltas not yet folded (none outside a write
+-- transaction, unless something wrote around the store). The rows of one key may come
+-- twice (a count and its delta): the store adds them up.
 
 -- name: counts_all
-SELECT status, source, plugin, command, SUM(n) FROM (
-    SELECT status, source, plugin, command, n FROM job_counts
+SELECT status, source, NULL, NULL, SUM(n) FROM (
+    SELECT status, source, n FROM job_counts
     UNION ALL
-    SELECT status, source, plugin, command, d FROM job_count_deltas
-) GROUP BY status, source, plugin, command HAVING SUM(n) > 0;
+    SELECT status, source, d FROM job_count_deltas
+) GROUP BY status, source;
 
 -- name: counts_plugin
-SELECT status, source, plugin, command, SUM(n) FROM (
-    SELECT status, source, plugin, command, n FROM job_counts WHERE plugin = :plugin
-    UNION ALL
-    SELECT status, source, plugin, command, d FROM job_count_deltas WHERE plugin = :plugin
-) GROUP BY status, source, plugin, command HAVING SUM(n) > 0;
+SELECT status, source, plugin, command, n FROM job_counts WHERE plugin = :plugin
+UNION ALL
+SELECT status, source, plugin, command, d FROM job_count_deltas WHERE plugin = :plugin;
 
 -- name: counts_plugin_command
-SELECT status, source, plugin, command, SUM(n) FROM (
-    SELECT status, source, plugin, command, n FROM job_counts
-    WHERE plugin = :plugin AND command = :command
-    UNION ALL
-    SELECT status, source, plugin, command, d FROM job_count_deltas
-    WHERE plugin = :plugin AND command = :command
-) GROUP BY status, source, plugin, command HAVING SUM(n) > 0;
+SELECT status, source, plugin, command, n FROM job_counts
+WHERE plugin = :plugin AND command = :command
+UNION ALL
+SELECT status, source, plugin, command, d FROM job_count_deltas
+WHERE plugin = :plugin AND command = :command;
 
 -- name: counts_command
-SELECT status, source, plugin, command, SUM(n) FROM (
-    SELECT status, source, plugin, command, n FROM job_counts WHERE command = :command
-    UNION ALL
-    SELECT status, source, plugin, command, d FROM job_count_deltas WHERE command = :command
-) GROUP BY status, source, plugin, command HAVING SUM(n) > 0;
+SELECT status, source, plugin, command, n FROM job_counts WHERE command = :command
+UNION ALL
+SELECT status, source, plugin, command, d FROM job_count_deltas WHERE command = :command;
+
+-- name: count_every_job
+SELECT COALESCE(SUM(n), 0) FROM (
+    SELECT n FROM job_counts UNION ALL SELECT d FROM job_count_deltas
+);
 
 -- Totals with time bounds: whole hours strictly between :hour_after and :hour_before from
 -- the hourly rollups (plus unfolded deltas), then the partial hours at the edges counted

@@ -157,7 +157,10 @@ CREATE INDEX jobs_by_time ON jobs (created_at);
 
 CREATE INDEX jobs_by_plugin_command ON jobs (plugin, command, created_at);
 
-CREATE INDEX jobs_by_status ON jobs (status, plugin, command, created_at)
+CREATE INDEX jobs_by_status ON jobs (status, created_at)
+    WHERE status != 'succeeded';
+
+CREATE INDEX jobs_by_status_plugin_command ON jobs (status, plugin, command, created_at)
     WHERE status != 'succeeded';
 
 CREATE INDEX jobs_claimable ON jobs (plugin, run_after) WHERE status = 'queued';

@@ -166,7 +166,7 @@ SELECT plugin, SUM(n) FROM (
 -- Bulk cancel by filter (an operator's explicit choice, e.g. for a plugin that is gone).
 UPDATE jobs SET status = 'canceled', completed_at = :now, last_error = :reason
 WHERE seq IN (
-    SELECT seq FROM jobs INDEXED BY jobs_by_status
+    SELECT seq FROM jobs INDEXED BY jobs_by_status_plugin_command
     WHERE status = 'queued' AND status != 'succeeded' AND plugin = :plugin
       AND command = COALESCE(:command, command) AND source = 'local'
     LIMIT :limit
