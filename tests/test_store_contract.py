@@ -307,3 +307,20 @@ async def test_an_existing_database_readable_by_others_is_reported(
         f"{db_path} is readable by everyone (mode 644): it holds every payload and result; "
         "restrict it with chmod 600 (and its -wal and -shm files)"
     ]
+
+
+async def test_group_commit_rolls_back_only_the_failing_callers_work(store: SQLiteStore) -> None:
+    """Callers that wait together share one COMMIT; a failing one loses only its own work."""
+    dup = "22222222-2222-2222-2222-222222222222"
+    good = [store.enqueue(NewJob("g", "poll", {"i": i})) for i in range(40)]
+    bad = store.enqueue_many([NewJob("b", "poll"), NewJob("b", "poll", job_id=dup)] * 2)
+    more = [store.enqueue(NewJob("g", "poll", {"i": i})) for i in range(40, 80)]
+    commits_before = store._writer.commits
+    outcomes = await asyncio.gather(*good, bad, *more, return_exceptions=True)
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(failures) == 1 and "UNIQUE" in str(failures[0])
+    assert (await store.list_jobs(JobFilter(plugin="g"))).total == 80
+    assert (await store.list_jobs(JobFilter(plugin="b"))).total == 0
+    assert await store.get_job(dup) is None
+    # They were grouped: fewer COMMITs than callers.
+    assert store._writer.commits - commits_before < 80
