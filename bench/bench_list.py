@@ -19,19 +19,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import cProfile
 import json
-import os
 import pstats
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -49,13 +46,14 @@ from _common import (
     latency_summary,
     percentile,
     print_table,
-    proc_cpu_seconds,
     proc_memory_kb,
-    wait_for_port,
+    scenario,
+    server,
+    server_env,
     wait_for_quiet,
     write_results,
 )
-from build_db import DEFAULT_JOBS, QUICK_JOBS, ensure_db
+from build_db import DEFAULT_JOBS, QUICK_JOBS, SPAN_DAYS, ensure_db
 
 from queue_service import models
 from queue_service.api import ServiceState, create_app
@@ -70,6 +68,7 @@ TARGET_P99_MS = 10.0
 TARGET_RATIO = 0.5
 TIME_MODES = ("none", "after", "before", "window")
 CLEAR_MISS_AFTER = 30
+NEWEST_PAGE = "GET /jobs (newest 50)"
 
 
 @dataclass
@@ -500,78 +499,15 @@ async def profile_request(db: Path, token: str, query: str, requests: int = 300)
 # -- HTTP --------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def server(command: list[str], port: int, log: Path, env: dict[str, str]) -> Iterator[int]:
-    """Start a server subprocess on 127.0.0.1:port; yield its pid; stop it afterwards."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        try:
-            wait_for_port(port)
-            yield proc.pid
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def load(port: int, paths: list[str], token: str, args: argparse.Namespace, tmp: Path) -> Any:
-    paths_file = tmp / "paths.json"
-    paths_file.write_text(json.dumps(paths))
-    command = [
-        PYTHON,
-        str(BENCH / "_loadgen.py"),
-        "--port",
-        str(port),
-        "--paths",
-        str(paths_file),
-        "--connections",
-        str(args.connections),
-        "--warmup",
-        str(args.warmup),
-        "--duration",
-        str(args.seconds),
-        "--max-requests",
-        str(args.max_requests),
-    ]
-    env = {**os.environ, "BENCH_TOKEN": token}
-    done = subprocess.run(command, capture_output=True, env=env, timeout=args.seconds + 120)
-    if done.returncode != 0:
-        raise RuntimeError(f"load generator failed: {done.stderr.decode()[-2000:]}")
-    return json.loads(done.stdout)
-
-
-def scenario(
-    name: str,
-    pid: int,
-    port: int,
-    paths: list[str],
-    token: str,
-    args: argparse.Namespace,
-    tmp: Path,
-) -> dict[str, Any]:
-    cpu0 = proc_cpu_seconds(pid)
-    result = load(port, paths, token, args, tmp)
-    result["server_cpu"] = round(
-        (proc_cpu_seconds(pid) - cpu0) / (result["seconds"] + args.warmup), 2
-    )
-    result["server_memory_kb_after"] = proc_memory_kb(pid)
-    result["name"] = name
-    ok = result["statuses"].get("200", 0)
-    print(
-        f"  {name}: {result['rps']:,.0f} req/s ({ok:,} x 200 of {result['requests']:,}), "
-        f"client p99 {result['latency_ms']['p99']:.1f} ms, server CPU {result['server_cpu']:.2f}, "
-        f"client CPU {result['client_cpu']:.2f}",
-        flush=True,
-    )
-    return result
+#: Scenarios per `serve --log-level`: (name, request paths) run one after the other.
+ProductRuns = dict[str, list[tuple[str, list[str]]]]
 
 
 def http_benchmark(
-    db: Path, token: str, first_page: bytes, paths: dict[str, list[str]], args: argparse.Namespace
+    db: Path, token: str, first_page: bytes, runs: ProductRuns, args: argparse.Namespace
 ) -> dict[str, Any]:
+    """Bare Starlette, then `queue-service serve` once per log level in `runs` with its
+    scenarios, then bare again: every ratio to bare comes from the same run."""
     tmp = Path(tempfile.mkdtemp(prefix="http-", dir=data_dir()))
     settle = 1.0 if args.quick else 3.0
     try:
@@ -580,7 +516,7 @@ def http_benchmark(
         config = tmp / "bench.toml"
         # A long retention, so the server's pruning leaves the (aging) fixture alone.
         config.write_text("[service]\nretention_days = 36500\n")
-        env = {k: v for k, v in os.environ.items() if k != "QUEUE_SERVICE_CONFIG"}
+        env = server_env()
         results: dict[str, Any] = {"scenarios": []}
 
         def bare() -> None:
@@ -599,7 +535,7 @@ def http_benchmark(
                     )
                 )
 
-        def product(log_level: str, runs: list[tuple[str, list[str]]]) -> None:
+        def product(log_level: str, scenarios: list[tuple[str, list[str]]]) -> None:
             port = free_port()
             command = [
                 QUEUE_SERVICE, "serve", "--db", str(db), "--host", "127.0.0.1",
@@ -608,7 +544,7 @@ def http_benchmark(
             with server(command, port, tmp / f"serve-{log_level}.log", env) as pid:
                 time.sleep(settle)  # let the worker's start-up passes (orphans, leases) finish
                 before = proc_memory_kb(pid)
-                for name, run_paths in runs:
+                for name, run_paths in scenarios:
                     label = f"{name} [serve --log-level {log_level}]"
                     outcome = scenario(label, pid, port, run_paths, token, args, tmp)
                     outcome["server_memory_kb_before"] = before
@@ -619,19 +555,35 @@ def http_benchmark(
                 }
 
         bare()
-        product(
-            "info",
-            [
-                ("GET /jobs (newest 50)", ["/jobs"]),
-                ("plugin polling (plugin+command, limit=1)", paths["polling"]),
-                ("every filter combination, round robin", paths["all"]),
-            ],
-        )
-        product("warning", [("GET /jobs (newest 50)", ["/jobs"])])
+        for log_level, scenarios in runs.items():
+            product(log_level, scenarios)
         bare()
         return results
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def http_fixture(db: Path, token: str, meta: dict[str, Any]) -> tuple[bytes, list[str]]:
+    """The product's first page of GET /jobs (the bare app sends the same bytes), and
+    `/job/{id}` paths of jobs spread over the fixture's days, so that GET /job/{id} reads
+    across the table instead of only its newest pages."""
+    anchor = parse_rfc3339(meta["anchor"])
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        status, first_page = await AsgiClient(create_app(ServiceState.for_store(store)), token).get(
+            "/jobs", ""
+        )
+        if status != 200:
+            raise RuntimeError(f"GET /jobs answered {status}: {first_page[:300]!r}")
+        ids: list[str] = []
+        for day in range(SPAN_DAYS):
+            before = format_ts(anchor - timedelta(days=day, hours=day % 24))
+            page = await store.list_jobs(JobFilter(created_before=before), limit=10)
+            ids += [job.job_id for job in page.jobs]
+    finally:
+        await store.close()
+    return first_page, [f"/job/{job_id}" for job_id in ids]
 
 
 # -- report ------------------------------------------------------------------------
@@ -765,31 +717,19 @@ def report_http(http: dict[str, Any]) -> dict[str, Any]:
             f" {mem['after']['VmRSS'] / 1024:.1f} MB after"
             f" (peak {mem['after']['VmHWM'] / 1024:.1f} MB)"
         )
-    product = next(
-        s
-        for s in scenarios
-        if s["name"].startswith("GET /jobs (newest 50) [serve --log-level info")
-    )
+    product = next(s for s in scenarios if s["name"].startswith(f"{NEWEST_PAGE} [serve"))
     return {
         "bare_rps": round(bare, 1),
         "product_rps": product["rps"],
         "ratio": round(product["rps"] / bare, 3),
+        "ratios": {s["name"]: round(s["rps"] / bare, 3) for s in scenarios},
     }
 
 
-def create_token(db: Path) -> str:
+def create_token(db: Path, scope: str = "jobs:ro") -> str:
+    """A new token's secret, made with `queue-service token create` on `db`."""
     done = subprocess.run(
-        [
-            QUEUE_SERVICE,
-            "token",
-            "create",
-            "--name",
-            "bench",
-            "--scope",
-            "jobs:ro",
-            "--db",
-            str(db),
-        ],
+        [QUEUE_SERVICE, "token", "create", "--name", "bench", "--scope", scope, "--db", str(db)],
         capture_output=True,
         check=True,
         text=True,
@@ -866,9 +806,11 @@ def main(argv: list[str] | None = None) -> int:
         summary: dict[str, Any] = {}
         if not args.skip_http:
             print(f"\nHTTP: {args.seconds:g} s per run after {args.warmup:g} s warm-up")
-            polling = [f"/jobs?{query}&limit=1" for query in polling_queries(meta)]
             every = [f"/jobs?{query}" if query else "/jobs" for c in combos for query in c.queries]
-            http = http_benchmark(db, token, first_page, {"polling": polling, "all": every}, args)
+            runs = listing_runs(meta, asyncio.run(http_fixture(db, token, meta))[1])
+            runs["info"].append(("every filter combination, round robin", every))
+            runs["warning"] = [runs["info"][0]]
+            http = http_benchmark(db, token, first_page, runs, args)
             summary = report_http(http)
         worst_p99 = max(percentile(c.asgi, 99) for c in combos if c.asgi) * 1000
         worst_cpu = max(percentile(c.cpu, 99) for c in combos if c.cpu) * 1000
@@ -905,6 +847,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def listing_runs(meta: dict[str, Any], job_paths: list[str]) -> ProductRuns:
+    """The scenarios issue 8 compares with bare: the 50-job page, one job, plugin polling."""
+    polling = [f"/jobs?{query}&limit=1" for query in polling_queries(meta)]
+    return {
+        "info": [
+            (NEWEST_PAGE, ["/jobs"]),
+            ("GET /job/{id}", job_paths),
+            ("plugin polling (plugin+command, limit=1)", polling),
+        ]
+    }
 
 
 def polling_queries(meta: dict[str, Any]) -> list[str]:
