@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -58,9 +59,9 @@ from build_db import DEFAULT_JOBS, QUICK_JOBS, SPAN_DAYS, ensure_db
 from queue_service import models
 from queue_service.api import ServiceState, create_app
 from queue_service.api.params import parse_cursor, parse_source, parse_statuses, parse_timestamp
-from queue_service.statuses import SOURCES, STATUSES
 from queue_service.store import JobFilter, SQLiteStore
-from queue_service.store.sqlite.sql import q
+from queue_service.store.sqlite import listing
+from queue_service.store.sqlite.sql import q, queries
 from queue_service.timeutil import format_ts, parse_rfc3339
 
 SUMMARY_FIELDS = tuple(models.JobSummary.model_fields)
@@ -304,73 +305,79 @@ async def measure_in_process(
             break
 
 
-_QUERY_SUFFIX = {
-    (False, False): "all",
-    (True, False): "plugin",
-    (True, True): "plugin_command",
-    (False, True): "command",
-}
+class _TimedCursor:
+    """A cursor whose execution and fetches are charged to its query's name."""
+
+    def __init__(self, timer: _TimedConnection, name: str, cursor: sqlite3.Cursor) -> None:
+        self.timer, self.name, self.cursor = timer, name, cursor
+
+    def __iter__(self) -> _TimedCursor:
+        return self
+
+    def __next__(self) -> Any:
+        started = time.perf_counter()
+        try:
+            return next(self.cursor)
+        finally:
+            self.timer.seconds[self.name] += time.perf_counter() - started
+
+    def fetchone(self) -> Any:
+        return next(self, None)
+
+    def close(self) -> None:
+        self.cursor.close()
+
+
+class _TimedConnection:
+    """A read connection that charges each statement's time, fetches included, to the
+    store's name for it: the store's own `list_jobs` runs on it unchanged."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.names = {sql: name for name, sql in queries().items()}
+        self.seconds: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+        self.params: dict[str, Any] = {}
+
+    def execute(self, sql: str, params: Any = ()) -> _TimedCursor:
+        name = self.names.get(sql, "(unnamed)")
+        self.calls[name] += 1
+        self.params[name] = params
+        started = time.perf_counter()
+        cursor = self.conn.execute(sql, params)
+        self.seconds[name] += time.perf_counter() - started
+        return _TimedCursor(self, name, cursor)
 
 
 def breakdown(db: Path, query: str, repeats: int = 5) -> dict[str, Any]:
-    """Time the kinds of statement the store runs for one query, on a raw read connection
-    with the store's own named queries: the job_counts totals, one listing walk per
-    (status, source) pair with matches (up to a page each), and, with time bounds, the
-    COUNT(*) over each pair's index range, with that count's query plan."""
+    """Where one slow query's time goes: the store's `list_jobs` run `repeats` times on a
+    raw read connection that times each named statement (counts, index walks, hourly
+    rollups, edge counts), with the query plan of the costliest one."""
     filters, cursor = job_filter(query)
-    suffix = _QUERY_SUFFIX[filters.plugin is not None, filters.command is not None]
-    statuses = sorted(set(filters.statuses or STATUSES))
-    sources = sorted(set(filters.sources or SOURCES))
-    base = {
-        "plugin": filters.plugin,
-        "command": filters.command,
-        "after": filters.created_after or "",
-        "before": filters.created_before or "~",
-        "cursor_created": cursor.created_at if cursor else "~",
-        "cursor_seq": cursor.seq if cursor else 2**63 - 1,
-        "limit": 51,
-        "statuses": json.dumps(statuses),
-        "sources": json.dumps(sources),
-    }
-    bounded = filters.created_after is not None or filters.created_before is not None
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    timed = _TimedConnection(conn)
     try:
-        counts_ms, list_ms, range_ms = [], [], []
-        total = 0
-        pairs: list[dict[str, Any]] = []
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            rows = conn.execute(q(f"total_{suffix}"), base).fetchall()
-            t1 = time.perf_counter()
-            if rows and len(rows[0]) >= 3:  # per-(status, source) rows: list only those
-                pairs = [{**base, "status": r[0], "source": r[1]} for r in rows if r[-1]]
-            else:
-                pairs = [{**base, "status": st, "source": so} for st in statuses for so in sources]
-            total = sum(r[-1] or 0 for r in rows)
-            for params in pairs:
-                conn.execute(q(f"list_{suffix}"), params).fetchmany(51)
-            t2 = time.perf_counter()
-            if bounded:
-                total = sum(
-                    conn.execute(q(f"count_{suffix}"), params).fetchone()[0] for params in pairs
-                )
-            t3 = time.perf_counter()
-            counts_ms.append((t1 - t0) * 1000)
-            list_ms.append((t2 - t1) * 1000)
-            range_ms.append((t3 - t2) * 1000)
-        plan_sql = q(f"count_{suffix}" if bounded else f"total_{suffix}")
-        plan_params = pairs[0] if bounded and pairs else base
-        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {plan_sql}", plan_params)]
+            page = listing.list_jobs(timed, filters, 50, cursor)  # type: ignore[arg-type]
+        slowest = max(timed.seconds, key=timed.seconds.__getitem__)
+        plan = [
+            row[3]
+            for row in conn.execute(f"EXPLAIN QUERY PLAN {q(slowest)}", timed.params[slowest])
+        ]
     finally:
         conn.close()
     return {
         "query": query,
-        "pairs_listed": len(pairs),
-        "job_counts_ms": round(percentile(counts_ms, 50), 2),
-        "listing_ms": round(percentile(list_ms, 50), 2),
-        "range_count_ms": round(percentile(range_ms, 50), 2),
-        "total": total,
-        "total_plan": plan,
+        "statements": {
+            name: {
+                "calls": timed.calls[name] // repeats,
+                "ms": round(timed.seconds[name] / repeats * 1000, 2),
+            }
+            for name in sorted(timed.seconds, key=timed.seconds.__getitem__, reverse=True)
+        },
+        "total": page.total,
+        "slowest_plan": plan,
     }
 
 
@@ -792,14 +799,16 @@ def main(argv: list[str] | None = None) -> int:
             diagnosis.append(breakdown(db, query))
         if diagnosis:
             print_table(
-                ["slow query", "pairs", "job_counts ms", "listing ms", "COUNT(*) ms", "total",
-                 "plan of the total"],
+                ["slow query", "statements per request: calls x name ms", "total",
+                 "plan of the costliest"],
                 [
-                    [d["query"][:70], d["pairs_listed"], d["job_counts_ms"], d["listing_ms"],
-                     d["range_count_ms"], d["total"], "; ".join(d["total_plan"])[:60]]
+                    [d["query"][:60],
+                     ", ".join(f"{v['calls']}x {k} {v['ms']}" for k, v in d["statements"].items()),
+                     d["total"], "; ".join(d["slowest_plan"])[:60]]
                     for d in diagnosis
                 ],
-                title="where the time goes (raw sqlite3, the store's named queries, median of 5)",
+                title="where the time goes (the store's list_jobs, timed per named statement,"
+                " mean of 5)",
             )  # fmt: skip
 
         http: dict[str, Any] = {}

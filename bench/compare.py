@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -334,8 +335,12 @@ def plugin_jobs(tmp: Path, count: int, slots: int) -> dict[str, Any]:
         ],
         title="plugin jobs: the worker against the spawn ceiling",
     )
+    env_path = plugin_environment().get("PATH")
     return {
         "slots": slots,
+        # The entrypoint's `#!/usr/bin/env python3` resolves through PATH (a pyenv shim
+        # costs a shell start per job), the same for both sides.
+        "python3": shutil.which("python3", path=env_path),
         "worker": worker,
         "spawn_before": before,
         "spawn_after": after,
@@ -355,7 +360,9 @@ def listing(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     runs = bench_list.listing_runs(meta, job_paths)
     http = bench_list.http_benchmark(db, token, first_page, runs, args)
     summary = bench_list.report_http(http)
-    return {"jobs": meta["jobs"], **http, "summary": summary}
+    # Both servers run on uvicorn; its fast stack is used only where these import.
+    stack = {name: importlib.util.find_spec(name) is not None for name in ("httptools", "uvloop")}
+    return {"jobs": meta["jobs"], "installed": stack, **http, "summary": summary}
 
 
 def ingest(tmp: Path, runs: int) -> dict[str, Any]:
@@ -378,17 +385,30 @@ def ratio_of(results: dict[str, Any], name: str) -> tuple[float, float, float]:
     return rps, summary["bare_rps"], summary["ratios"][label]
 
 
+def yes(met: bool) -> str:
+    return "yes" if met else "NO"
+
+
 def summarize(results: dict[str, Any]) -> tuple[list[list[Any]], dict[str, Any]]:
     """Table rows and the targets: measured, target, met."""
     rows: list[list[Any]] = []
     targets: dict[str, Any] = {}
 
-    def add(key: str, label: str, ours: float, reference: str, measured: float, unit: str) -> None:
+    def add(
+        key: str,
+        label: str,
+        ours: float,
+        reference: str,
+        measured: float,
+        unit: str,
+        *,
+        holds: bool = True,
+    ) -> None:
         target = TARGETS[key]
-        met = measured >= target
+        met = measured >= target and holds
         targets[key] = {"target": target, "measured": round(measured, 3), "met": met}
         shown = f"{measured:.2f}x" if unit == "x" else f"{measured:,.0f}"
-        rows.append([label, round(ours), reference, shown, f">= {target:,g}{unit}", met])
+        rows.append([label, round(ours), reference, shown, f">= {target:,g}{unit}", yes(met)])
 
     if "core" in results:
         core = results["core"]
@@ -415,9 +435,10 @@ def summarize(results: dict[str, Any]) -> tuple[list[list[Any]], dict[str, Any]]
         )
     if "post" in results:
         post = results["post"]
-        label = "POST /plugin/echo/poll, 16 clients" + ("" if post["durable"] else " (NOT DURABLE)")
-        add("post_jobs_per_s", label, post["jobs_per_s"], "-", post["jobs_per_s"], " jobs/s")
-        targets["post_jobs_per_s"]["met"] &= post["durable"]
+        durable = "durable" if post["durable"] else "NOT DURABLE"
+        label = f"POST /plugin/echo/poll, {post['connections']} clients, {durable}"
+        rate = post["jobs_per_s"]
+        add("post_jobs_per_s", label, rate, "-", rate, " jobs/s", holds=post["durable"])
     if "plugin" in results:
         plug = results["plugin"]
         ours, spawn = plug["worker"]["jobs_per_s"], plug["spawn_jobs_per_s"]
@@ -472,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nHTTP enqueue: {args.connections} clients, {args.seconds:g} s")
             results["post"] = http_enqueue(tmp, args)
         if "plugin" in parts:
-            count = args.plugin_jobs or (100 if quick else 1_000)
+            count = args.plugin_jobs or (40 if quick else 1_000)
             results["plugin"] = plugin_jobs(tmp, count, slots=4)
         if "listing" in parts:
             print(f"\nHTTP listing against bare Starlette: {args.seconds:g} s per run")
