@@ -245,16 +245,19 @@ def server(command: list[str], port: int, log: Path, env: dict[str, str]) -> Ite
                 proc.wait()
 
 
-def load(
+def scenario(
+    name: str,
+    pid: int,
     port: int,
     paths: list[str],
     token: str,
     args: argparse.Namespace,
     tmp: Path,
     body: bytes | None = None,
-) -> Any:
-    """Run bench/_loadgen.py against 127.0.0.1:port with args.connections, args.warmup,
-    args.seconds and args.max_requests; GETs of `paths`, or POSTs of `body` to them."""
+) -> dict[str, Any]:
+    """One run of bench/_loadgen.py against the server `pid` on 127.0.0.1:port, with
+    args.connections, args.warmup, args.seconds and args.max_requests: GETs of `paths`, or
+    POSTs of `body` to them. Adds the server's CPU use and RSS afterwards."""
     paths_file = tmp / "paths.json"
     paths_file.write_text(json.dumps(paths))
     command = [
@@ -267,25 +270,11 @@ def load(
         body_file.write_bytes(body)
         command += ["--body", str(body_file)]
     env = {**os.environ, "BENCH_TOKEN": token}
+    cpu0 = proc_cpu_seconds(pid)
     done = subprocess.run(command, capture_output=True, env=env, timeout=args.seconds + 120)
     if done.returncode != 0:
         raise RuntimeError(f"load generator failed: {done.stderr.decode()[-2000:]}")
-    return json.loads(done.stdout)
-
-
-def scenario(
-    name: str,
-    pid: int,
-    port: int,
-    paths: list[str],
-    token: str,
-    args: argparse.Namespace,
-    tmp: Path,
-    body: bytes | None = None,
-) -> dict[str, Any]:
-    """One load run against the server `pid`, with its CPU use and RSS afterwards."""
-    cpu0 = proc_cpu_seconds(pid)
-    result = load(port, paths, token, args, tmp, body)
+    result: dict[str, Any] = json.loads(done.stdout)
     result["server_cpu"] = round(
         (proc_cpu_seconds(pid) - cpu0) / (result["seconds"] + args.warmup), 2
     )
