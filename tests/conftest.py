@@ -82,7 +82,7 @@ def assert_error(
     """Assert the canonical error shape: JSON {error, code, param?, allowed?} and nothing else."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
+    body: dict[str, Any] = response.json()
     assert set(body) <= {"error", "code", "param", "allowed"}, body
     assert isinstance(body["error"], str) and body["error"].strip(), body
     assert body["code"] == code, body

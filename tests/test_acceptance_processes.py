@@ -272,7 +272,7 @@ def test_three_worker_processes_run_each_of_300_jobs_exactly_once(
     workers = [worker(processes, f"worker-{n}", db, config) for n in range(3)]
     for proc in workers:
         wait_until(
-            lambda p=proc: "queue-service worker on" in processes.log_of(p),
+            lambda: "queue-service worker on" in processes.log_of(proc),
             "every worker to start",
             20,
             processes,
@@ -319,7 +319,7 @@ def test_sigterm_returns_running_jobs_to_queued_without_spending_an_attempt(
     pids: list[int] = []
     try:
         for path in pid_files:
-            pids.append(wait_until(lambda p=path: read_pid(p), "both jobs to start", 20, processes))
+            pids.append(wait_until(lambda: read_pid(path), "both jobs to start", 20, processes))
         assert all(get_job(db, job_id).status is Status.RUNNING for job_id in ids)
 
         started = time.monotonic()
@@ -387,7 +387,7 @@ def test_two_serve_processes_fire_each_schedule_slot_once(
             f"serve-{n}", "serve", "--db", str(db), "--port", str(port), "--config", str(config)
         )
         servers.append(proc)
-        wait_until(lambda p=port: healthy(p), f"serve {n} to answer", 20, processes)
+        wait_until(lambda: healthy(port), f"serve {n} to answer", 20, processes)
 
     time.sleep(6.5)
     assert all(healthy(port) for port in ports), "both servers kept serving"

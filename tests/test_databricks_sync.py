@@ -17,7 +17,7 @@ from queue_service.databricks.client import classify
 from queue_service.databricks.config import DatabricksConfig, WorkspaceConfig
 from queue_service.databricks.mapping import run_job_id
 from queue_service.databricks.status import EXTRA_PROGRESS, build_status
-from queue_service.databricks.sync import DatabricksSync, SyncStore
+from queue_service.databricks.sync import DatabricksSync
 from queue_service.statuses import Source, Status
 from queue_service.store import ExternalJob, Job, JobFilter, SQLiteStore, SyncState, UpsertCounts
 from tests.fakes.databricks_server import FakeDatabricks, Fault, now_ms
@@ -84,7 +84,10 @@ async def state_of(store: SQLiteStore, name: str = "prod") -> SyncState:
 
 class SpyStore:
     """Delegates to the real store, recording every record_sync_page call;
-    raises once the ``crash_on``-th call starts (a crash before the commit)."""
+    raises once the ``crash_on``-th call starts (a crash before the commit).
+
+    It implements the SyncStore protocol: mypy (which checks tests/ too) checks that at every
+    ``DatabricksSync(..., spy)`` below."""
 
     def __init__(self, store: SQLiteStore, crash_on: int | None = None) -> None:
         self.store = store
@@ -106,10 +109,6 @@ class SpyStore:
 
     async def list_active_external_jobs(self, source: Source) -> list[Job]:
         return await self.store.list_active_external_jobs(source)
-
-
-def _spy_is_a_sync_store(spy: SpyStore) -> SyncStore:
-    return spy  # mypy checks the protocol here
 
 
 # ---------------------------------------------------------------- happy paths

@@ -451,7 +451,7 @@ def _foreign(path: Path) -> None:
     conn.close()
 
 
-BAD_FILES: dict[str, tuple[Callable[[Path], None], str]] = {
+BAD_FILES: dict[str, tuple[Callable[[Path], object], str]] = {
     "random bytes": (lambda p: p.write_bytes(os.urandom(64 * 1024)), "not a queue-service"),
     "text": (lambda p: p.write_text("id,name\n1,ada\n" * 500), "not a queue-service"),
     "truncated database": (_truncated, "not a queue-service"),
@@ -506,7 +506,7 @@ def test_storage_errors_are_translated_to_messages_an_operator_can_act_on(
     name: str, text: str, words: str
 ) -> None:
     error = sqlite3.OperationalError(text)
-    error.sqlite_errorname = name  # type: ignore[attr-defined]
+    error.sqlite_errorname = name
     translated = translate_error(error, "/data/q.db")
     assert isinstance(translated, StoreUnavailable)
     assert words in str(translated)

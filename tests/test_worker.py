@@ -325,7 +325,7 @@ async def test_error_retries_with_backoff_then_fails(harness: HarnessFactory) ->
     for attempt, base in ((1, 10), (2, 20)):
         waiting = await h.until(
             job_id,
-            lambda j, n=attempt: j.status is Status.QUEUED and j.attempt == n,
+            lambda j: j.status is Status.QUEUED and j.attempt == attempt,
             f"queued for a retry after attempt {attempt}",
         )
         assert waiting.last_error == "upstream said no", "last_error is kept while waiting"
