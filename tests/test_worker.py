@@ -7,6 +7,7 @@ checked against an injected clock: the worker never sleeps through a retry delay
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import sqlite3
@@ -168,6 +169,15 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+async def eventually(check: Callable[[], bool], what: str, within: float = 10) -> None:
+    """Poll `check` (state the test can observe) until it holds; fail naming `what`."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
 async def gone(pid: int, within: float = 5) -> bool:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -315,10 +325,22 @@ async def test_ok_job_succeeds_with_result_logs_and_one_attempt(harness: Harness
     assert handled.status is Status.SUCCEEDED and handled.result == {"event": "data"}
 
 
-async def test_error_retries_with_backoff_then_fails(harness: HarnessFactory) -> None:
+async def test_error_retries_with_backoff_then_fails(
+    harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = FakeClock()
     config = make_config({"error": {"max_attempts": 3, "backoff_seconds": 10}})
     h = harness(config, clock=clock)
+    claims: list[list[str]] = []  # the job ids of each claim of error jobs
+    real_claim = h.store.claim_jobs
+
+    async def claim_jobs(plugin: str, **kwargs: Any) -> list[Job]:
+        jobs = await real_claim(plugin, **kwargs)
+        if plugin == "error":
+            claims.append([j.job_id for j in jobs])
+        return jobs
+
+    monkeypatch.setattr(h.store, "claim_jobs", claim_jobs)
     h.start()
     job_id = await h.enqueue("error", payload={"message": "upstream said no"})
 
@@ -333,10 +355,11 @@ async def test_error_retries_with_backoff_then_fails(harness: HarnessFactory) ->
         assert waiting.run_after is not None
         delay = (parse_rfc3339(waiting.run_after) - clock.now).total_seconds()
         assert base <= delay <= base + 10 / 4, delay
-        # Not claimed before run_after: the worker keeps polling, the job keeps waiting.
-        for _ in range(3):
-            h.worker.wake()
-            await asyncio.sleep(0.1)
+        # Not claimed before run_after: the worker looks for work, and leaves the job waiting.
+        looked = len(claims)
+        h.worker.wake()
+        await eventually(lambda: len(claims) > looked, "the worker to look for error jobs")
+        assert job_id not in [i for ids in claims[looked:] for i in ids]
         still = await h.job(job_id)
         assert (still.status, still.attempt) == (Status.QUEUED, attempt)
         clock.advance(delay + 0.001)
@@ -597,11 +620,12 @@ async def test_a_lost_lease_stops_the_subprocess_and_discards_the_outcome(
         recovered = await h.store.recover_expired_leases(now=later)
         assert [r.job_id for r in recovered] == [job_id]
         assert await gone(pid), "the worker should stop a job whose lease it lost"
-        await asyncio.sleep(0.2)
+        await eventually(
+            lambda: job_id not in h.worker.running_job_ids, "the worker to let go of the job"
+        )
         job = await h.job(job_id)
         assert (job.status, job.attempt) == (Status.QUEUED, 1), job
         assert [a["status"] for a in await h.attempts(job_id)] == ["lost"]
-        assert job_id not in h.worker.running_job_ids
     finally:
         kill_quietly([pid])
 
@@ -630,15 +654,16 @@ async def test_graceful_shutdown_returns_running_jobs_to_queued(
 
 
 async def test_shutdown_lets_jobs_finish_within_the_grace_period_and_claims_nothing(
-    harness: HarnessFactory, tmp_path: Path
+    harness: HarnessFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="queue_service.worker")
     h = harness(make_config(shutdown_grace_seconds=10))
     h.start()
     pid_file = tmp_path / "pid"
     job_id = await h.enqueue("sleepy", payload={"seconds": 1, "pid_file": str(pid_file)})
     await wait_for_pid_file(pid_file)
     h.stop.set()
-    await asyncio.sleep(0.2)  # the worker is now draining
+    await eventually(lambda: "waiting up to 10 s for 1 running job" in caplog.text, "draining")
     late = await h.enqueue("ok")
     await h.stopped()
     job = await h.job(job_id)
