@@ -13,7 +13,7 @@ import random
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +27,7 @@ from queue_service.statuses import TERMINAL, Source, Status
 from queue_service.store import Job, JobFilter, NewJob, SQLiteStore, StoreUnavailable
 from queue_service.timeutil import format_ts, parse_rfc3339, utcnow
 from queue_service.worker import Worker, backoff_delay, decide_end
+from tests.processes import alive, kill_quietly, read_pid
 
 pytestmark = pytest.mark.anyio
 
@@ -145,11 +146,6 @@ async def harness(
             await h.stopped()
 
 
-def read_pid(path: Path) -> int | None:
-    text = path.read_text().strip() if path.exists() else ""
-    return int(text) if text else None
-
-
 async def wait_for_pid_file(path: Path, within: float = 10) -> int:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -158,15 +154,6 @@ async def wait_for_pid_file(path: Path, within: float = 10) -> int:
             return pid
         await asyncio.sleep(0.02)
     pytest.fail(f"the plugin never wrote {path}")
-
-
-def alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def eventually(check: Callable[[], bool], what: str, within: float = 10) -> None:
@@ -185,12 +172,6 @@ async def gone(pid: int, within: float = 5) -> bool:
             return True
         await asyncio.sleep(0.02)
     return False
-
-
-def kill_quietly(pids: Iterable[int]) -> None:
-    for pid in pids:
-        if alive(pid):
-            os.kill(pid, 9)
 
 
 # --- pure decisions: decide_end and backoff_delay ---------------------------------------
