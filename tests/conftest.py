@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import pytest
 
 from queue_service.api import ServiceState, create_app
 from queue_service.store import SQLiteStore
+from tests.processes import Processes
 
 #: What the store fixture yields (the Store protocol once a second backend exists).
 StoreUnderTest = SQLiteStore
@@ -65,6 +66,16 @@ async def client(state: ServiceState) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Start real processes (logs under tmp_path); every one is stopped after the test."""
+    procs = Processes(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
 TokenFactory = Callable[..., Awaitable[str]]
 
 
@@ -100,7 +111,7 @@ def assert_error(
     """Assert the canonical error shape: JSON {error, code, param?, allowed?} and nothing else."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
+    body: dict[str, Any] = response.json()
     assert set(body) <= {"error", "code", "param", "allowed"}, body
     assert isinstance(body["error"], str) and body["error"].strip(), body
     assert body["code"] == code, body

@@ -84,7 +84,10 @@ async def state_of(store: SQLiteStore, name: str = "prod") -> SyncState:
 
 class SpyStore:
     """Delegates to the real store, recording every record_sync_page call;
-    raises once the ``crash_on``-th call starts (a crash before the commit)."""
+    raises once the ``crash_on``-th call starts (a crash before the commit).
+
+    It implements the SyncStore protocol: mypy (which checks tests/ too) checks that at every
+    ``DatabricksSync(..., spy)`` below."""
 
     def __init__(self, store: SQLiteStore, crash_on: int | None = None) -> None:
         self.store = store
@@ -728,8 +731,11 @@ async def test_run_forever_does_nothing_when_disabled(
     config = settings(workspace(fake, monkeypatch), enabled=False)
     stop = asyncio.Event()
     forever = asyncio.create_task(DatabricksSync(config, store).run_forever(stop))
-    await asyncio.sleep(0.3)
-    assert not forever.done() and fake.count(LIST) == 0
+    for _ in range(20):  # event-loop turns, not wall time: an enabled sync starts its loops here
+        await asyncio.sleep(0)
+    assert not forever.done(), "run_forever returned before stop was set"
+    loops = [t for t in asyncio.all_tasks() if t.get_name().startswith("databricks-sync:")]
+    assert loops == [], "a disabled sync started workspace loops"
     stop.set()
     await asyncio.wait_for(forever, timeout=2)
-    assert await count(store) == 0
+    assert fake.count(LIST) == 0 and await count(store) == 0

@@ -2,72 +2,44 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.processes import Processes, wait_healthy, wait_until
 
 pytestmark = pytest.mark.slow
 
 
 class Server:
-    def __init__(self, proc: subprocess.Popen[str], base: str, token: str, log: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], base: str, token: str, log: Path) -> None:
         self.proc, self.base, self.token, self.log = proc, base, token, log
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def server(tmp_path: Path, processes: Processes) -> Server:
     port = free_port()
-    log = tmp_path / "server.log"
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "queue_service",
-                "serve",
-                "--db",
-                str(tmp_path / "q.db"),
-                "--port",
-                str(port),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=sink,
-            text=True,
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    assert proc.stdout is not None
-    token = ""
-    deadline = time.monotonic() + 20
-    while not token and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        match = re.search(r"(qs_[A-Za-z0-9_-]{43})", line)
-        if match:
-            token = match.group(1)
-    assert token, "serve did not print an admin token"
-    base = f"http://127.0.0.1:{port}"
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
-    try:
-        yield Server(proc, base, token, log)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=15)
-        proc.stdout.close()
+    proc = processes.start(
+        "server",
+        *("serve", "--db", str(tmp_path / "q.db"), "--port", str(port)),
+        cwd=tmp_path,
+        separate_stdout=True,  # the first admin token goes to stdout, the log to stderr
+    )
+    printed = tmp_path / "server.out"
+    token = wait_until(
+        lambda: re.search(r"qs_[A-Za-z0-9_-]{43}", printed.read_text()),
+        "serve to print an admin token",
+        20,
+        processes,
+    ).group(0)
+    wait_healthy(proc, port, processes)
+    return Server(proc, f"http://127.0.0.1:{port}", token, tmp_path / "server.log")
 
 
 def test_first_run_token_answers_the_readme_curl(server: Server) -> None:

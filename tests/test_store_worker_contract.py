@@ -54,7 +54,9 @@ def ok_end(**kwargs: object) -> AttemptEnd:
     return AttemptEnd(status=Status.SUCCEEDED, attempt_status=AttemptStatus.SUCCEEDED, **kwargs)  # type: ignore[arg-type]
 
 
-async def finish_ok(store: SQLiteStore, job: Job, owner: str = OWNER, **kwargs: object) -> bool:
+async def finish_ok(
+    store: SQLiteStore, job: Job, owner: str = OWNER, **kwargs: object
+) -> Status | None:
     return await store.finish_attempt(
         job.job_id, plugin=job.plugin, attempt=job.attempt, owner=owner, end=ok_end(**kwargs)
     )

@@ -30,9 +30,10 @@ def _writer(path: Path, fail_commit: list[bool]) -> tuple[WriterThread, list[sql
         if fail_commit and fail_commit.pop():
             raise sqlite3.OperationalError("database or disk is full")
 
-    writer = WriterThread(
-        connect, lambda c: c.execute("BEGIN IMMEDIATE"), lambda e: e, before_commit
-    )
+    def begin(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+
+    writer = WriterThread(connect, begin, lambda e: e, before_commit)
     return writer, conns
 
 

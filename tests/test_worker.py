@@ -7,12 +7,13 @@ checked against an injected clock: the worker never sleeps through a retry delay
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from queue_service.statuses import TERMINAL, Source, Status
 from queue_service.store import Job, JobFilter, NewJob, SQLiteStore, StoreUnavailable
 from queue_service.timeutil import format_ts, parse_rfc3339, utcnow
 from queue_service.worker import Worker, backoff_delay, decide_end
+from tests.processes import alive, kill_quietly, read_pid
 
 pytestmark = pytest.mark.anyio
 
@@ -144,11 +146,6 @@ async def harness(
             await h.stopped()
 
 
-def read_pid(path: Path) -> int | None:
-    text = path.read_text().strip() if path.exists() else ""
-    return int(text) if text else None
-
-
 async def wait_for_pid_file(path: Path, within: float = 10) -> int:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -159,13 +156,13 @@ async def wait_for_pid_file(path: Path, within: float = 10) -> int:
     pytest.fail(f"the plugin never wrote {path}")
 
 
-def alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+async def eventually(check: Callable[[], bool], what: str, within: float = 10) -> None:
+    """Poll `check` (state the test can observe) until it holds; fail naming `what`."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 async def gone(pid: int, within: float = 5) -> bool:
@@ -175,12 +172,6 @@ async def gone(pid: int, within: float = 5) -> bool:
             return True
         await asyncio.sleep(0.02)
     return False
-
-
-def kill_quietly(pids: Iterable[int]) -> None:
-    for pid in pids:
-        if alive(pid):
-            os.kill(pid, 9)
 
 
 # --- pure decisions: decide_end and backoff_delay ---------------------------------------
@@ -315,17 +306,29 @@ async def test_ok_job_succeeds_with_result_logs_and_one_attempt(harness: Harness
     assert handled.status is Status.SUCCEEDED and handled.result == {"event": "data"}
 
 
-async def test_error_retries_with_backoff_then_fails(harness: HarnessFactory) -> None:
+async def test_error_retries_with_backoff_then_fails(
+    harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = FakeClock()
     config = make_config({"error": {"max_attempts": 3, "backoff_seconds": 10}})
     h = harness(config, clock=clock)
+    claims: list[list[str]] = []  # the job ids of each claim of error jobs
+    real_claim = h.store.claim_jobs
+
+    async def claim_jobs(plugin: str, **kwargs: Any) -> list[Job]:
+        jobs = await real_claim(plugin, **kwargs)
+        if plugin == "error":
+            claims.append([j.job_id for j in jobs])
+        return jobs
+
+    monkeypatch.setattr(h.store, "claim_jobs", claim_jobs)
     h.start()
     job_id = await h.enqueue("error", payload={"message": "upstream said no"})
 
     for attempt, base in ((1, 10), (2, 20)):
         waiting = await h.until(
             job_id,
-            lambda j, n=attempt: j.status is Status.QUEUED and j.attempt == n,
+            lambda j: j.status is Status.QUEUED and j.attempt == attempt,
             f"queued for a retry after attempt {attempt}",
         )
         assert waiting.last_error == "upstream said no", "last_error is kept while waiting"
@@ -333,10 +336,11 @@ async def test_error_retries_with_backoff_then_fails(harness: HarnessFactory) ->
         assert waiting.run_after is not None
         delay = (parse_rfc3339(waiting.run_after) - clock.now).total_seconds()
         assert base <= delay <= base + 10 / 4, delay
-        # Not claimed before run_after: the worker keeps polling, the job keeps waiting.
-        for _ in range(3):
-            h.worker.wake()
-            await asyncio.sleep(0.1)
+        # Not claimed before run_after: the worker looks for work, and leaves the job waiting.
+        looked = len(claims)
+        h.worker.wake()
+        await eventually(lambda: len(claims) > looked, "the worker to look for error jobs")
+        assert job_id not in [i for ids in claims[looked:] for i in ids]
         still = await h.job(job_id)
         assert (still.status, still.attempt) == (Status.QUEUED, attempt)
         clock.advance(delay + 0.001)
@@ -699,11 +703,12 @@ async def test_a_lost_lease_stops_the_subprocess_and_discards_the_outcome(
         recovered = await h.store.recover_expired_leases(now=later)
         assert [r.job_id for r in recovered] == [job_id]
         assert await gone(pid), "the worker should stop a job whose lease it lost"
-        await asyncio.sleep(0.2)
+        await eventually(
+            lambda: job_id not in h.worker.running_job_ids, "the worker to let go of the job"
+        )
         job = await h.job(job_id)
         assert (job.status, job.attempt) == (Status.QUEUED, 1), job
         assert [a["status"] for a in await h.attempts(job_id)] == ["lost"]
-        assert job_id not in h.worker.running_job_ids
     finally:
         kill_quietly([pid])
 
@@ -732,15 +737,16 @@ async def test_graceful_shutdown_returns_running_jobs_to_queued(
 
 
 async def test_shutdown_lets_jobs_finish_within_the_grace_period_and_claims_nothing(
-    harness: HarnessFactory, tmp_path: Path
+    harness: HarnessFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="queue_service.worker")
     h = harness(make_config(shutdown_grace_seconds=10))
     h.start()
     pid_file = tmp_path / "pid"
     job_id = await h.enqueue("sleepy", payload={"seconds": 1, "pid_file": str(pid_file)})
     await wait_for_pid_file(pid_file)
     h.stop.set()
-    await asyncio.sleep(0.2)  # the worker is now draining
+    await eventually(lambda: "waiting up to 10 s for 1 running job" in caplog.text, "draining")
     late = await h.enqueue("ok")
     await h.stopped()
     job = await h.job(job_id)
