@@ -324,3 +324,15 @@ async def test_group_commit_rolls_back_only_the_failing_callers_work(store: SQLi
     assert await store.get_job(dup) is None
     # They were grouped: fewer COMMITs than callers.
     assert store._writer.commits - commits_before < 80
+
+
+async def test_new_job_ids_are_uuid7_in_time_order(store: SQLiteStore) -> None:
+    import uuid
+
+    first = (await store.enqueue(NewJob("p", "c"))).job_id
+    await asyncio.sleep(0.002)
+    second = (await store.enqueue(NewJob("p", "c"))).job_id
+    for job_id in (first, second):
+        parsed = uuid.UUID(job_id)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122 and str(parsed) == job_id
+    assert first[:13] < second[:13]  # the millisecond prefix orders them
