@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
-from typing import Any
 
 from queue_service import __version__
 from queue_service.api.jobs import job_view, page_body
@@ -21,52 +18,37 @@ from queue_service.api.params import (
     parse_statuses,
 )
 from queue_service.auth import TokenService
-from queue_service.scopes import SCOPES, UnknownScope
-from queue_service.store import (
-    Conflict,
-    JobFilter,
-    NewJob,
-    NotADatabase,
-    SchemaTooNew,
-    SQLiteStore,
-    StoreError,
-    Token,
+from queue_service.bootstrap import (
+    DB_ENV,
+    DEFAULT_DB,
+    StartupError,
+    load_registry,
+    open_store,
+    read_config,
+    resolve_config_path,
+    resolve_db,
+    run_reporting_failures,
 )
+from queue_service.scopes import SCOPES, UnknownScope
+from queue_service.store import Conflict, JobFilter, NewJob, SQLiteStore, Token
 from queue_service.timeutil import now_ts
-
-DEFAULT_DB = "queue-service.db"
-EXIT_USAGE = 2
-
-
-class CliError(Exception):
-    """A failure to report on stderr as one line, exiting non-zero."""
 
 
 def db_path(args: argparse.Namespace) -> str:
-    return str(args.db or os.environ.get("QUEUE_SERVICE_DB") or DEFAULT_DB)
-
-
-async def open_store(path: str, **options: Any) -> SQLiteStore:
-    """Open (creating and migrating) the database, turning store errors into CLI errors."""
-    if Path(path).is_dir():  # noqa: ASYNC240 - one stat before the store exists
-        raise CliError(f"--db {path} is a directory; give a file path")
-    store = SQLiteStore(path, **options)
-    try:
-        await store.open()
-    except (NotADatabase, SchemaTooNew, StoreError) as exc:
-        await store.close()
-        raise CliError(str(exc)) from None
-    return store
+    return resolve_db(args.db)
 
 
 def with_store(
     body: Callable[[SQLiteStore, argparse.Namespace], Awaitable[int]],
+    *,
+    must_exist: bool = False,
 ) -> Callable[[argparse.Namespace], int]:
-    """Run `body` with an open store for the command's --db, closing it afterwards."""
+    """Run `body` with an open store for the command's --db, closing it afterwards.
+    With `must_exist` (commands that only read), a missing database is refused."""
 
     def run(args: argparse.Namespace) -> int:
         async def main() -> int:
-            store = await open_store(db_path(args))
+            store = await open_store(db_path(args), must_exist=must_exist)
             try:
                 return await body(store, args)
             finally:
@@ -93,7 +75,7 @@ async def _token_create(store: SQLiteStore, args: argparse.Namespace) -> int:
     try:
         secret, _ = await TokenService(store).create(args.name, args.scope, args.expires_in)
     except (UnknownScope, ValueError, Conflict) as exc:
-        raise CliError(str(exc)) from None
+        raise StartupError(str(exc)) from None
     print(secret)
     return 0
 
@@ -139,7 +121,7 @@ def token_state(token: Token) -> str:
 
 async def _token_revoke(store: SQLiteStore, args: argparse.Namespace) -> int:
     if not await store.revoke_token(args.name):
-        raise CliError(f"no live token named {args.name!r}")
+        raise StartupError(f"no live token named {args.name!r}")
     print(f"revoked {args.name}")
     return 0
 
@@ -159,7 +141,7 @@ async def _jobs(store: SQLiteStore, args: argparse.Namespace) -> int:
         limit = parse_limit(str(args.limit))
         cursor = parse_cursor(args.cursor) if args.cursor else None
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise StartupError(str(exc)) from None
     page = await store.list_jobs(filters, limit=limit, cursor=cursor)
     next_cursor = encode_cursor(page.next_cursor) if page.next_cursor else None
     if args.json:
@@ -178,7 +160,7 @@ async def _jobs(store: SQLiteStore, args: argparse.Namespace) -> int:
 async def _job(store: SQLiteStore, args: argparse.Namespace) -> int:
     job = await store.get_job(args.job_id)
     if job is None:
-        raise CliError(f"no job with id {args.job_id!r}")
+        raise StartupError(f"no job with id {args.job_id!r}")
     attempts = await store.get_attempts(job.job_id)
     print(job_view(job, attempts).model_dump_json(indent=2))
     return 0
@@ -194,24 +176,23 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 async def _enqueue(store: SQLiteStore, args: argparse.Namespace) -> int:
     from queue_service.plugins import PluginLookupError
-    from queue_service.server import read_config, registry_for
 
     try:
         payload = json.loads(args.payload)
     except ValueError as exc:
-        raise CliError(f"--payload is not valid JSON: {exc}") from None
+        raise StartupError(f"--payload is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
-        raise CliError('--payload must be a JSON object, e.g. \'{"key": "value"}\'')
+        raise StartupError('--payload must be a JSON object, e.g. \'{"key": "value"}\'')
     config = read_config(config_path(args))
-    registry = registry_for(config)
+    registry = load_registry(config)
     try:
         plugin, command = registry.resolve(args.plugin, args.command_name)
     except PluginLookupError as exc:
         allowed = ", ".join(exc.allowed) or "none"
-        raise CliError(f"{exc} (available: {allowed})") from None
+        raise StartupError(f"{exc} (available: {allowed})") from None
     problem = command.validate_payload(payload)
     if problem is not None:
-        raise CliError(
+        raise StartupError(
             f"payload does not match the input_schema at {problem.path}: {problem.message}"
         )
     result = await store.enqueue(
@@ -231,12 +212,11 @@ async def _enqueue(store: SQLiteStore, args: argparse.Namespace) -> int:
 async def _sync_databricks(store: SQLiteStore, args: argparse.Namespace) -> int:
     from queue_service.databricks.config import DatabricksConfig
     from queue_service.databricks.sync import DatabricksSync
-    from queue_service.server import read_config
 
     config = read_config(config_path(args)).databricks or DatabricksConfig()
     sync = DatabricksSync(config, store)
     if not args.once:
-        raise CliError("continuous sync runs inside `serve` or `worker`; use --once here")
+        raise StartupError("continuous sync runs inside `serve` or `worker`; use --once here")
     summary = await sync.sync_once()
     for line in summary.lines():
         print(line)
@@ -247,8 +227,7 @@ async def _sync_databricks(store: SQLiteStore, args: argparse.Namespace) -> int:
 
 
 def config_path(args: argparse.Namespace) -> str | None:
-    value = getattr(args, "config", None) or os.environ.get("QUEUE_SERVICE_CONFIG")
-    return str(value) if value else None
+    return resolve_config_path(getattr(args, "config", None))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -275,7 +254,7 @@ def _worker(args: argparse.Namespace) -> int:
 def _add_db(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db",
-        help=f"SQLite file (default: $QUEUE_SERVICE_DB or ./{DEFAULT_DB})",
+        help=f"SQLite file (default: ${DB_ENV} or ./{DEFAULT_DB})",
     )
 
 
@@ -367,15 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        code: int = args.run(args)
-    except (CliError, StoreError) as exc:
-        # A store failure (read-only database, full disk) is an answer, not a crash.
-        print(f"queue-service: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return code
+    return run_reporting_failures(lambda: int(args.run(args)))
 
 
 if __name__ == "__main__":

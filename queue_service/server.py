@@ -7,9 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any
 
 import h11
@@ -18,13 +16,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from queue_service import logsetup
 from queue_service.api import ServiceState, create_app
-from queue_service.cli import CliError, open_store
-from queue_service.config import ConfigError, ServiceConfig, load_config
+from queue_service.bootstrap import StartupError, load_registry, open_store, read_config
 from queue_service.models import ErrorBody
-from queue_service.plugins import Registry
-from queue_service.plugins import load as load_plugins
 from queue_service.scheduler import Scheduler, check_schedules
-from queue_service.store import StoreError
 from queue_service.worker import Worker
 
 log = logging.getLogger("queue_service.server")
@@ -49,16 +43,6 @@ class JsonErrorH11Protocol(H11Protocol):
         for event in (response, h11.Data(data=payload), h11.EndOfMessage()):
             self.transport.write(self.conn.send(event) or b"")
         self.transport.close()
-
-
-def read_config(path: str | None) -> ServiceConfig:
-    """The validated config (defaults when `path` is None), or a CliError naming bad keys."""
-    if path is not None and not Path(path).is_file():
-        raise CliError(f"config file {path} does not exist")
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
 
 
 async def ensure_admin_token(state: ServiceState, host: str, port: int) -> None:
@@ -90,13 +74,6 @@ def _start_sync(state: ServiceState, stop: asyncio.Event) -> Coroutine[Any, Any,
     return sync.run_forever(stop)
 
 
-def registry_for(config: ServiceConfig) -> Registry:
-    """The plugins under the configured plugin_dirs, checked against their config."""
-    return load_plugins(
-        config.service.plugin_dirs, {name: s.config for name, s in config.plugins.items()}
-    )
-
-
 def start_roles(state: ServiceState, stop: asyncio.Event) -> list[asyncio.Task[None]]:
     """Start the worker, the scheduler and (when configured) the Databricks sync.
 
@@ -116,17 +93,17 @@ def start_roles(state: ServiceState, stop: asyncio.Event) -> list[asyncio.Task[N
 
 async def open_service(db: str, config_path: str | None, *, writes: bool = False) -> ServiceState:
     """The config, the store and the plugins. With `writes`, a read-only database is
-    refused (CliError) before anything else happens."""
+    refused (StartupError) before anything else happens."""
     config = read_config(config_path)
     store = await open_store(db, synchronous=config.service.synchronous)
     if writes and store.read_only is not None:
         await store.close()
-        raise CliError(f"{db}: {store.read_only}; a worker needs to write")
-    registry = registry_for(config)
+        raise StartupError(f"{db}: {store.read_only}; a worker needs to write")
+    registry = load_registry(config)
     problems = check_schedules(config, registry)
     if problems:
         await store.close()
-        raise CliError("invalid schedules in the config:\n  " + "\n  ".join(problems))
+        raise StartupError("invalid schedules in the config:\n  " + "\n  ".join(problems))
     return ServiceState.for_store(store, config=config, registry=registry)
 
 
@@ -218,14 +195,10 @@ def _quiet_signals() -> Any:
 
 
 def _main(run: Coroutine[Any, Any, int], log_level: str) -> int:
+    # A StartupError or StoreError (disk full while creating the first token, say) goes up
+    # to the caller's one start-up error path: bootstrap.run_reporting_failures.
     logsetup.configure(log_level)
-    try:
-        return asyncio.run(run)
-    except (CliError, StoreError) as exc:
-        # A store that fails at start (disk full while creating the first token, say)
-        # is reported in one line, like a bad --db.
-        print(f"queue-service: {exc}", file=sys.stderr)
-        return 1
+    return asyncio.run(run)
 
 
 def serve(*, db: str, host: str, port: int, config_path: str | None, log_level: str) -> int:
