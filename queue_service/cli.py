@@ -7,12 +7,15 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 from queue_service import __version__
 from queue_service.api.jobs import job_view, page_body
 from queue_service.api.params import (
+    IntegerTooLong,
     encode_cursor,
     parse_cursor,
+    parse_json_integer,
     parse_limit,
     parse_source,
     parse_statuses,
@@ -32,6 +35,9 @@ from queue_service.bootstrap import (
 from queue_service.scopes import SCOPES, UnknownScope
 from queue_service.store import Conflict, JobFilter, NewJob, SQLiteStore, Token
 from queue_service.timeutil import now_ts
+
+#: The exit status of a command line that cannot be parsed (argparse's too).
+EXIT_USAGE = 2
 
 
 def db_path(args: argparse.Namespace) -> str:
@@ -178,13 +184,17 @@ async def _enqueue(store: SQLiteStore, args: argparse.Namespace) -> int:
     from queue_service.plugins import PluginLookupError
 
     try:
-        payload = json.loads(args.payload)
+        payload = json.loads(args.payload, parse_int=parse_json_integer)
+    except IntegerTooLong as exc:
+        raise StartupError(f"--payload: {exc}") from None
     except ValueError as exc:
         raise StartupError(f"--payload is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise StartupError('--payload must be a JSON object, e.g. \'{"key": "value"}\'')
     config = read_config(config_path(args))
     registry = load_registry(config)
+    if not registry.all():
+        raise StartupError(no_plugins_message(config_path(args), config.service.plugin_dirs))
     try:
         plugin, command = registry.resolve(args.plugin, args.command_name)
     except PluginLookupError as exc:
@@ -207,6 +217,20 @@ async def _enqueue(store: SQLiteStore, args: argparse.Namespace) -> int:
     )
     print(result.job_id)
     return 0
+
+
+def no_plugins_message(config_file: str | None, plugin_dirs: Sequence[Path]) -> str:
+    if config_file is None:
+        return (
+            "no plugins are loaded: no config file was given. Pass --config FILE (or set "
+            "QUEUE_SERVICE_CONFIG) naming a TOML file whose [service] plugin_dirs lists the "
+            "plugin folders, e.g. --config examples/queue-service.toml"
+        )
+    searched = ", ".join(str(d) for d in plugin_dirs) or "none"
+    return (
+        f"no plugins are loaded: the [service] plugin_dirs of {config_file} "
+        f"(searched: {searched}) hold no plugin folder with a manifest.yaml"
+    )
 
 
 async def _sync_databricks(store: SQLiteStore, args: argparse.Namespace) -> int:
@@ -258,6 +282,13 @@ def _add_db(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a TCP port (1 to 65535)")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="queue-service", description="A local job queue with a REST API."
@@ -268,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the API, workers and scheduler")
     _add_db(serve)
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--port", type=port_number, default=8080, help="TCP port (default: 8080)")
     serve.add_argument("--config", help="TOML config file (default: $QUEUE_SERVICE_CONFIG)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     serve.set_defaults(run=_serve)
@@ -320,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = token_commands.add_parser("list", help="list tokens (never their secrets)")
     listing.add_argument("--json", action="store_true")
     _add_db(listing)
-    listing.set_defaults(run=with_store(_token_list))
+    listing.set_defaults(run=with_store(_token_list, must_exist=True))
     revoke = token_commands.add_parser("revoke", help="revoke a token by name")
     revoke.add_argument("name")
     _add_db(revoke)
@@ -335,16 +366,27 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--cursor")
     jobs.add_argument("--json", action="store_true", help="print the API's JSON")
     _add_db(jobs)
-    jobs.set_defaults(run=with_store(_jobs))
+    jobs.set_defaults(run=with_store(_jobs, must_exist=True))
 
     job = commands.add_parser("job", help="show one job")
     job.add_argument("job_id")
     _add_db(job)
-    job.set_defaults(run=with_store(_job))
+    job.set_defaults(run=with_store(_job, must_exist=True))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for position, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            # The OS handed over bytes that are not UTF-8 (Python keeps them as surrogates).
+            print(
+                f"queue-service: argument {position} is not valid UTF-8: {ascii(arg)[:80]}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
     args = build_parser().parse_args(argv)
     return run_reporting_failures(lambda: int(args.run(args)))
 
