@@ -125,7 +125,7 @@ class TokenService:
         return secret, token
 
     async def create_first_admin(self) -> tuple[str, Token] | None:
-        """A `*` token when the database has no usable token yet (first start), else None."""
+        """A `*` token when the database has never had a token (first start), else None."""
         secret = new_secret()
         token = await self.store.create_first_token("admin", hash_token(secret), ("*",))
         return None if token is None else (secret, token)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shlex
 import signal
 from collections.abc import Coroutine
 from typing import Any
@@ -45,15 +46,23 @@ class JsonErrorH11Protocol(H11Protocol):
         self.transport.close()
 
 
-async def ensure_admin_token(state: ServiceState, host: str, port: int) -> None:
-    """On first start (no live token), create a `*` token and print it once on stdout."""
+async def ensure_admin_token(state: ServiceState, db: str, host: str, port: int) -> None:
+    """On first start (a database that never had a token), create a `*` token and print it
+    once on stdout. Later starts never do: when every token is revoked or expired, the log
+    says how to create one."""
     created = await state.tokens.create_first_admin()
     if created is None:
+        if not await state.store.count_live_tokens():
+            log.warning(
+                "no live token: every request that needs one answers 401. Create one with "
+                "`queue-service token create --name NAME --scope '*' --db %s`",
+                shlex.quote(db),
+            )
         return
     secret, token = created
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
     print(
-        f"\nNo usable token yet: created the admin token {token.name!r} (scope *). "
+        f"\nFirst start: created the admin token {token.name!r} (scope *). "
         "It is shown only this once;\n"
         "only its hash is stored. Keep it somewhere safe.\n\n"
         f"  export QS_TOKEN={secret}\n"
@@ -115,7 +124,7 @@ async def run_service(
     tasks: list[asyncio.Task[None]] = []
     try:
         if state.store.read_only is None:
-            await ensure_admin_token(state, host, port)
+            await ensure_admin_token(state, db, host, port)
             tasks = start_roles(state, stop)
         else:
             # Every role writes (claims, schedule slots, synced runs), so none can run;

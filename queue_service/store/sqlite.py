@@ -538,13 +538,13 @@ class SQLiteStore:
     async def create_first_token(
         self, name: str, token_hash: str, scopes: Sequence[str]
     ) -> Token | None:
-        """Create a token only when no usable token exists, atomically (two processes
-        starting on a fresh database create one between them). If `name` is taken by an
-        expired token, a numbered variant (`name-2`, …) is used. None when one exists."""
+        """Create a token only on a database that has never had one, atomically (two
+        processes starting on a fresh database create one between them). None when a
+        token exists, even revoked or expired: revoking every token locks the API."""
 
         def insert(conn: sqlite3.Connection) -> Token | None:
             now = now_ts()
-            if conn.execute(q("count_live_tokens"), {"now": now}).fetchone()[0]:
+            if conn.execute(q("count_all_tokens")).fetchone()[0]:
                 return None
             for suffix in range(1, 1000):
                 candidate = name if suffix == 1 else f"{name}-{suffix}"
