@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import shlex
 import signal
+import socket
 from collections.abc import Coroutine
 from typing import Any
 
@@ -116,10 +118,45 @@ async def open_service(db: str, config_path: str | None, *, writes: bool = False
     return ServiceState.for_store(store, config=config, registry=registry)
 
 
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Bound sockets for every address of `host` (as uvicorn would bind them), made before
+    anything else starts: a port in use is then one clear StartupError, not a log that
+    says "serving" followed by the bind error."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sockets: list[socket.socket] = []
+    for family, kind, proto, _, address in dict.fromkeys(addresses):
+        sock = socket.socket(family, kind, proto)
+        sockets.append(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            for opened in sockets:
+                opened.close()
+            hint = (
+                ": another process is listening there; stop it or choose another port with --port"
+                if exc.errno == errno.EADDRINUSE
+                else ""
+            )
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+    return sockets
+
+
 async def run_service(
     *, db: str, host: str, port: int, config_path: str | None, log_level: str
 ) -> int:
-    state = await open_service(db, config_path)
+    sockets = listen(host, port)
+    try:
+        state = await open_service(db, config_path)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -159,7 +196,7 @@ async def run_service(
             state.config.service.workers if tasks else 0,
         )
         with _quiet_signals():
-            await server.serve()
+            await server.serve(sockets)
         return 0 if server.started else 1
     finally:
         # HTTP is down; now drain the roles (the worker gives running jobs a grace period).

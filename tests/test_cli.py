@@ -196,6 +196,7 @@ def test_an_expiry_beyond_the_calendar_is_one_line(
         ["token", "create", "--name", "x", "--scope", "*", "--expires-in", "99999999999999999d"],
         ["serve", "--port", "99999"],
         ["serve", "--port", "-1"],
+        ["serve", "--host", "no-such-host.invalid", "--port", "18999"],
         ["token", "revoke", "\udcff"],
         ["jobs", "--status", "ok,\udcff"],
     ],

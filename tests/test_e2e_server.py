@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -233,3 +234,22 @@ def test_revoking_every_token_keeps_the_api_locked_across_restarts(
     assert "qs_" not in out + err, "a new token was minted"
     assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM tokens").fetchone()[0] == 1
     assert "no live token" in err and "queue-service token create" in err and "--scope '*'" in err
+
+
+def test_a_port_in_use_is_one_clear_line_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*SERVE, "--db", str(tmp_path / "q.db"), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+    assert result.returncode == 1
+    assert result.stdout == "", "nothing (no token) may be printed for a start that fails"
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "--port" in result.stderr and "serving" not in result.stderr
