@@ -181,6 +181,9 @@ async def run_service(
                 log_config=None,
                 log_level=log_level,
                 access_log=True,
+                # X-Forwarded-* only from the configured proxies (uvicorn trusts localhost).
+                proxy_headers=bool(state.config.service.forwarded_allow_ips),
+                forwarded_allow_ips=list(state.config.service.forwarded_allow_ips) or None,
                 timeout_keep_alive=5,
                 h11_max_incomplete_event_size=16 * 1024,
                 http=JsonErrorH11Protocol,

@@ -253,3 +253,22 @@ def test_a_port_in_use_is_one_clear_line_before_anything_starts(tmp_path: Path) 
     assert result.stderr.count("\n") == 1, result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "--port" in result.stderr and "serving" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("trusted", "logged"),
+    [(None, "127.0.0.1"), ('["10.0.0.0/8"]', "127.0.0.1"), ('["127.0.0.1"]', "203.0.113.9")],
+)
+def test_forwarded_headers_are_trusted_only_from_configured_addresses(
+    tmp_path: Path, trusted: str | None, logged: str
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f"[service]\nforwarded_allow_ips = {trusted}\n" if trusted else "")
+    proc, base = serve_until_healthy(tmp_path, tmp_path / "q.db", "--config", str(config))
+    try:
+        forged = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+        assert httpx.get(f"{base}/healthz?probe=1", headers=forged).status_code == 400
+    finally:
+        stop(proc)
+    access = [line for line in (tmp_path / "err.txt").read_text().splitlines() if "probe=1" in line]
+    assert len(access) == 1 and f"{logged}:" in access[0], access
