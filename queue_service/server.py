@@ -20,6 +20,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from queue_service import logsetup
 from queue_service.api import ServiceState, create_app
 from queue_service.bootstrap import StartupError, load_registry, open_store, read_config
+from queue_service.http_limits import KEEP_ALIVE_TIMEOUT_S, RequestDeadlines
 from queue_service.models import ErrorBody
 from queue_service.scheduler import Scheduler, check_schedules
 from queue_service.worker import Worker
@@ -46,6 +47,10 @@ class JsonErrorH11Protocol(H11Protocol):
         for event in (response, h11.Data(data=payload), h11.EndOfMessage()):
             self.transport.write(self.conn.send(event) or b"")
         self.transport.close()
+
+
+class ServeProtocol(RequestDeadlines, JsonErrorH11Protocol):
+    """The HTTP protocol of `serve`: JSON errors for bad HTTP, bounded slow clients."""
 
 
 async def ensure_admin_token(state: ServiceState, db: str, host: str, port: int) -> None:
@@ -184,9 +189,9 @@ async def run_service(
                 # X-Forwarded-* only from the configured proxies (uvicorn trusts localhost).
                 proxy_headers=bool(state.config.service.forwarded_allow_ips),
                 forwarded_allow_ips=list(state.config.service.forwarded_allow_ips) or None,
-                timeout_keep_alive=5,
+                timeout_keep_alive=KEEP_ALIVE_TIMEOUT_S,
                 h11_max_incomplete_event_size=16 * 1024,
-                http=JsonErrorH11Protocol,
+                http=ServeProtocol,
             )
         )
         log.info(
