@@ -343,7 +343,11 @@ def build_parser() -> argparse.ArgumentParser:
     create = token_commands.add_parser("create", help="create a token and print it once")
     create.add_argument("--name", required=True)
     create.add_argument(
-        "--scope", action="append", required=True, help=f"repeatable; one of {', '.join(SCOPES)}"
+        "--scope",
+        action="append",
+        required=True,
+        help=f"repeatable; one of {', '.join(SCOPES)} (quote the star for the shell: "
+        "--scope '*')",
     )
     create.add_argument("--expires-in", help="lifetime such as 12h or 30d (default: never)")
     _add_db(create)
