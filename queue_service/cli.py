@@ -346,8 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--scope",
         action="append",
         required=True,
-        help=f"repeatable; one of {', '.join(SCOPES)} (quote the star for the shell: "
-        "--scope '*')",
+        help=f"repeatable; one of {', '.join(SCOPES)} (quote the star for the shell: --scope '*')",
     )
     create.add_argument("--expires-in", help="lifetime such as 12h or 30d (default: never)")
     _add_db(create)
