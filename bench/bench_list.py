@@ -62,7 +62,7 @@ from queue_service.api import ServiceState, create_app
 from queue_service.api.params import parse_cursor, parse_source, parse_statuses, parse_timestamp
 from queue_service.statuses import SOURCES, STATUSES
 from queue_service.store import JobFilter, SQLiteStore
-from queue_service.store.sql import q
+from queue_service.store.sqlite.sql import q
 from queue_service.timeutil import format_ts, parse_rfc3339
 
 SUMMARY_FIELDS = tuple(models.JobSummary.model_fields)

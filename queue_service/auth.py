@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from queue_service.scopes import validate_scopes
-from queue_service.store import SQLiteStore, Token
+from queue_service.store import Store, Token
 from queue_service.timeutil import format_ts, now_ts, parse_duration, utcnow
 
 log = logging.getLogger("queue_service.auth")
@@ -108,7 +108,7 @@ def expiry_after(expires_in: str) -> str:
 class TokenService:
     """Creates and verifies tokens against the store."""
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self._last_touch: dict[int, float] = {}
         self._pending: set[asyncio.Task[None]] = set()

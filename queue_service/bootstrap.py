@@ -16,7 +16,7 @@ from typing import Any
 from queue_service.config import CONFIG_ENV, ConfigError, ServiceConfig, load_config
 from queue_service.plugins import Registry
 from queue_service.plugins import load as load_plugins
-from queue_service.store import SQLiteStore, StoreError
+from queue_service.store import Store, StoreError, create_store
 
 __all__ = [
     "DB_ENV",
@@ -66,22 +66,27 @@ def load_registry(config: ServiceConfig) -> Registry:
     )
 
 
-async def open_store(db: str, *, must_exist: bool = False, **options: Any) -> SQLiteStore:
-    """Open the store named by `db` (a SQLite file path), migrating it.
+async def open_store(db: str, *, must_exist: bool = False, **options: Any) -> Store:
+    """Open the store named by `db` (a `--db` value), migrating it.
 
-    The one place a store is constructed from a `--db` value. A missing database is created,
-    unless `must_exist` (commands that only read): then it is refused, naming the path and
-    how to point at another. Store errors at opening become StartupError.
+    The store itself comes from `store.create_store`, the one place a store is made from a
+    `--db` value. A missing SQLite file is created, unless `must_exist` (commands that only
+    read): then it is refused, naming the path and how to point at another. Store errors at
+    opening become StartupError.
     """
-    path = Path(db)
-    if path.is_dir():  # noqa: ASYNC240 - one stat before the store exists
+    file = db.removeprefix("sqlite://")
+    path = None if "://" in file else Path(file)  # another backend's URL is not a file
+    if path is not None and path.is_dir():
         raise StartupError(f"--db {db} is a directory; give a file path")
-    if must_exist and not path.exists():  # noqa: ASYNC240 - as above
+    if must_exist and path is not None and not path.exists():
         raise StartupError(
             f"no database at {db}: pass --db PATH or set {DB_ENV} to an existing "
             "queue-service database (`queue-service migrate --db PATH` creates one)"
         )
-    store = SQLiteStore(db, **options)
+    try:
+        store = create_store(db, **options)
+    except StoreError as exc:
+        raise StartupError(str(exc)) from None
     try:
         await store.open()
     except StoreError as exc:

@@ -33,7 +33,7 @@ from queue_service.bootstrap import (
     run_reporting_failures,
 )
 from queue_service.scopes import SCOPES, UnknownScope
-from queue_service.store import Conflict, JobFilter, NewJob, SQLiteStore, Token
+from queue_service.store import Conflict, JobFilter, NewJob, Store, Token
 from queue_service.timeutil import now_ts
 
 #: The exit status of a command line that cannot be parsed (argparse's too).
@@ -45,7 +45,7 @@ def db_path(args: argparse.Namespace) -> str:
 
 
 def with_store(
-    body: Callable[[SQLiteStore, argparse.Namespace], Awaitable[int]],
+    body: Callable[[Store, argparse.Namespace], Awaitable[int]],
     *,
     must_exist: bool = False,
 ) -> Callable[[argparse.Namespace], int]:
@@ -68,7 +68,7 @@ def with_store(
 # -- migrate -------------------------------------------------------------
 
 
-async def _migrate(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _migrate(store: Store, args: argparse.Namespace) -> int:
     # open() already migrated; report where the schema stands.
     print(f"{db_path(args)}: schema version {await store.schema_version()}")
     return 0
@@ -77,7 +77,7 @@ async def _migrate(store: SQLiteStore, args: argparse.Namespace) -> int:
 # -- tokens --------------------------------------------------------------
 
 
-async def _token_create(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _token_create(store: Store, args: argparse.Namespace) -> int:
     try:
         secret, _ = await TokenService(store).create(args.name, args.scope, args.expires_in)
     except (UnknownScope, ValueError, Conflict) as exc:
@@ -86,7 +86,7 @@ async def _token_create(store: SQLiteStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _token_list(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _token_list(store: Store, args: argparse.Namespace) -> int:
     tokens = await store.list_tokens()
     if args.json:
         rows = [
@@ -125,7 +125,7 @@ def token_state(token: Token) -> str:
     return "live"
 
 
-async def _token_revoke(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _token_revoke(store: Store, args: argparse.Namespace) -> int:
     if not await store.revoke_token(args.name):
         raise StartupError(f"no live token named {args.name!r}")
     print(f"revoked {args.name}")
@@ -135,7 +135,7 @@ async def _token_revoke(store: SQLiteStore, args: argparse.Namespace) -> int:
 # -- jobs ----------------------------------------------------------------
 
 
-async def _jobs(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _jobs(store: Store, args: argparse.Namespace) -> int:
 
     try:
         filters = JobFilter(
@@ -163,7 +163,7 @@ async def _jobs(store: SQLiteStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _job(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _job(store: Store, args: argparse.Namespace) -> int:
     job = await store.get_job(args.job_id)
     if job is None:
         raise StartupError(f"no job with id {args.job_id!r}")
@@ -180,7 +180,7 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
-async def _enqueue(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _enqueue(store: Store, args: argparse.Namespace) -> int:
     from queue_service.plugins import PluginLookupError
 
     try:
@@ -233,7 +233,7 @@ def no_plugins_message(config_file: str | None, plugin_dirs: Sequence[Path]) -> 
     )
 
 
-async def _sync_databricks(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _sync_databricks(store: Store, args: argparse.Namespace) -> int:
     from queue_service.databricks.config import DatabricksConfig
     from queue_service.databricks.sync import DatabricksSync
 

@@ -85,9 +85,7 @@ def _start_sync(state: ServiceState, stop: asyncio.Event) -> Coroutine[Any, Any,
         return None
     from queue_service.databricks.sync import DatabricksSync
 
-    sync = DatabricksSync(databricks, state.store)
-    state.sync = sync
-    return sync.run_forever(stop)
+    return DatabricksSync(databricks, state.store).run_forever(stop)
 
 
 def start_roles(state: ServiceState, stop: asyncio.Event) -> list[asyncio.Task[None]]:

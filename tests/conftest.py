@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -12,6 +13,23 @@ import pytest
 
 from queue_service.api import ServiceState, create_app
 from queue_service.store import SQLiteStore
+
+#: What the store fixture yields (the Store protocol once a second backend exists).
+StoreUnderTest = SQLiteStore
+
+REPO = Path(__file__).parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _safe_plugin_modes() -> None:
+    """Plugins are refused when group or others may write them (plugins/trust.py).
+    A checkout made under umask 002 is group-writable, and so would be the folders
+    tests create: take group and other write access away, as an operator would."""
+    os.umask(0o022)
+    for top in (REPO / "plugins", REPO / "tests" / "plugins", REPO / "tests" / "plugins_invalid"):
+        for path in [top, *top.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode & ~0o022)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from queue_service.store import NotADatabase, SchemaTooNew, SQLiteStore
-from queue_service.store.migrations import available_migrations, split_statements
+from queue_service.store.sqlite.migrations import available_migrations, split_statements
 
 pytestmark = pytest.mark.anyio
 
@@ -29,12 +29,12 @@ async def test_migrations_build_the_schema_in_schema_sql(db_path: Path) -> None:
     assert [m.version for m in applied] == [m.version for m in available_migrations()]
     migrated = sqlite3.connect(db_path)
     expected = sqlite3.connect(":memory:")
-    script = resources.files("queue_service.store").joinpath("schema.sql").read_text()
+    script = resources.files("queue_service.store.sqlite").joinpath("schema.sql").read_text()
     for statement in split_statements(script):
         expected.execute(statement)
     assert schema_of(migrated) == schema_of(expected)
     # Every named query prepares against the migrated schema.
-    from queue_service.store.sql import queries
+    from queue_service.store.sqlite.sql import queries
 
     for name, sql in queries().items():
         if sql.lstrip().upper().startswith(("SELECT", "INSERT", "UPDATE", "DELETE", "WITH")):
@@ -45,7 +45,7 @@ async def test_migrations_build_the_schema_in_schema_sql(db_path: Path) -> None:
 def _params(sql: str) -> list[str]:
     import re
 
-    return re.findall(r":([a-z_]+)", sql)
+    return re.findall(r":([a-z_][a-z0-9_]*)", sql)
 
 
 async def test_migrate_is_idempotent(db_path: Path) -> None:
@@ -77,7 +77,7 @@ async def test_a_newer_schema_is_refused(db_path: Path) -> None:
 async def test_a_failed_migration_leaves_nothing_behind(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from queue_service.store import migrations
+    from queue_service.store.sqlite import migrations
 
     real = migrations.available_migrations()
     broken = [

@@ -448,6 +448,64 @@ async def test_protocol_violations_fail_the_job_naming_the_violation(
     assert attempt["status"] == "failed" and attempt["error"] == job.last_error
 
 
+async def test_a_reply_over_the_stdout_cap_is_not_retried(harness: HarnessFactory) -> None:
+    h = harness(make_config({"huge": {"max_attempts": 3, "backoff_seconds": 0}}))
+    h.start()
+    job = await h.finished(await h.enqueue("huge"))
+    assert job.status is Status.FAILED and job.attempt == 1, job
+    assert [a["status"] for a in await h.attempts(job.job_id)] == ["failed"]
+
+
+async def test_the_request_and_environment_follow_the_config(
+    harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QS_TEST_WEBHOOK", "https://hooks.example/s3cret")
+    monkeypatch.setenv("GITHUB_TOKEN", "gh-passed")
+    monkeypatch.setenv("QS_TEST_NOT_PASSED", "hidden")
+    config = parse_config(
+        {
+            "service": {
+                "plugin_dirs": [str(PLUGINS)],
+                "lease_seconds": 3,
+                "plugin_env_passthrough": ["GITHUB_TOKEN"],
+            },
+            "plugins": {
+                "introspect": {
+                    "config": {"channel": "ops"},
+                    "secrets": {"webhook": "${QS_TEST_WEBHOOK}"},
+                }
+            },
+        }
+    )
+    h = harness(config)
+    h.start()
+    job = await h.finished(await h.enqueue("introspect", payload={"n": 1}))
+    assert job.status is Status.SUCCEEDED, job
+    request, env = job.result["request"], job.result["env"]
+    assert request["context"] == {"ductile_plugin": "introspect"}
+    assert request["config"] == {"channel": "ops"}
+    assert request["secrets"] == {"webhook": "https://hooks.example/s3cret"}
+    assert env["GITHUB_TOKEN"] == "gh-passed" and "QS_TEST_NOT_PASSED" not in env
+
+
+async def test_a_valid_response_wins_over_the_exit_code(harness: HarnessFactory) -> None:
+    h = harness(make_config({"scripted": {"max_attempts": 3, "backoff_seconds": 0}}))
+    h.start()
+    ok = {"status": "ok", "result": "done", "events": [], "logs": []}
+    job = await h.finished(await h.enqueue("scripted", payload={"reply": ok, "exit_code": 1}))
+    assert job.status is Status.SUCCEEDED and job.result == "done", job
+    assert job.events == [] and job.logs == [], "an empty list is stored as [], not null"
+    error = {"status": "error", "error": "no such repo", "retry": False}
+    job = await h.finished(await h.enqueue("scripted", payload={"reply": error, "exit_code": 1}))
+    assert job.status is Status.FAILED and job.attempt == 1, job
+    assert job.last_error == "no such repo"
+    (attempt,) = await h.attempts(job.job_id)
+    assert attempt["exit_code"] == 1 and attempt["error"] == "no such repo"
+    plain = {"status": "ok", "result": "done"}
+    job = await h.finished(await h.enqueue("scripted", payload={"reply": plain}))
+    assert job.events is None and job.logs is None, "no events key: nothing stored"
+
+
 async def test_state_updates_are_merged_and_passed_as_state_next_time(
     harness: HarnessFactory,
 ) -> None:
@@ -471,6 +529,50 @@ async def test_state_updates_are_merged_and_passed_as_state_next_time(
         "counter": 3,
         "last_job_id": jobs[-1].job_id,
     }
+
+
+def replying(state_updates: Any, status: str = "ok") -> dict[str, Any]:
+    """A payload for the scripted plugin: answer `status` with these state_updates."""
+    reply: dict[str, Any] = {"status": status, "state_updates": state_updates}
+    reply.update({"result": "done"} if status == "ok" else {"error": "refused"})
+    return {"reply": reply}
+
+
+async def test_state_updates_are_a_shallow_merge_like_ductile(harness: HarnessFactory) -> None:
+    h = harness(make_config({"scripted": {"max_attempts": 1}}))
+    h.start()
+    first = {"seen": {"a": 1, "b": 2}, "cursor": 1, "note": "keep", "price": 0.30000000000000004}
+    job = await h.finished(await h.enqueue("scripted", payload=replying(first)))
+    assert job.status is Status.SUCCEEDED, job
+    second = {"seen": {"c": 3, "d": None}, "cursor": None, 'odd "key"': [1, None], "new": True}
+    job = await h.finished(await h.enqueue("scripted", payload=replying(second)))
+    assert job.status is Status.SUCCEEDED, job
+    assert await h.store.get_plugin_state("scripted") == {
+        "seen": {"c": 3, "d": None},  # a nested object is replaced whole, its nulls kept
+        "cursor": None,  # null is stored as a value: the key stays
+        "note": "keep",
+        "price": 0.30000000000000004,
+        'odd "key"': [1, None],
+        "new": True,
+    }
+    job = await h.finished(await h.enqueue("scripted", payload=replying({"note": 1}, "error")))
+    assert job.status is Status.FAILED
+    assert (await h.store.get_plugin_state("scripted"))["note"] == "keep", "error: not applied"
+
+
+async def test_state_over_one_mib_fails_the_job_without_retry(harness: HarnessFactory) -> None:
+    h = harness(make_config({"scripted": {"max_attempts": 3, "backoff_seconds": 0}}))
+    h.start()
+    half = "x" * (600 * 1024)
+    job = await h.finished(await h.enqueue("scripted", payload=replying({"a": half})))
+    assert job.status is Status.SUCCEEDED, job
+    job = await h.finished(await h.enqueue("scripted", payload=replying({"b": half})))
+    assert job.status is Status.FAILED and job.attempt == 1, job
+    assert job.last_error is not None and "1048576" in job.last_error, job.last_error
+    assert await h.store.get_plugin_state("scripted") == {"a": half}, "nothing was merged"
+    # Replacing a key keeps the merged state small: that is allowed.
+    job = await h.finished(await h.enqueue("scripted", payload=replying({"a": half[:10]})))
+    assert job.status is Status.SUCCEEDED, job
 
 
 # --- concurrency ---------------------------------------------------------------------------
@@ -651,15 +753,22 @@ async def test_shutdown_lets_jobs_finish_within_the_grace_period_and_claims_noth
 # --- jobs nobody can run, and crash leftovers ------------------------------------------------
 
 
-async def test_a_job_of_an_uninstalled_plugin_becomes_dead(harness: HarnessFactory) -> None:
+async def test_a_job_of_an_uninstalled_plugin_stays_queued_and_is_reported(
+    harness: HarnessFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     h = harness()
-    orphan = (await h.store.enqueue(NewJob("uninstalled", "poll", {}))).job_id
+    waiting = (await h.store.enqueue(NewJob("uninstalled", "poll", {}))).job_id
     h.start()
-    job = await h.finished(orphan, within=5)
-    assert job.status is Status.DEAD, job
-    assert job.last_error == "plugin uninstalled is not installed; the job can never run"
+    # The worker runs other jobs meanwhile: once this one is done, the start-up check ran.
     ok = await h.finished(await h.enqueue("ok"))
     assert ok.status is Status.SUCCEEDED
+    job = await h.job(waiting)
+    assert (job.status, job.attempt) == (Status.QUEUED, 0), job
+    said = [r.getMessage() for r in caplog.records if "uninstalled" in r.getMessage()]
+    assert said == [
+        "plugin uninstalled is not installed: 1 queued job(s) wait for it; install it, or "
+        "cancel them with `queue-service cancel --plugin uninstalled`"
+    ]
 
 
 async def test_a_crashed_workers_job_is_recovered_and_run_again(
@@ -756,12 +865,12 @@ async def test_the_worker_survives_a_failing_claim(
     assert h.task is not None and not h.task.done(), "the worker loop must keep running"
 
 
-async def test_every_orphan_is_marked_dead_not_only_the_first_batch(
+async def test_missing_plugins_are_counted_without_touching_their_jobs(
     harness: HarnessFactory,
 ) -> None:
     h = harness()
     await h.store.enqueue_many([NewJob("uninstalled", "poll", {}) for _ in range(1203)])
-    dead = await h.worker.kill_orphans()
-    assert len(dead) == 1203
+    await h.store.enqueue(NewJob("ok", "poll", {}))
+    assert await h.worker.missing_plugins() == {"uninstalled": 1203}
     page = await h.store.list_jobs(JobFilter(plugin="uninstalled", statuses=(Status.QUEUED,)))
-    assert page.total == 0
+    assert page.total == 1203

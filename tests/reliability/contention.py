@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from queue_service.statuses import Status
+from queue_service.statuses import AttemptStatus, Status
 from queue_service.store import JobFilter, NewJob, SQLiteStore, StoreError
 from queue_service.store.types import AttemptEnd
 from tests.conftest import free_port
@@ -45,7 +45,7 @@ from tests.test_acceptance_processes import (
 
 #: Jobs of the contenders: a plugin that exists, so that a `serve` worker may take some too.
 CONTEND_PLUGIN = "instant"
-DONE = AttemptEnd(status=Status.SUCCEEDED, attempt_status="succeeded", exit_code=0)
+DONE = AttemptEnd(status=Status.SUCCEEDED, attempt_status=AttemptStatus.SUCCEEDED, exit_code=0)
 
 
 async def contend(db: Path, jobs: int, seed: int, out: Path, contenders: int) -> dict[str, Any]:
