@@ -11,6 +11,7 @@ See `examples/queue-service.toml` for a documented example.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -125,11 +126,35 @@ def _plugin_dir(value: object, info: ValidationInfo) -> Path:
     return path.resolve()
 
 
+def _address_list(value: object) -> tuple[str, ...]:
+    """IP addresses and networks (`10.0.0.1`, `10.0.0.0/8`, `::1`), or `*` for any."""
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise PydanticCustomError(
+            "address_list",
+            'must be a list of IP addresses or networks such as ["127.0.0.1", "10.0.0.0/8"] '
+            "(got {value})",
+            {"value": repr(value)},
+        )
+    for item in value:
+        if item.strip() == "*":
+            continue
+        try:
+            ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
+            raise PydanticCustomError(
+                "address_list",
+                "{item} is not an IP address or network (such as 10.0.0.1 or 10.0.0.0/8)",
+                {"item": repr(item)},
+            ) from None
+    return tuple(item.strip() for item in value)
+
+
 PositiveInt = Annotated[int, PlainValidator(_positive_int)]
 PositiveNumber = Annotated[float, PlainValidator(_positive_number)]
 NonNegativeNumber = Annotated[float, PlainValidator(_non_negative_number)]
 PluginDir = Annotated[Path, PlainValidator(_plugin_dir)]
 TimeoutTable = Annotated[dict[str, PositiveNumber], BeforeValidator(_timeout_table)]
+AddressList = Annotated[tuple[str, ...], PlainValidator(_address_list)]
 
 
 def _env_name(value: object) -> str:
@@ -167,6 +192,9 @@ class ServiceSection(_Section):
     synchronous: Annotated[Literal["NORMAL", "FULL"], PlainValidator(_synchronous)] = "NORMAL"
     lease_seconds: PositiveNumber = 60.0
     shutdown_grace_seconds: NonNegativeNumber = 30.0
+    #: Peers whose X-Forwarded-For/-Proto headers are believed (a reverse proxy); none by
+    #: default, so no client can put another address in the access log.
+    forwarded_allow_ips: AddressList = ()
     #: Environment variables a plugin gets besides PATH, HOME, TZ, LANG, LANGUAGE,
     #: TMPDIR and LC_* (ductile's `plugin_env_passthrough`).
     plugin_env_passthrough: list[EnvName] = Field(default_factory=list)

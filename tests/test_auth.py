@@ -220,13 +220,20 @@ async def test_first_admin_is_created_once_even_when_raced(state: ServiceState) 
     assert await state.store.count_live_tokens() == 1
 
 
-async def test_first_admin_after_every_token_expired(state: ServiceState, db_path: Path) -> None:
-    await state.tokens.create("admin", ["*"], expires_in="1h")
-    assert await state.tokens.create_first_admin() is None
-    raw = sqlite3.connect(db_path)
-    raw.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z'")
-    raw.commit()
-    raw.close()
+@pytest.mark.parametrize("how", ["revoked", "expired"])
+async def test_no_first_admin_once_the_database_has_had_a_token(
+    state: ServiceState, db_path: Path, how: str
+) -> None:
+    # An operator who revoked (or let expire) every token has locked the API on purpose:
+    # the next start must not mint a fresh `*` token.
+    await state.tokens.create("admin", ["*"])
+    if how == "revoked":
+        assert await state.store.revoke_token("admin")
+    else:
+        raw = sqlite3.connect(db_path)
+        raw.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z'")
+        raw.commit()
+        raw.close()
     assert await state.store.count_live_tokens() == 0
-    created = await state.tokens.create_first_admin()
-    assert created is not None and created[1].name == "admin-2"
+    assert await state.tokens.create_first_admin() is None
+    assert len(await state.store.list_tokens()) == 1

@@ -308,9 +308,10 @@ async def test_a_stalled_large_body_gives_its_turn_back(
 
 
 @pytest.mark.anyio
-async def test_a_content_length_beside_chunked_does_not_skip_the_turns(state: ServiceState) -> None:
-    """`Content-Length: 1` plus `Transfer-Encoding: chunked` is read as chunked (up to the
-    cap), so it must take a turn like any chunked body."""
+async def test_a_content_length_beside_chunked_is_refused_unread(state: ServiceState) -> None:
+    """`Content-Length: 1` plus `Transfer-Encoding: chunked` could once skip the turns of
+    large bodies; it is now refused as ambiguous (400) before its body is read or a turn
+    is taken."""
     probe = _Probe()
     app = create_app(
         state,
@@ -346,5 +347,5 @@ async def test_a_content_length_beside_chunked_does_not_skip_the_turns(state: Se
         await app(scope, receive, send)
         return status[0]
 
-    assert await asyncio.gather(*(call() for _ in range(8))) == [200] * 8
-    assert probe.most == MAX_LARGE_BODIES
+    assert await asyncio.gather(*(call() for _ in range(8))) == [400] * 8
+    assert probe.most == 0

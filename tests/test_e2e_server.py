@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,8 @@ from tests.conftest import free_port
 from tests.processes import Processes, wait_healthy, wait_until
 
 pytestmark = pytest.mark.slow
+
+SERVE = (sys.executable, "-m", "queue_service", "serve")
 
 
 class Server:
@@ -126,3 +130,117 @@ def test_a_schedule_naming_an_unknown_command_stops_start_up(tmp_path: Path) -> 
     assert result.returncode == 1
     assert "plugins.echo.schedules[0].command: plugin 'echo' has no command 'pol'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def serve_until_healthy(
+    tmp_path: Path, db: Path, *extra: str, port: int | None = None
+) -> tuple[subprocess.Popen[str], str]:
+    """Start `queue-service serve` with stdout and stderr in files under tmp_path; return it
+    once /healthz answers."""
+    port = port or free_port()
+    with (tmp_path / "out.txt").open("w") as out, (tmp_path / "err.txt").open("w") as err:
+        proc = subprocess.Popen(
+            [*SERVE, "--db", str(db), "--port", str(port), *extra],
+            stdout=out,
+            stderr=err,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, (tmp_path / "err.txt").read_text()
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "serve did not answer /healthz"
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("how", ["revoked", "expired"])
+def test_revoking_every_token_keeps_the_api_locked_across_restarts(
+    tmp_path: Path, how: str
+) -> None:
+    import asyncio
+
+    from queue_service.api import ServiceState
+    from queue_service.store import SQLiteStore
+
+    db = tmp_path / "locked.db"
+
+    async def seed() -> str:
+        store = SQLiteStore(db)
+        await store.open()
+        try:
+            secret, _ = await ServiceState.for_store(store).tokens.create("only", ["*"], "1h")
+            if how == "revoked":
+                assert await store.revoke_token("only")
+            return secret
+        finally:
+            await store.close()
+
+    secret = asyncio.run(seed())
+    if how == "expired":
+        raw = sqlite3.connect(db)
+        with raw:
+            raw.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z'")
+        raw.close()
+    proc, base = serve_until_healthy(tmp_path, db)
+    try:
+        assert (
+            httpx.get(f"{base}/jobs", headers={"Authorization": f"Bearer {secret}"}).status_code
+            == 401
+        )
+    finally:
+        stop(proc)
+    out = (tmp_path / "out.txt").read_text()
+    err = (tmp_path / "err.txt").read_text()
+    assert "qs_" not in out + err, "a new token was minted"
+    assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM tokens").fetchone()[0] == 1
+    assert "no live token" in err and "queue-service token create" in err and "--scope '*'" in err
+
+
+def test_a_port_in_use_is_one_clear_line_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*SERVE, "--db", str(tmp_path / "q.db"), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+    assert result.returncode == 1
+    assert result.stdout == "", "nothing (no token) may be printed for a start that fails"
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "--port" in result.stderr and "serving" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("trusted", "logged"),
+    [(None, "127.0.0.1"), ('["10.0.0.0/8"]', "127.0.0.1"), ('["127.0.0.1"]', "203.0.113.9")],
+)
+def test_forwarded_headers_are_trusted_only_from_configured_addresses(
+    tmp_path: Path, trusted: str | None, logged: str
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f"[service]\nforwarded_allow_ips = {trusted}\n" if trusted else "")
+    proc, base = serve_until_healthy(tmp_path, tmp_path / "q.db", "--config", str(config))
+    try:
+        forged = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+        assert httpx.get(f"{base}/healthz?probe=1", headers=forged).status_code == 400
+    finally:
+        stop(proc)
+    access = [line for line in (tmp_path / "err.txt").read_text().splitlines() if "probe=1" in line]
+    assert len(access) == 1 and f"{logged}:" in access[0], access

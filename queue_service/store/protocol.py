@@ -119,8 +119,9 @@ class Store(Protocol):
     async def create_first_token(
         self, name: str, token_hash: str, scopes: Sequence[str]
     ) -> Token | None:
-        """Create a token only when none exists, atomically (two processes starting on a
-        fresh database create one between them). None when one exists."""
+        """Create a token only when none has ever existed (revoked and expired ones
+        count), atomically (two processes starting on a fresh database create one between
+        them). None otherwise."""
         ...
 
     async def token_by_hash(self, token_hash: str) -> tuple[Token, str] | None:

@@ -266,6 +266,10 @@ FROM tokens ORDER BY created_at, token_id;
 SELECT COUNT(*) FROM tokens
 WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > :now);
 
+-- name: count_all_tokens
+-- Every token ever created: revoked and expired rows stay in the table.
+SELECT COUNT(*) FROM tokens;
+
 -- name: revoke_token
 UPDATE tokens SET revoked_at = :now WHERE name = :name AND revoked_at IS NULL RETURNING token_id;
 

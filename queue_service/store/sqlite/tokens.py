@@ -46,10 +46,10 @@ def create(
 def create_first(
     conn: sqlite3.Connection, name: str, token_hash: str, scopes: Sequence[str]
 ) -> Token | None:
-    """A token only when no usable one exists. If `name` is taken by an expired token, a
-    numbered variant (`name-2`, …) is used."""
+    """A token only on a database that has never had one: revoked and expired rows stay, so
+    revoking every token locks the API for good."""
     now = now_ts()
-    if conn.execute(q("count_live_tokens"), {"now": now}).fetchone()[0]:
+    if conn.execute(q("count_all_tokens")).fetchone()[0]:
         return None
     for suffix in range(1, 1000):
         candidate = name if suffix == 1 else f"{name}-{suffix}"
