@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.processes import Processes, wait_healthy, wait_until
+from tests.processes import Processes, stop, wait_healthy, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -133,41 +133,21 @@ def test_a_schedule_naming_an_unknown_command_stops_start_up(tmp_path: Path) -> 
 
 
 def serve_until_healthy(
-    tmp_path: Path, db: Path, *extra: str, port: int | None = None
-) -> tuple[subprocess.Popen[str], str]:
-    """Start `queue-service serve` with stdout and stderr in files under tmp_path; return it
+    processes: Processes, db: Path, *extra: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `queue-service serve` (stdout in serve.out, stderr in serve.log); return it
     once /healthz answers."""
-    port = port or free_port()
-    with (tmp_path / "out.txt").open("w") as out, (tmp_path / "err.txt").open("w") as err:
-        proc = subprocess.Popen(
-            [*SERVE, "--db", str(db), "--port", str(port), *extra],
-            stdout=out,
-            stderr=err,
-            text=True,
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, (tmp_path / "err.txt").read_text()
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "serve did not answer /healthz"
-        time.sleep(0.05)
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
+    port = free_port()
+    proc = processes.start(
+        "serve", "serve", "--db", str(db), "--port", str(port), *extra, separate_stdout=True
+    )
+    wait_healthy(proc, port, processes)
+    return proc, f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.parametrize("how", ["revoked", "expired"])
 def test_revoking_every_token_keeps_the_api_locked_across_restarts(
-    tmp_path: Path, how: str
+    tmp_path: Path, how: str, processes: Processes
 ) -> None:
     import asyncio
 
@@ -193,16 +173,13 @@ def test_revoking_every_token_keeps_the_api_locked_across_restarts(
         with raw:
             raw.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z'")
         raw.close()
-    proc, base = serve_until_healthy(tmp_path, db)
-    try:
-        assert (
-            httpx.get(f"{base}/jobs", headers={"Authorization": f"Bearer {secret}"}).status_code
-            == 401
-        )
-    finally:
-        stop(proc)
-    out = (tmp_path / "out.txt").read_text()
-    err = (tmp_path / "err.txt").read_text()
+    proc, base = serve_until_healthy(processes, db)
+    assert (
+        httpx.get(f"{base}/jobs", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
+    )
+    stop(proc)
+    out = (tmp_path / "serve.out").read_text()
+    err = (tmp_path / "serve.log").read_text()
     assert "qs_" not in out + err, "a new token was minted"
     assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM tokens").fetchone()[0] == 1
     assert "no live token" in err and "queue-service token create" in err and "--scope '*'" in err
@@ -232,15 +209,14 @@ def test_a_port_in_use_is_one_clear_line_before_anything_starts(tmp_path: Path) 
     [(None, "127.0.0.1"), ('["10.0.0.0/8"]', "127.0.0.1"), ('["127.0.0.1"]', "203.0.113.9")],
 )
 def test_forwarded_headers_are_trusted_only_from_configured_addresses(
-    tmp_path: Path, trusted: str | None, logged: str
+    tmp_path: Path, trusted: str | None, logged: str, processes: Processes
 ) -> None:
     config = tmp_path / "c.toml"
     config.write_text(f"[service]\nforwarded_allow_ips = {trusted}\n" if trusted else "")
-    proc, base = serve_until_healthy(tmp_path, tmp_path / "q.db", "--config", str(config))
-    try:
-        forged = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
-        assert httpx.get(f"{base}/healthz?probe=1", headers=forged).status_code == 400
-    finally:
-        stop(proc)
-    access = [line for line in (tmp_path / "err.txt").read_text().splitlines() if "probe=1" in line]
+    proc, base = serve_until_healthy(processes, tmp_path / "q.db", "--config", str(config))
+    forged = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+    assert httpx.get(f"{base}/healthz?probe=1", headers=forged).status_code == 400
+    stop(proc)
+    log = (tmp_path / "serve.log").read_text()
+    access = [line for line in log.splitlines() if "probe=1" in line]
     assert len(access) == 1 and f"{logged}:" in access[0], access
