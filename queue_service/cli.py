@@ -172,6 +172,25 @@ async def _job(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _cancel(store: Store, args: argparse.Namespace) -> int:
+    """Cancel every queued local job of a plugin (and command), in batches: the explicit way
+    to drop the work of a plugin that is gone."""
+    canceled = 0
+    reason = (
+        args.reason or f"canceled by the operator (queue-service cancel --plugin {args.plugin})"
+    )
+    while True:
+        batch = await store.cancel_queued(
+            plugin=args.plugin, command=args.command, reason=reason, limit=500
+        )
+        canceled += len(batch)
+        if len(batch) < 500:
+            break
+    what = f"{args.plugin} {args.command}" if args.command else args.plugin
+    print(f"canceled {canceled} queued job(s) of {what}")
+    return 0
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [len(h) for h in headers]
     for row in rows:
@@ -370,6 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--json", action="store_true", help="print the API's JSON")
     _add_db(jobs)
     jobs.set_defaults(run=with_store(_jobs, must_exist=True))
+
+    cancel = commands.add_parser(
+        "cancel", help="cancel the queued jobs of a plugin (e.g. one that is not installed)"
+    )
+    cancel.add_argument("--plugin", required=True)
+    cancel.add_argument("--command", help="only this command's jobs")
+    cancel.add_argument("--reason", help="recorded as each job's last_error")
+    _add_db(cancel)
+    cancel.set_defaults(run=with_store(_cancel, must_exist=True))
 
     job = commands.add_parser("job", help="show one job")
     job.add_argument("job_id")

@@ -296,3 +296,27 @@ def test_a_payload_with_a_huge_integer_is_refused_clearly(
     )
     assert code == 1 and "set_int_max_str_digits" not in err
     assert "5000 digits" in err and "at most" in err
+
+
+def test_cancel_drops_the_queued_jobs_of_a_plugin_in_batches(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The explicit way to drop the work of a plugin that is gone (its jobs stay queued)."""
+    from tests.processes import enqueue_many
+
+    from queue_service.store import NewJob
+
+    db = tmp_path / "c.db"
+    gone = enqueue_many(db, [NewJob("gone", "poll") for _ in range(1203)])
+    other = enqueue_many(db, [NewJob("gone", "push"), NewJob("kept", "poll")])
+    code, out, err = run(capsys, "cancel", "--plugin", "gone", "--command", "poll", "--db", str(db))
+    assert (code, out, err) == (0, "canceled 1203 queued job(s) of gone poll\n", "")
+    raw = sqlite3.connect(db)
+    statuses = dict(raw.execute("SELECT job_id, status FROM jobs").fetchall())
+    reasons = {r for (r,) in raw.execute("SELECT last_error FROM jobs WHERE status = 'canceled'")}
+    raw.close()
+    assert {statuses[j] for j in gone} == {"canceled"}
+    assert [statuses[j] for j in other] == ["queued", "queued"]
+    assert reasons == {"canceled by the operator (queue-service cancel --plugin gone)"}
+    code, out, _ = run(capsys, "cancel", "--plugin", "gone", "--db", str(db))
+    assert (code, out) == (0, "canceled 1 queued job(s) of gone\n")
