@@ -6,16 +6,19 @@ The scripts in bench/ are run as `python bench/NAME.py`, so this module is impor
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -213,3 +216,75 @@ def copy_db(source: Path, target: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{target}{suffix}").unlink(missing_ok=True)
     shutil.copyfile(source, target)
+
+
+# -- HTTP: a server subprocess and bench/_loadgen.py against it --------------------
+
+
+def server_env() -> dict[str, str]:
+    """This process's environment without QUEUE_SERVICE_CONFIG: a server started by a
+    benchmark reads only the config the benchmark gives it."""
+    return {k: v for k, v in os.environ.items() if k != "QUEUE_SERVICE_CONFIG"}
+
+
+@contextlib.contextmanager
+def server(command: list[str], port: int, log: Path, env: dict[str, str]) -> Iterator[int]:
+    """Start a server subprocess on 127.0.0.1:port; yield its pid; stop it (SIGINT, which
+    lets `queue-service serve` drain and close its store) afterwards."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            wait_for_port(port)
+            yield proc.pid
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def scenario(
+    name: str,
+    pid: int,
+    port: int,
+    paths: list[str],
+    token: str,
+    args: argparse.Namespace,
+    tmp: Path,
+    body: bytes | None = None,
+) -> dict[str, Any]:
+    """One run of bench/_loadgen.py against the server `pid` on 127.0.0.1:port, with
+    args.connections, args.warmup, args.seconds and args.max_requests: GETs of `paths`, or
+    POSTs of `body` to them. Adds the server's CPU use and RSS afterwards."""
+    paths_file = tmp / "paths.json"
+    paths_file.write_text(json.dumps(paths))
+    command = [
+        PYTHON, str(BENCH / "_loadgen.py"), "--port", str(port), "--paths", str(paths_file),
+        "--connections", str(args.connections), "--warmup", str(args.warmup),
+        "--duration", str(args.seconds), "--max-requests", str(args.max_requests),
+    ]  # fmt: skip
+    if body is not None:
+        body_file = tmp / "body.json"
+        body_file.write_bytes(body)
+        command += ["--body", str(body_file)]
+    env = {**os.environ, "BENCH_TOKEN": token}
+    cpu0 = proc_cpu_seconds(pid)
+    done = subprocess.run(command, capture_output=True, env=env, timeout=args.seconds + 120)
+    if done.returncode != 0:
+        raise RuntimeError(f"load generator failed: {done.stderr.decode()[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    result["server_cpu"] = round(
+        (proc_cpu_seconds(pid) - cpu0) / (result["seconds"] + args.warmup), 2
+    )
+    result["server_memory_kb_after"] = proc_memory_kb(pid)
+    result["name"] = name
+    ok = sum(n for status, n in result["statuses"].items() if status.startswith("2"))
+    print(
+        f"  {name}: {result['rps']:,.0f} req/s ({ok:,} x 2xx of {result['requests']:,}), "
+        f"client p99 {result['latency_ms']['p99']:.1f} ms, server CPU {result['server_cpu']:.2f}, "
+        f"client CPU {result['client_cpu']:.2f}",
+        flush=True,
+    )
+    return result

@@ -6,10 +6,12 @@ Run as its own process so it does not share the server's interpreter:
         --connections 32 --warmup 2 --duration 10 --max-requests 300000
 
 Each connection sends GET requests for the paths in turn (each connection starts at a
-different offset) and waits for each response before sending the next. The load is bounded
-by --duration seconds and --max-requests, whichever comes first. Prints one JSON object:
-requests, status counts, requests/s, client-side latency percentiles and the client's own
-CPU use (near 1.0 means the client, not the server, was the limit).
+different offset) and waits for each response before sending the next; with `--body FILE`
+the requests are POSTs of that JSON body. The load is bounded by --duration seconds and
+--max-requests, whichever comes first. Prints one JSON object: requests, status counts,
+requests/s, client-side latency percentiles and the client's own CPU use (near 1.0 means
+the client, not the server, was the limit). `answered` counts every response, warm-up
+included (what a server must have stored after POSTs).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class Load:
         self.stopped = False
         self.sent = 0
         self.statuses: Counter[int] = Counter()
+        self.answered: Counter[int] = Counter()  # warm-up included
         self.latencies: list[float] = []
         self.body_bytes = 0
         self.errors: Counter[str] = Counter()
@@ -76,6 +79,7 @@ async def connection(load: Load, port: int, offset: int) -> None:
                 writer.close()
                 reader, writer = await asyncio.open_connection(HOST, port)
                 continue
+            load.answered[status] += 1
             if recording and load.recording:
                 load.sent += 1
                 load.latencies.append(time.perf_counter() - started)
@@ -118,6 +122,7 @@ async def run(args: argparse.Namespace, requests: list[bytes]) -> dict[str, obje
         "seconds": round(elapsed, 3),
         "rps": round(load.sent / elapsed, 1) if elapsed else 0.0,
         "statuses": {str(k): v for k, v in sorted(load.statuses.items())},
+        "answered": {str(k): v for k, v in sorted(load.answered.items())},
         "errors": dict(load.errors),
         "connection_failures": failures[:3],
         "mean_body_bytes": round(load.body_bytes / load.sent) if load.sent else 0,
@@ -135,14 +140,21 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--max-requests", type=int, default=300_000)
+    parser.add_argument("--body", type=Path, help="POST this JSON body instead of GET")
     args = parser.parse_args()
     if not 1 <= args.connections <= 256 or args.duration > 120 or args.max_requests > 2_000_000:
         parser.error("keep the load bounded: 1-256 connections, <= 120 s, <= 2M requests")
     token = os.environ.get("BENCH_TOKEN", "")
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
     paths = json.loads(args.paths.read_text())
+    method, body = "GET", b""
+    if args.body is not None:
+        body = args.body.read_bytes()
+        method = "POST"
+        auth += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     requests = [
-        f"GET {path} HTTP/1.1\r\nHost: {HOST}:{args.port}\r\n{auth}\r\n".encode() for path in paths
+        f"{method} {path} HTTP/1.1\r\nHost: {HOST}:{args.port}\r\n{auth}\r\n".encode() + body
+        for path in paths
     ]
     result = asyncio.run(run(args, requests))
     json.dump(result, sys.stdout)

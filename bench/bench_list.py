@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import cProfile
 import json
-import os
 import pstats
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -49,20 +47,21 @@ from _common import (
     latency_summary,
     percentile,
     print_table,
-    proc_cpu_seconds,
     proc_memory_kb,
-    wait_for_port,
+    scenario,
+    server,
+    server_env,
     wait_for_quiet,
     write_results,
 )
-from build_db import DEFAULT_JOBS, QUICK_JOBS, ensure_db
+from build_db import DEFAULT_JOBS, QUICK_JOBS, SPAN_DAYS, ensure_db
 
 from queue_service import models
 from queue_service.api import ServiceState, create_app
 from queue_service.api.params import parse_cursor, parse_source, parse_statuses, parse_timestamp
-from queue_service.statuses import SOURCES, STATUSES
 from queue_service.store import JobFilter, SQLiteStore
-from queue_service.store.sql import q
+from queue_service.store.sqlite import listing
+from queue_service.store.sqlite.sql import q, queries
 from queue_service.timeutil import format_ts, parse_rfc3339
 
 SUMMARY_FIELDS = tuple(models.JobSummary.model_fields)
@@ -70,6 +69,7 @@ TARGET_P99_MS = 10.0
 TARGET_RATIO = 0.5
 TIME_MODES = ("none", "after", "before", "window")
 CLEAR_MISS_AFTER = 30
+NEWEST_PAGE = "GET /jobs (newest 50)"
 
 
 @dataclass
@@ -305,73 +305,79 @@ async def measure_in_process(
             break
 
 
-_QUERY_SUFFIX = {
-    (False, False): "all",
-    (True, False): "plugin",
-    (True, True): "plugin_command",
-    (False, True): "command",
-}
+class _TimedCursor:
+    """A cursor whose execution and fetches are charged to its query's name."""
+
+    def __init__(self, timer: _TimedConnection, name: str, cursor: sqlite3.Cursor) -> None:
+        self.timer, self.name, self.cursor = timer, name, cursor
+
+    def __iter__(self) -> _TimedCursor:
+        return self
+
+    def __next__(self) -> Any:
+        started = time.perf_counter()
+        try:
+            return next(self.cursor)
+        finally:
+            self.timer.seconds[self.name] += time.perf_counter() - started
+
+    def fetchone(self) -> Any:
+        return next(self, None)
+
+    def close(self) -> None:
+        self.cursor.close()
+
+
+class _TimedConnection:
+    """A read connection that charges each statement's time, fetches included, to the
+    store's name for it: the store's own `list_jobs` runs on it unchanged."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.names = {sql: name for name, sql in queries().items()}
+        self.seconds: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+        self.params: dict[str, Any] = {}
+
+    def execute(self, sql: str, params: Any = ()) -> _TimedCursor:
+        name = self.names.get(sql, "(unnamed)")
+        self.calls[name] += 1
+        self.params[name] = params
+        started = time.perf_counter()
+        cursor = self.conn.execute(sql, params)
+        self.seconds[name] += time.perf_counter() - started
+        return _TimedCursor(self, name, cursor)
 
 
 def breakdown(db: Path, query: str, repeats: int = 5) -> dict[str, Any]:
-    """Time the kinds of statement the store runs for one query, on a raw read connection
-    with the store's own named queries: the job_counts totals, one listing walk per
-    (status, source) pair with matches (up to a page each), and, with time bounds, the
-    COUNT(*) over each pair's index range, with that count's query plan."""
+    """Where one slow query's time goes: the store's `list_jobs` run `repeats` times on a
+    raw read connection that times each named statement (counts, index walks, hourly
+    rollups, edge counts), with the query plan of the costliest one."""
     filters, cursor = job_filter(query)
-    suffix = _QUERY_SUFFIX[filters.plugin is not None, filters.command is not None]
-    statuses = sorted(set(filters.statuses or STATUSES))
-    sources = sorted(set(filters.sources or SOURCES))
-    base = {
-        "plugin": filters.plugin,
-        "command": filters.command,
-        "after": filters.created_after or "",
-        "before": filters.created_before or "~",
-        "cursor_created": cursor.created_at if cursor else "~",
-        "cursor_seq": cursor.seq if cursor else 2**63 - 1,
-        "limit": 51,
-        "statuses": json.dumps(statuses),
-        "sources": json.dumps(sources),
-    }
-    bounded = filters.created_after is not None or filters.created_before is not None
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    timed = _TimedConnection(conn)
     try:
-        counts_ms, list_ms, range_ms = [], [], []
-        total = 0
-        pairs: list[dict[str, Any]] = []
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            rows = conn.execute(q(f"total_{suffix}"), base).fetchall()
-            t1 = time.perf_counter()
-            if rows and len(rows[0]) >= 3:  # per-(status, source) rows: list only those
-                pairs = [{**base, "status": r[0], "source": r[1]} for r in rows if r[-1]]
-            else:
-                pairs = [{**base, "status": st, "source": so} for st in statuses for so in sources]
-            total = sum(r[-1] or 0 for r in rows)
-            for params in pairs:
-                conn.execute(q(f"list_{suffix}"), params).fetchmany(51)
-            t2 = time.perf_counter()
-            if bounded:
-                total = sum(
-                    conn.execute(q(f"count_{suffix}"), params).fetchone()[0] for params in pairs
-                )
-            t3 = time.perf_counter()
-            counts_ms.append((t1 - t0) * 1000)
-            list_ms.append((t2 - t1) * 1000)
-            range_ms.append((t3 - t2) * 1000)
-        plan_sql = q(f"count_{suffix}" if bounded else f"total_{suffix}")
-        plan_params = pairs[0] if bounded and pairs else base
-        plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {plan_sql}", plan_params)]
+            page = listing.list_jobs(timed, filters, 50, cursor)  # type: ignore[arg-type]
+        slowest = max(timed.seconds, key=timed.seconds.__getitem__)
+        plan = [
+            row[3]
+            for row in conn.execute(f"EXPLAIN QUERY PLAN {q(slowest)}", timed.params[slowest])
+        ]
     finally:
         conn.close()
     return {
         "query": query,
-        "pairs_listed": len(pairs),
-        "job_counts_ms": round(percentile(counts_ms, 50), 2),
-        "listing_ms": round(percentile(list_ms, 50), 2),
-        "range_count_ms": round(percentile(range_ms, 50), 2),
-        "total": total,
-        "total_plan": plan,
+        "statements": {
+            name: {
+                "calls": timed.calls[name] // repeats,
+                "ms": round(timed.seconds[name] / repeats * 1000, 2),
+            }
+            for name in sorted(timed.seconds, key=timed.seconds.__getitem__, reverse=True)
+        },
+        "total": page.total,
+        "slowest_plan": plan,
     }
 
 
@@ -500,78 +506,15 @@ async def profile_request(db: Path, token: str, query: str, requests: int = 300)
 # -- HTTP --------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def server(command: list[str], port: int, log: Path, env: dict[str, str]) -> Iterator[int]:
-    """Start a server subprocess on 127.0.0.1:port; yield its pid; stop it afterwards."""
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        try:
-            wait_for_port(port)
-            yield proc.pid
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def load(port: int, paths: list[str], token: str, args: argparse.Namespace, tmp: Path) -> Any:
-    paths_file = tmp / "paths.json"
-    paths_file.write_text(json.dumps(paths))
-    command = [
-        PYTHON,
-        str(BENCH / "_loadgen.py"),
-        "--port",
-        str(port),
-        "--paths",
-        str(paths_file),
-        "--connections",
-        str(args.connections),
-        "--warmup",
-        str(args.warmup),
-        "--duration",
-        str(args.seconds),
-        "--max-requests",
-        str(args.max_requests),
-    ]
-    env = {**os.environ, "BENCH_TOKEN": token}
-    done = subprocess.run(command, capture_output=True, env=env, timeout=args.seconds + 120)
-    if done.returncode != 0:
-        raise RuntimeError(f"load generator failed: {done.stderr.decode()[-2000:]}")
-    return json.loads(done.stdout)
-
-
-def scenario(
-    name: str,
-    pid: int,
-    port: int,
-    paths: list[str],
-    token: str,
-    args: argparse.Namespace,
-    tmp: Path,
-) -> dict[str, Any]:
-    cpu0 = proc_cpu_seconds(pid)
-    result = load(port, paths, token, args, tmp)
-    result["server_cpu"] = round(
-        (proc_cpu_seconds(pid) - cpu0) / (result["seconds"] + args.warmup), 2
-    )
-    result["server_memory_kb_after"] = proc_memory_kb(pid)
-    result["name"] = name
-    ok = result["statuses"].get("200", 0)
-    print(
-        f"  {name}: {result['rps']:,.0f} req/s ({ok:,} x 200 of {result['requests']:,}), "
-        f"client p99 {result['latency_ms']['p99']:.1f} ms, server CPU {result['server_cpu']:.2f}, "
-        f"client CPU {result['client_cpu']:.2f}",
-        flush=True,
-    )
-    return result
+#: Scenarios per `serve --log-level`: (name, request paths) run one after the other.
+ProductRuns = dict[str, list[tuple[str, list[str]]]]
 
 
 def http_benchmark(
-    db: Path, token: str, first_page: bytes, paths: dict[str, list[str]], args: argparse.Namespace
+    db: Path, token: str, first_page: bytes, runs: ProductRuns, args: argparse.Namespace
 ) -> dict[str, Any]:
+    """Bare Starlette, then `queue-service serve` once per log level in `runs` with its
+    scenarios, then bare again: every ratio to bare comes from the same run."""
     tmp = Path(tempfile.mkdtemp(prefix="http-", dir=data_dir()))
     settle = 1.0 if args.quick else 3.0
     try:
@@ -580,7 +523,7 @@ def http_benchmark(
         config = tmp / "bench.toml"
         # A long retention, so the server's pruning leaves the (aging) fixture alone.
         config.write_text("[service]\nretention_days = 36500\n")
-        env = {k: v for k, v in os.environ.items() if k != "QUEUE_SERVICE_CONFIG"}
+        env = server_env()
         results: dict[str, Any] = {"scenarios": []}
 
         def bare() -> None:
@@ -598,7 +541,7 @@ def http_benchmark(
                     )
                 )
 
-        def product(log_level: str, runs: list[tuple[str, list[str]]]) -> None:
+        def product(log_level: str, scenarios: list[tuple[str, list[str]]]) -> None:
             port = free_port()
             command = [
                 QUEUE_SERVICE, "serve", "--db", str(db), "--host", "127.0.0.1",
@@ -607,7 +550,7 @@ def http_benchmark(
             with server(command, port, tmp / f"serve-{log_level}.log", env) as pid:
                 time.sleep(settle)  # let the worker's start-up passes (orphans, leases) finish
                 before = proc_memory_kb(pid)
-                for name, run_paths in runs:
+                for name, run_paths in scenarios:
                     label = f"{name} [serve --log-level {log_level}]"
                     outcome = scenario(label, pid, port, run_paths, token, args, tmp)
                     outcome["server_memory_kb_before"] = before
@@ -618,19 +561,35 @@ def http_benchmark(
                 }
 
         bare()
-        product(
-            "info",
-            [
-                ("GET /jobs (newest 50)", ["/jobs"]),
-                ("plugin polling (plugin+command, limit=1)", paths["polling"]),
-                ("every filter combination, round robin", paths["all"]),
-            ],
-        )
-        product("warning", [("GET /jobs (newest 50)", ["/jobs"])])
+        for log_level, scenarios in runs.items():
+            product(log_level, scenarios)
         bare()
         return results
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def http_fixture(db: Path, token: str, meta: dict[str, Any]) -> tuple[bytes, list[str]]:
+    """The product's first page of GET /jobs (the bare app sends the same bytes), and
+    `/job/{id}` paths of jobs spread over the fixture's days, so that GET /job/{id} reads
+    across the table instead of only its newest pages."""
+    anchor = parse_rfc3339(meta["anchor"])
+    store = SQLiteStore(db)
+    await store.open()
+    try:
+        status, first_page = await AsgiClient(create_app(ServiceState.for_store(store)), token).get(
+            "/jobs", ""
+        )
+        if status != 200:
+            raise RuntimeError(f"GET /jobs answered {status}: {first_page[:300]!r}")
+        ids: list[str] = []
+        for day in range(SPAN_DAYS):
+            before = format_ts(anchor - timedelta(days=day, hours=day % 24))
+            page = await store.list_jobs(JobFilter(created_before=before), limit=10)
+            ids += [job.job_id for job in page.jobs]
+    finally:
+        await store.close()
+    return first_page, [f"/job/{job_id}" for job_id in ids]
 
 
 # -- report ------------------------------------------------------------------------
@@ -764,31 +723,19 @@ def report_http(http: dict[str, Any]) -> dict[str, Any]:
             f" {mem['after']['VmRSS'] / 1024:.1f} MB after"
             f" (peak {mem['after']['VmHWM'] / 1024:.1f} MB)"
         )
-    product = next(
-        s
-        for s in scenarios
-        if s["name"].startswith("GET /jobs (newest 50) [serve --log-level info")
-    )
+    product = next(s for s in scenarios if s["name"].startswith(f"{NEWEST_PAGE} [serve"))
     return {
         "bare_rps": round(bare, 1),
         "product_rps": product["rps"],
         "ratio": round(product["rps"] / bare, 3),
+        "ratios": {s["name"]: round(s["rps"] / bare, 3) for s in scenarios},
     }
 
 
-def create_token(db: Path) -> str:
+def create_token(db: Path, scope: str = "jobs:ro") -> str:
+    """A new token's secret, made with `queue-service token create` on `db`."""
     done = subprocess.run(
-        [
-            QUEUE_SERVICE,
-            "token",
-            "create",
-            "--name",
-            "bench",
-            "--scope",
-            "jobs:ro",
-            "--db",
-            str(db),
-        ],
+        [QUEUE_SERVICE, "token", "create", "--name", "bench", "--scope", scope, "--db", str(db)],
         capture_output=True,
         check=True,
         text=True,
@@ -851,23 +798,27 @@ def main(argv: list[str] | None = None) -> int:
             diagnosis.append(breakdown(db, query))
         if diagnosis:
             print_table(
-                ["slow query", "pairs", "job_counts ms", "listing ms", "COUNT(*) ms", "total",
-                 "plan of the total"],
+                ["slow query", "statements per request: calls x name ms", "total",
+                 "plan of the costliest"],
                 [
-                    [d["query"][:70], d["pairs_listed"], d["job_counts_ms"], d["listing_ms"],
-                     d["range_count_ms"], d["total"], "; ".join(d["total_plan"])[:60]]
+                    [d["query"][:60],
+                     ", ".join(f"{v['calls']}x {k} {v['ms']}" for k, v in d["statements"].items()),
+                     d["total"], "; ".join(d["slowest_plan"])[:60]]
                     for d in diagnosis
                 ],
-                title="where the time goes (raw sqlite3, the store's named queries, median of 5)",
+                title="where the time goes (the store's list_jobs, timed per named statement,"
+                " mean of 5)",
             )  # fmt: skip
 
         http: dict[str, Any] = {}
         summary: dict[str, Any] = {}
         if not args.skip_http:
             print(f"\nHTTP: {args.seconds:g} s per run after {args.warmup:g} s warm-up")
-            polling = [f"/jobs?{query}&limit=1" for query in polling_queries(meta)]
             every = [f"/jobs?{query}" if query else "/jobs" for c in combos for query in c.queries]
-            http = http_benchmark(db, token, first_page, {"polling": polling, "all": every}, args)
+            runs = listing_runs(meta, asyncio.run(http_fixture(db, token, meta))[1])
+            runs["info"].append(("every filter combination, round robin", every))
+            runs["warning"] = [runs["info"][0]]
+            http = http_benchmark(db, token, first_page, runs, args)
             summary = report_http(http)
         worst_p99 = max(percentile(c.asgi, 99) for c in combos if c.asgi) * 1000
         worst_cpu = max(percentile(c.cpu, 99) for c in combos if c.cpu) * 1000
@@ -904,6 +855,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
+
+
+def listing_runs(meta: dict[str, Any], job_paths: list[str]) -> ProductRuns:
+    """The scenarios issue 8 compares with bare: the 50-job page, one job, plugin polling."""
+    polling = [f"/jobs?{query}&limit=1" for query in polling_queries(meta)]
+    return {
+        "info": [
+            (NEWEST_PAGE, ["/jobs"]),
+            ("GET /job/{id}", job_paths),
+            ("plugin polling (plugin+command, limit=1)", polling),
+        ]
+    }
 
 
 def polling_queries(meta: dict[str, Any]) -> list[str]:

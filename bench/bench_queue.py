@@ -35,17 +35,17 @@ from typing import Any
 from _common import copy_db, data_dir, print_table, wait_for_quiet, write_results
 from build_db import DEFAULT_JOBS, ensure_db
 
-from queue_service.statuses import Status
+from queue_service.statuses import AttemptStatus, Status
 from queue_service.store import Job, NewJob, SQLiteStore
-from queue_service.store import _work as work
-from queue_service.store.sqlite import insert_jobs
+from queue_service.store.sqlite import work
+from queue_service.store.sqlite.jobs import fold_count_deltas, insert_jobs
 from queue_service.store.types import AttemptEnd
 from queue_service.timeutil import format_ts, utcnow
 
 TARGET_JOBS_PER_S = 10_000
 PLUGIN = "bench-noop"
 OWNER = "bench-worker"
-DONE = AttemptEnd(status=Status.SUCCEEDED, attempt_status="succeeded", exit_code=0)
+DONE = AttemptEnd(status=Status.SUCCEEDED, attempt_status=AttemptStatus.SUCCEEDED, exit_code=0)
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -113,6 +113,7 @@ def direct(path: Path, total: int, batch: int, grouped: bool = False) -> dict[st
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn, *args)
+            fold_count_deltas(conn)  # as the store's writer does before every COMMIT
         except BaseException:
             conn.execute("ROLLBACK")
             raise

@@ -40,7 +40,8 @@ from typing import Any
 from _common import DATA, data_dir, print_table, write_results
 
 from queue_service.store import SQLiteStore
-from queue_service.store.migrations import available_migrations
+from queue_service.store.sqlite.jobs import fold_count_deltas
+from queue_service.store.sqlite.migrations import available_migrations
 from queue_service.timeutil import format_ts
 
 #: Bump when the generated data changes, so cached files are rebuilt.
@@ -474,11 +475,14 @@ def build(jobs: int, path: Path, seed: int) -> dict[str, Any]:
     for kind, _, sql in saved:
         if kind == "index":
             conn.execute(sql)
-    conn.execute("DELETE FROM job_counts")
+    # The counts and hourly rollups, the product's way: one delta per (key, hour), folded
+    # by the store's own fold.
     conn.execute(
-        "INSERT INTO job_counts (plugin, command, status, source, n)"
-        " SELECT plugin, command, status, source, COUNT(*) FROM jobs GROUP BY 1, 2, 3, 4"
+        "INSERT INTO job_count_deltas (plugin, command, status, source, hour, d)"
+        " SELECT plugin, command, status, source, substr(created_at, 1, 13), COUNT(*)"
+        " FROM jobs GROUP BY 1, 2, 3, 4, 5"
     )
+    fold_count_deltas(conn)
     for kind, _, sql in saved:
         if kind == "trigger":
             conn.execute(sql)
@@ -545,6 +549,7 @@ def verify(
 
             before = count("queued"), count("canceled")
             conn.execute("UPDATE jobs SET status = 'canceled' WHERE seq = ?", (seq,))
+            fold_count_deltas(conn)
             after = count("queued"), count("canceled")
             if after != (before[0] - 1, before[1] + 1):
                 raise AssertionError(f"the count triggers are not live: {before} -> {after}")

@@ -15,10 +15,12 @@ import logging
 import re
 import secrets
 import time
+import unicodedata
 from dataclasses import dataclass
+from datetime import timedelta
 
 from queue_service.scopes import validate_scopes
-from queue_service.store import SQLiteStore, Token
+from queue_service.store import Store, Token
 from queue_service.timeutil import format_ts, now_ts, parse_duration, utcnow
 
 log = logging.getLogger("queue_service.auth")
@@ -29,6 +31,10 @@ _TOKEN_SHAPE = re.compile(r"^qs_[A-Za-z0-9_-]{43}$")
 _BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *$")
 #: last_used_at is written at most this often per token, to keep reads read-only.
 TOUCH_INTERVAL_S = 60.0
+#: The longest name a token may have, in characters.
+MAX_NAME_LENGTH = 200
+#: The longest lifetime a token may be given; without one it never expires.
+MAX_LIFETIME = timedelta(days=36500)
 
 
 def new_secret() -> str:
@@ -68,10 +74,41 @@ def parse_authorization(header: str | None) -> str:
     return match.group(1)
 
 
+def check_token_name(name: str) -> None:
+    """Raise ValueError unless `name` is 1-200 characters, none of them control or
+    invisible ones (they would garble `token list` and logs, or spoof another name)."""
+    if not name.strip():
+        raise ValueError("a token needs a non-empty name")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"a token name has at most {MAX_NAME_LENGTH} characters")
+    for char in name:
+        # C*: control, format (bidi overrides, zero-width), surrogates, private, unassigned.
+        if unicodedata.category(char)[0] == "C" or unicodedata.category(char) in ("Zl", "Zp"):
+            raise ValueError(
+                f"a token name may not hold control or invisible characters: "
+                f"{ascii(name)[:80]} holds U+{ord(char):04X}"
+            )
+
+
+def expiry_after(expires_in: str) -> str:
+    """The expiry of a token created now with lifetime `expires_in` (e.g. `30d`)."""
+    too_long = ValueError(
+        f"expiry {expires_in!r} is too far ahead: at most {MAX_LIFETIME.days}d "
+        "(leave the expiry out for a token that never expires)"
+    )
+    try:
+        lifetime = parse_duration(expires_in)
+    except OverflowError:
+        raise too_long from None
+    if lifetime > MAX_LIFETIME:
+        raise too_long
+    return format_ts(utcnow() + lifetime)
+
+
 class TokenService:
     """Creates and verifies tokens against the store."""
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self._last_touch: dict[int, float] = {}
         self._pending: set[asyncio.Task[None]] = set()
@@ -80,16 +117,15 @@ class TokenService:
         self, name: str, scopes: list[str] | tuple[str, ...], expires_in: str | None = None
     ) -> tuple[str, Token]:
         """Create a token; return (secret, row). The secret is shown once and never stored."""
-        if not name.strip():
-            raise ValueError("a token needs a non-empty name")
+        check_token_name(name)
         checked = validate_scopes(list(scopes))
-        expires_at = format_ts(utcnow() + parse_duration(expires_in)) if expires_in else None
+        expires_at = expiry_after(expires_in) if expires_in else None
         secret = new_secret()
         token = await self.store.create_token(name, hash_token(secret), checked, expires_at)
         return secret, token
 
     async def create_first_admin(self) -> tuple[str, Token] | None:
-        """A `*` token when the database has no usable token yet (first start), else None."""
+        """A `*` token when the database has never had a token (first start), else None."""
         secret = new_secret()
         token = await self.store.create_first_token("admin", hash_token(secret), ("*",))
         return None if token is None else (secret, token)

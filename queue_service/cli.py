@@ -5,68 +5,56 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from queue_service import __version__
 from queue_service.api.params import (
+    IntegerTooLong,
     encode_cursor,
     parse_cursor,
+    parse_json_integer,
     parse_limit,
     parse_source,
     parse_statuses,
 )
 from queue_service.api.responses import job_view, page_body, to_json
 from queue_service.auth import TokenService
-from queue_service.scopes import SCOPES, UnknownScope
-from queue_service.store import (
-    Conflict,
-    JobFilter,
-    NewJob,
-    NotADatabase,
-    SchemaTooNew,
-    SQLiteStore,
-    StoreError,
-    Token,
+from queue_service.bootstrap import (
+    DB_ENV,
+    DEFAULT_DB,
+    StartupError,
+    load_registry,
+    open_store,
+    read_config,
+    resolve_config_path,
+    resolve_db,
+    run_reporting_failures,
 )
+from queue_service.scopes import SCOPES, UnknownScope
+from queue_service.store import Conflict, JobFilter, NewJob, Store, Token
 from queue_service.timeutil import now_ts
 
-DEFAULT_DB = "queue-service.db"
+#: The exit status of a command line that cannot be parsed (argparse's too).
 EXIT_USAGE = 2
 
 
-class CliError(Exception):
-    """A failure to report on stderr as one line, exiting non-zero."""
-
-
 def db_path(args: argparse.Namespace) -> str:
-    return str(args.db or os.environ.get("QUEUE_SERVICE_DB") or DEFAULT_DB)
-
-
-async def open_store(path: str, **options: Any) -> SQLiteStore:
-    """Open (creating and migrating) the database, turning store errors into CLI errors."""
-    if Path(path).is_dir():  # noqa: ASYNC240 - one stat before the store exists
-        raise CliError(f"--db {path} is a directory; give a file path")
-    store = SQLiteStore(path, **options)
-    try:
-        await store.open()
-    except (NotADatabase, SchemaTooNew, StoreError) as exc:
-        await store.close()
-        raise CliError(str(exc)) from None
-    return store
+    return resolve_db(args.db)
 
 
 def with_store(
-    body: Callable[[SQLiteStore, argparse.Namespace], Awaitable[int]],
+    body: Callable[[Store, argparse.Namespace], Awaitable[int]],
+    *,
+    must_exist: bool = False,
 ) -> Callable[[argparse.Namespace], int]:
-    """Run `body` with an open store for the command's --db, closing it afterwards."""
+    """Run `body` with an open store for the command's --db, closing it afterwards.
+    With `must_exist` (commands that only read), a missing database is refused."""
 
     def run(args: argparse.Namespace) -> int:
         async def main() -> int:
-            store = await open_store(db_path(args))
+            store = await open_store(db_path(args), must_exist=must_exist)
             try:
                 return await body(store, args)
             finally:
@@ -80,7 +68,7 @@ def with_store(
 # -- migrate -------------------------------------------------------------
 
 
-async def _migrate(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _migrate(store: Store, args: argparse.Namespace) -> int:
     # open() already migrated; report where the schema stands.
     print(f"{db_path(args)}: schema version {await store.schema_version()}")
     return 0
@@ -89,16 +77,16 @@ async def _migrate(store: SQLiteStore, args: argparse.Namespace) -> int:
 # -- tokens --------------------------------------------------------------
 
 
-async def _token_create(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _token_create(store: Store, args: argparse.Namespace) -> int:
     try:
         secret, _ = await TokenService(store).create(args.name, args.scope, args.expires_in)
     except (UnknownScope, ValueError, Conflict) as exc:
-        raise CliError(str(exc)) from None
+        raise StartupError(str(exc)) from None
     print(secret)
     return 0
 
 
-async def _token_list(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _token_list(store: Store, args: argparse.Namespace) -> int:
     tokens = await store.list_tokens()
     if args.json:
         rows = [
@@ -137,9 +125,9 @@ def token_state(token: Token) -> str:
     return "live"
 
 
-async def _token_revoke(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _token_revoke(store: Store, args: argparse.Namespace) -> int:
     if not await store.revoke_token(args.name):
-        raise CliError(f"no live token named {args.name!r}")
+        raise StartupError(f"no live token named {args.name!r}")
     print(f"revoked {args.name}")
     return 0
 
@@ -147,7 +135,7 @@ async def _token_revoke(store: SQLiteStore, args: argparse.Namespace) -> int:
 # -- jobs ----------------------------------------------------------------
 
 
-async def _jobs(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _jobs(store: Store, args: argparse.Namespace) -> int:
 
     try:
         filters = JobFilter(
@@ -159,7 +147,7 @@ async def _jobs(store: SQLiteStore, args: argparse.Namespace) -> int:
         limit = parse_limit(str(args.limit))
         cursor = parse_cursor(args.cursor) if args.cursor else None
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise StartupError(str(exc)) from None
     page = await store.list_jobs(filters, limit=limit, cursor=cursor)
     next_cursor = encode_cursor(page.next_cursor) if page.next_cursor else None
     if args.json:
@@ -175,12 +163,31 @@ async def _jobs(store: SQLiteStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _job(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _job(store: Store, args: argparse.Namespace) -> int:
     job = await store.get_job(args.job_id)
     if job is None:
-        raise CliError(f"no job with id {args.job_id!r}")
+        raise StartupError(f"no job with id {args.job_id!r}")
     attempts = await store.get_attempts(job.job_id)
     print(to_json(job_view(job, attempts), indent=True).decode())
+    return 0
+
+
+async def _cancel(store: Store, args: argparse.Namespace) -> int:
+    """Cancel every queued local job of a plugin (and command), in batches: the explicit way
+    to drop the work of a plugin that is gone."""
+    canceled = 0
+    reason = (
+        args.reason or f"canceled by the operator (queue-service cancel --plugin {args.plugin})"
+    )
+    while True:
+        batch = await store.cancel_queued(
+            plugin=args.plugin, command=args.command, reason=reason, limit=500
+        )
+        canceled += len(batch)
+        if len(batch) < 500:
+            break
+    what = f"{args.plugin} {args.command}" if args.command else args.plugin
+    print(f"canceled {canceled} queued job(s) of {what}")
     return 0
 
 
@@ -192,26 +199,29 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
-async def _enqueue(store: SQLiteStore, args: argparse.Namespace) -> int:
+async def _enqueue(store: Store, args: argparse.Namespace) -> int:
     from queue_service.plugins import PluginLookupError
-    from queue_service.server import read_config, registry_for
 
     try:
-        payload = json.loads(args.payload)
+        payload = json.loads(args.payload, parse_int=parse_json_integer)
+    except IntegerTooLong as exc:
+        raise StartupError(f"--payload: {exc}") from None
     except ValueError as exc:
-        raise CliError(f"--payload is not valid JSON: {exc}") from None
+        raise StartupError(f"--payload is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
-        raise CliError('--payload must be a JSON object, e.g. \'{"key": "value"}\'')
+        raise StartupError('--payload must be a JSON object, e.g. \'{"key": "value"}\'')
     config = read_config(config_path(args))
-    registry = registry_for(config)
+    registry = load_registry(config)
+    if not registry.all():
+        raise StartupError(no_plugins_message(config_path(args), config.service.plugin_dirs))
     try:
         plugin, command = registry.resolve(args.plugin, args.command_name)
     except PluginLookupError as exc:
         allowed = ", ".join(exc.allowed) or "none"
-        raise CliError(f"{exc} (available: {allowed})") from None
+        raise StartupError(f"{exc} (available: {allowed})") from None
     problem = command.validate_payload(payload)
     if problem is not None:
-        raise CliError(
+        raise StartupError(
             f"payload does not match the input_schema at {problem.path}: {problem.message}"
         )
     result = await store.enqueue(
@@ -228,15 +238,28 @@ async def _enqueue(store: SQLiteStore, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _sync_databricks(store: SQLiteStore, args: argparse.Namespace) -> int:
+def no_plugins_message(config_file: str | None, plugin_dirs: Sequence[Path]) -> str:
+    if config_file is None:
+        return (
+            "no plugins are loaded: no config file was given. Pass --config FILE (or set "
+            "QUEUE_SERVICE_CONFIG) naming a TOML file whose [service] plugin_dirs lists the "
+            "plugin folders, e.g. --config examples/queue-service.toml"
+        )
+    searched = ", ".join(str(d) for d in plugin_dirs) or "none"
+    return (
+        f"no plugins are loaded: the [service] plugin_dirs of {config_file} "
+        f"(searched: {searched}) hold no plugin folder with a manifest.yaml"
+    )
+
+
+async def _sync_databricks(store: Store, args: argparse.Namespace) -> int:
     from queue_service.databricks.config import DatabricksConfig
     from queue_service.databricks.sync import DatabricksSync
-    from queue_service.server import read_config
 
     config = read_config(config_path(args)).databricks or DatabricksConfig()
     sync = DatabricksSync(config, store)
     if not args.once:
-        raise CliError("continuous sync runs inside `serve` or `worker`; use --once here")
+        raise StartupError("continuous sync runs inside `serve` or `worker`; use --once here")
     summary = await sync.sync_once()
     for line in summary.lines():
         print(line)
@@ -247,8 +270,7 @@ async def _sync_databricks(store: SQLiteStore, args: argparse.Namespace) -> int:
 
 
 def config_path(args: argparse.Namespace) -> str | None:
-    value = getattr(args, "config", None) or os.environ.get("QUEUE_SERVICE_CONFIG")
-    return str(value) if value else None
+    return resolve_config_path(getattr(args, "config", None))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -275,8 +297,15 @@ def _worker(args: argparse.Namespace) -> int:
 def _add_db(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db",
-        help=f"SQLite file (default: $QUEUE_SERVICE_DB or ./{DEFAULT_DB})",
+        help=f"SQLite file (default: ${DB_ENV} or ./{DEFAULT_DB})",
     )
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a TCP port (1 to 65535)")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the API, workers and scheduler")
     _add_db(serve)
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--port", type=port_number, default=8080, help="TCP port (default: 8080)")
     serve.add_argument("--config", help="TOML config file (default: $QUEUE_SERVICE_CONFIG)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     serve.set_defaults(run=_serve)
@@ -333,7 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     create = token_commands.add_parser("create", help="create a token and print it once")
     create.add_argument("--name", required=True)
     create.add_argument(
-        "--scope", action="append", required=True, help=f"repeatable; one of {', '.join(SCOPES)}"
+        "--scope",
+        action="append",
+        required=True,
+        help=f"repeatable; one of {', '.join(SCOPES)} (quote the star for the shell: --scope '*')",
     )
     create.add_argument("--expires-in", help="lifetime such as 12h or 30d (default: never)")
     _add_db(create)
@@ -341,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     listing = token_commands.add_parser("list", help="list tokens (never their secrets)")
     listing.add_argument("--json", action="store_true")
     _add_db(listing)
-    listing.set_defaults(run=with_store(_token_list))
+    listing.set_defaults(run=with_store(_token_list, must_exist=True))
     revoke = token_commands.add_parser("revoke", help="revoke a token by name")
     revoke.add_argument("name")
     _add_db(revoke)
@@ -356,26 +388,38 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--cursor")
     jobs.add_argument("--json", action="store_true", help="print the API's JSON")
     _add_db(jobs)
-    jobs.set_defaults(run=with_store(_jobs))
+    jobs.set_defaults(run=with_store(_jobs, must_exist=True))
+
+    cancel = commands.add_parser(
+        "cancel", help="cancel the queued jobs of a plugin (e.g. one that is not installed)"
+    )
+    cancel.add_argument("--plugin", required=True)
+    cancel.add_argument("--command", help="only this command's jobs")
+    cancel.add_argument("--reason", help="recorded as each job's last_error")
+    _add_db(cancel)
+    cancel.set_defaults(run=with_store(_cancel, must_exist=True))
 
     job = commands.add_parser("job", help="show one job")
     job.add_argument("job_id")
     _add_db(job)
-    job.set_defaults(run=with_store(_job))
+    job.set_defaults(run=with_store(_job, must_exist=True))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for position, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            # The OS handed over bytes that are not UTF-8 (Python keeps them as surrogates).
+            print(
+                f"queue-service: argument {position} is not valid UTF-8: {ascii(arg)[:80]}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
     args = build_parser().parse_args(argv)
-    try:
-        code: int = args.run(args)
-    except (CliError, StoreError) as exc:
-        # A store failure (read-only database, full disk) is an answer, not a crash.
-        print(f"queue-service: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    return code
+    return run_reporting_failures(lambda: int(args.run(args)))
 
 
 if __name__ == "__main__":

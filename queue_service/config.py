@@ -11,7 +11,10 @@ See `examples/queue-service.toml` for a documented example.
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -123,11 +126,49 @@ def _plugin_dir(value: object, info: ValidationInfo) -> Path:
     return path.resolve()
 
 
+def _address_list(value: object) -> tuple[str, ...]:
+    """IP addresses and networks (`10.0.0.1`, `10.0.0.0/8`, `::1`), or `*` for any."""
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise PydanticCustomError(
+            "address_list",
+            'must be a list of IP addresses or networks such as ["127.0.0.1", "10.0.0.0/8"] '
+            "(got {value})",
+            {"value": repr(value)},
+        )
+    for item in value:
+        if item.strip() == "*":
+            continue
+        try:
+            ipaddress.ip_network(item.strip(), strict=False)
+        except ValueError:
+            raise PydanticCustomError(
+                "address_list",
+                "{item} is not an IP address or network (such as 10.0.0.1 or 10.0.0.0/8)",
+                {"item": repr(item)},
+            ) from None
+    return tuple(item.strip() for item in value)
+
+
 PositiveInt = Annotated[int, PlainValidator(_positive_int)]
 PositiveNumber = Annotated[float, PlainValidator(_positive_number)]
 NonNegativeNumber = Annotated[float, PlainValidator(_non_negative_number)]
 PluginDir = Annotated[Path, PlainValidator(_plugin_dir)]
 TimeoutTable = Annotated[dict[str, PositiveNumber], BeforeValidator(_timeout_table)]
+AddressList = Annotated[tuple[str, ...], PlainValidator(_address_list)]
+
+
+def _env_name(value: object) -> str:
+    if isinstance(value, str) and _ENV_NAME.fullmatch(value):
+        return value
+    raise PydanticCustomError(
+        "env_name",
+        "must be an environment variable name such as GITHUB_TOKEN (got {value})",
+        {"value": repr(value)},
+    )
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+EnvName = Annotated[str, PlainValidator(_env_name)]
 
 
 def _synchronous(value: object) -> str:
@@ -151,12 +192,21 @@ class ServiceSection(_Section):
     synchronous: Annotated[Literal["NORMAL", "FULL"], PlainValidator(_synchronous)] = "NORMAL"
     lease_seconds: PositiveNumber = 60.0
     shutdown_grace_seconds: NonNegativeNumber = 30.0
+    #: Peers whose X-Forwarded-For/-Proto headers are believed (a reverse proxy); none by
+    #: default, so no client can put another address in the access log.
+    forwarded_allow_ips: AddressList = ()
+    #: Environment variables a plugin gets besides PATH, HOME, TZ, LANG, LANGUAGE,
+    #: TMPDIR and LC_* (ductile's `plugin_env_passthrough`).
+    plugin_env_passthrough: list[EnvName] = Field(default_factory=list)
 
 
 class PluginSection(_Section):
     """`[plugins.NAME]`: how one plugin's jobs run and when they are scheduled."""
 
-    config: dict[str, Any] = Field(default_factory=dict)
+    # repr=False: values may come from ${NAME} references to secrets (see interpolate_env).
+    config: dict[str, Any] = Field(default_factory=dict, repr=False)
+    #: Sent as the request's top-level `secrets` when not empty; never merged into config.
+    secrets: dict[str, str] = Field(default_factory=dict, repr=False)
     max_attempts: PositiveInt = 4
     backoff_seconds: NonNegativeNumber = 30.0
     timeout_seconds: TimeoutTable = Field(default_factory=dict)
@@ -234,14 +284,77 @@ def load_config(path: Path | str | None) -> ServiceConfig:
 
 
 def parse_config(
-    data: Mapping[str, Any], *, base_dir: Path | None = None, path: Path | None = None
+    data: Mapping[str, Any],
+    *,
+    base_dir: Path | None = None,
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> ServiceConfig:
     """Validate already-parsed TOML data. Relative `plugin_dirs` resolve against
-    `base_dir` (default: the working directory). Raises ConfigError."""
+    `base_dir` (default: the working directory); `${NAME}` references in plugin
+    `config` and `secrets` tables are filled in from `environ` (default: this
+    process's environment). Raises ConfigError."""
+    data, unset = _interpolate_plugins(data, os.environ if environ is None else environ)
     try:
-        return ServiceConfig.model_validate(data, context={"base_dir": base_dir})
+        config = ServiceConfig.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
-        raise ConfigError([_describe(error) for error in exc.errors()], path) from None
+        raise ConfigError(unset + [_describe(error) for error in exc.errors()], path) from None
+    if unset:
+        raise ConfigError(unset, path)
+    return config
+
+
+#: A `${NAME}` reference, as ductile reads them: no `$NAME`, no default, no escape.
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def interpolate_env(value: Any, environ: Mapping[str, str], where: str) -> tuple[Any, list[str]]:
+    """`value` with every `${NAME}` in its strings replaced by `environ[NAME]`, at any
+    depth (tables and arrays), and one problem per unset variable, naming its key.
+    Problems never quote a value, so a secret cannot leak through them."""
+    if isinstance(value, str):
+        missing = [n for n in _ENV_REFERENCE.findall(value) if n not in environ]
+        if missing:
+            return value, [f"{where}: environment variable ${{{n}}} is not set" for n in missing]
+        return _ENV_REFERENCE.sub(lambda m: environ[m.group(1)], value), []
+    problems: list[str] = []
+    if isinstance(value, dict):
+        filled: dict[str, Any] = {}
+        for key, item in value.items():
+            filled[key], found = interpolate_env(item, environ, f"{where}.{key}")
+            problems += found
+        return filled, problems
+    if isinstance(value, list):
+        items: list[Any] = []
+        for index, item in enumerate(value):
+            filled_item, found = interpolate_env(item, environ, f"{where}[{index}]")
+            items.append(filled_item)
+            problems += found
+        return items, problems
+    return value, []
+
+
+def _interpolate_plugins(
+    data: Mapping[str, Any], environ: Mapping[str, str]
+) -> tuple[Mapping[str, Any], list[str]]:
+    """Fill in the `config` and `secrets` tables of every `[plugins.NAME]`; the rest of
+    the file is taken literally. Returns a copy; `data` is not changed."""
+    plugins = data.get("plugins")
+    if not isinstance(plugins, dict):
+        return data, []
+    problems: list[str] = []
+    filled_plugins: dict[str, Any] = {}
+    for name, section in plugins.items():
+        if isinstance(section, dict):
+            section = dict(section)
+            for table in ("config", "secrets"):
+                if table in section:
+                    section[table], found = interpolate_env(
+                        section[table], environ, f"plugins.{name}.{table}"
+                    )
+                    problems += found
+        filled_plugins[name] = section
+    return {**data, "plugins": filled_plugins}, problems
 
 
 def _describe(error: ErrorDetails) -> str:

@@ -15,7 +15,6 @@ import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
 
 from queue_service.config import ServiceConfig
 from queue_service.plugins import Registry
@@ -24,36 +23,18 @@ from queue_service.scheduling import (
     FireOutcome,
     FireResult,
     ScheduleSpec,
-    ScheduleState,
     decide,
     schedule_key,
 )
-from queue_service.store.types import NewJob
+from queue_service.store import NewJob, Store
 from queue_service.timeutil import utcnow
 
-__all__ = ["PluginSchedule", "ScheduleStore", "Scheduler", "SlotFiring"]
+__all__ = ["PluginSchedule", "Scheduler", "SlotFiring"]
 
 logger = logging.getLogger(__name__)
 
 #: Who scheduled jobs are submitted by, as stored in `submitted_by`.
 SUBMITTED_BY = "scheduler"
-
-
-class ScheduleStore(Protocol):
-    """The store methods the scheduler needs (SQLiteStore provides them)."""
-
-    async def get_schedule_states(self) -> dict[str, ScheduleState]: ...
-
-    async def fire_schedule_slot(
-        self,
-        schedule_key: str,
-        slot: str,
-        next_run_at: str,
-        job: NewJob,
-        skip_if_running: bool,
-    ) -> FireResult: ...
-
-    async def set_schedule_next_run(self, schedule_key: str, next_run_at: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +78,7 @@ class Scheduler:
 
     def __init__(
         self,
-        store: ScheduleStore,
+        store: Store,
         schedules: Sequence[PluginSchedule],
         *,
         clock: Callable[[], datetime] = utcnow,
@@ -114,7 +95,7 @@ class Scheduler:
     @classmethod
     def from_config(
         cls,
-        store: ScheduleStore,
+        store: Store,
         config: ServiceConfig,
         *,
         plugins: Collection[str] | None = None,

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import shlex
 import signal
-import sys
-from collections.abc import Coroutine
-from pathlib import Path
+import socket
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import h11
@@ -20,13 +21,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from queue_service import logsetup
 from queue_service.api import ServiceState, create_app
-from queue_service.cli import CliError, open_store
-from queue_service.config import ConfigError, ServiceConfig, load_config
+from queue_service.bootstrap import StartupError, load_registry, open_store, read_config
 from queue_service.errors import error_body
-from queue_service.plugins import Registry
-from queue_service.plugins import load as load_plugins
+from queue_service.http_limits import KEEP_ALIVE_TIMEOUT_S, RequestDeadlines
 from queue_service.scheduler import Scheduler, check_schedules
-from queue_service.store import StoreError
 from queue_service.worker import Worker
 
 log = logging.getLogger("queue_service.server")
@@ -102,15 +100,27 @@ class JsonErrorHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
+class ServeProtocol(RequestDeadlines, JsonErrorHttpToolsProtocol):
+    """The HTTP protocol of `serve`: llhttp's parser, JSON errors for bad HTTP, a bounded
+    request head, bounded slow clients."""
+
+
 def _http_protocol() -> type[asyncio.Protocol]:
-    """The HTTP/1.1 parser uvicorn serves with: httptools (llhttp, in C) costs a fraction
-    of h11 (pure Python) per request. JsonErrorH11Protocol is the h11 alternative, with
-    the same canonical errors and head limit (tests/test_http_stack.py runs both)."""
-    return JsonErrorHttpToolsProtocol
+    """The HTTP/1.1 implementation uvicorn serves with: httptools (llhttp, in C) costs a
+    fraction of h11 (pure Python) per request. JsonErrorH11Protocol is the h11 alternative,
+    with the same canonical errors and head limit (tests/test_http_stack.py runs both);
+    RequestDeadlines goes on either."""
+    return ServeProtocol
 
 
 def http_config(
-    app: ASGIApp, *, host: str, port: int, log_level: str, access_log: bool
+    app: ASGIApp,
+    *,
+    host: str,
+    port: int,
+    log_level: str,
+    access_log: bool,
+    forwarded_allow_ips: Sequence[str] = (),
 ) -> uvicorn.Config:
     """uvicorn's settings for the API; bench/_bare_app.py serves its baseline with the same."""
     return uvicorn.Config(
@@ -120,7 +130,10 @@ def http_config(
         log_config=None,
         log_level=log_level,
         access_log=access_log,
-        timeout_keep_alive=5,
+        # X-Forwarded-* only from the configured proxies (uvicorn trusts localhost).
+        proxy_headers=bool(forwarded_allow_ips),
+        forwarded_allow_ips=list(forwarded_allow_ips) or None,
+        timeout_keep_alive=KEEP_ALIVE_TIMEOUT_S,
         h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
         http=_http_protocol(),
     )
@@ -136,25 +149,23 @@ def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
     return asyncio.run(main)
 
 
-def read_config(path: str | None) -> ServiceConfig:
-    """The validated config (defaults when `path` is None), or a CliError naming bad keys."""
-    if path is not None and not Path(path).is_file():
-        raise CliError(f"config file {path} does not exist")
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise CliError(str(exc)) from None
-
-
-async def ensure_admin_token(state: ServiceState, host: str, port: int) -> None:
-    """On first start (no live token), create a `*` token and print it once on stdout."""
+async def ensure_admin_token(state: ServiceState, db: str, host: str, port: int) -> None:
+    """On first start (a database that never had a token), create a `*` token and print it
+    once on stdout. Later starts never do: when every token is revoked or expired, the log
+    says how to create one."""
     created = await state.tokens.create_first_admin()
     if created is None:
+        if not await state.store.count_live_tokens():
+            log.warning(
+                "no live token: every request that needs one answers 401. Create one with "
+                "`queue-service token create --name NAME --scope '*' --db %s`",
+                shlex.quote(db),
+            )
         return
     secret, token = created
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
     print(
-        f"\nNo usable token yet: created the admin token {token.name!r} (scope *). "
+        f"\nFirst start: created the admin token {token.name!r} (scope *). "
         "It is shown only this once;\n"
         "only its hash is stored. Keep it somewhere safe.\n\n"
         f"  export QS_TOKEN={secret}\n"
@@ -170,16 +181,7 @@ def _start_sync(state: ServiceState, stop: asyncio.Event) -> Coroutine[Any, Any,
         return None
     from queue_service.databricks.sync import DatabricksSync
 
-    sync = DatabricksSync(databricks, state.store)
-    state.sync = sync
-    return sync.run_forever(stop)
-
-
-def registry_for(config: ServiceConfig) -> Registry:
-    """The plugins under the configured plugin_dirs, checked against their config."""
-    return load_plugins(
-        config.service.plugin_dirs, {name: s.config for name, s in config.plugins.items()}
-    )
+    return DatabricksSync(databricks, state.store).run_forever(stop)
 
 
 def start_roles(state: ServiceState, stop: asyncio.Event) -> list[asyncio.Task[None]]:
@@ -201,29 +203,64 @@ def start_roles(state: ServiceState, stop: asyncio.Event) -> list[asyncio.Task[N
 
 async def open_service(db: str, config_path: str | None, *, writes: bool = False) -> ServiceState:
     """The config, the store and the plugins. With `writes`, a read-only database is
-    refused (CliError) before anything else happens."""
+    refused (StartupError) before anything else happens."""
     config = read_config(config_path)
     store = await open_store(db, synchronous=config.service.synchronous)
     if writes and store.read_only is not None:
         await store.close()
-        raise CliError(f"{db}: {store.read_only}; a worker needs to write")
-    registry = registry_for(config)
+        raise StartupError(f"{db}: {store.read_only}; a worker needs to write")
+    registry = load_registry(config)
     problems = check_schedules(config, registry)
     if problems:
         await store.close()
-        raise CliError("invalid schedules in the config:\n  " + "\n  ".join(problems))
+        raise StartupError("invalid schedules in the config:\n  " + "\n  ".join(problems))
     return ServiceState.for_store(store, config=config, registry=registry)
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Bound sockets for every address of `host` (as uvicorn would bind them), made before
+    anything else starts: a port in use is then one clear StartupError, not a log that
+    says "serving" followed by the bind error."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sockets: list[socket.socket] = []
+    for family, kind, proto, _, address in dict.fromkeys(addresses):
+        sock = socket.socket(family, kind, proto)
+        sockets.append(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            for opened in sockets:
+                opened.close()
+            hint = (
+                ": another process is listening there; stop it or choose another port with --port"
+                if exc.errno == errno.EADDRINUSE
+                else ""
+            )
+            raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror}{hint}") from None
+    return sockets
 
 
 async def run_service(
     *, db: str, host: str, port: int, config_path: str | None, log_level: str
 ) -> int:
-    state = await open_service(db, config_path)
+    sockets = listen(host, port)
+    try:
+        state = await open_service(db, config_path)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     try:
         if state.store.read_only is None:
-            await ensure_admin_token(state, host, port)
+            await ensure_admin_token(state, db, host, port)
             tasks = start_roles(state, stop)
         else:
             # Every role writes (claims, schedule slots, synced runs), so none can run;
@@ -237,7 +274,12 @@ async def run_service(
             )
         server = uvicorn.Server(
             http_config(
-                create_app(state), host=host, port=port, log_level=log_level, access_log=True
+                create_app(state),
+                host=host,
+                port=port,
+                log_level=log_level,
+                access_log=True,
+                forwarded_allow_ips=state.config.service.forwarded_allow_ips,
             )
         )
         log.info(
@@ -250,7 +292,7 @@ async def run_service(
             state.config.service.workers if tasks else 0,
         )
         with _quiet_signals():
-            await server.serve()
+            await server.serve(sockets)
         return 0 if server.started else 1
     finally:
         # HTTP is down; now drain the roles (the worker gives running jobs a grace period).
@@ -294,15 +336,11 @@ def _quiet_signals() -> Any:
             signal.signal(sig, handler)
 
 
-def _main(main: Coroutine[Any, Any, int], log_level: str) -> int:
+def _main(run: Coroutine[Any, Any, int], log_level: str) -> int:
+    # A StartupError or StoreError (disk full while creating the first token, say) goes up
+    # to the caller's one start-up error path: bootstrap.run_reporting_failures.
     logsetup.configure(log_level)
-    try:
-        return run_event_loop(main)
-    except (CliError, StoreError) as exc:
-        # A store that fails at start (disk full while creating the first token, say)
-        # is reported in one line, like a bad --db.
-        print(f"queue-service: {exc}", file=sys.stderr)
-        return 1
+    return run_event_loop(run)
 
 
 def serve(*, db: str, host: str, port: int, config_path: str | None, log_level: str) -> int:

@@ -24,6 +24,20 @@ class Source(StrEnum):
     DATABRICKS = "databricks"
 
 
+class AttemptStatus(StrEnum):
+    """How one attempt of a job went (job_attempts.status)."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELED = "canceled"
+    #: The lease expired: the worker running it stopped (crash, kill, hang). It counts.
+    LOST = "lost"
+    #: The worker shut down gracefully before it finished. It does not count.
+    INTERRUPTED = "interrupted"
+
+
 STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 SOURCES: tuple[str, ...] = tuple(s.value for s in Source)
 
@@ -75,10 +89,6 @@ def normalize_status(word: str) -> Status:
         return Status(key)
     except ValueError:
         raise UnknownStatus(word) from None
-
-
-def is_terminal(status: str) -> bool:
-    return Status(status) in TERMINAL
 
 
 def allowed_predecessors(new: Status, source: Source = Source.LOCAL) -> frozenset[Status]:

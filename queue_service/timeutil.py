@@ -59,11 +59,6 @@ def parse_rfc3339(text: str) -> datetime:
         raise ValueError(f"{text!r} is not a valid date and time: {exc}") from None
 
 
-def normalize_ts(text: str) -> str:
-    """RFC 3339 input -> the store's fixed-width UTC text."""
-    return format_ts(parse_rfc3339(text))
-
-
 def parse_duration(text: str) -> timedelta:
     """Parse `30s`, `5m`, `1h` or `7d` into a timedelta (strictly positive)."""
     match = _DURATION.match(text)

@@ -26,8 +26,9 @@ from datetime import datetime, timedelta
 from queue_service.config import ServiceConfig
 from queue_service.plugins import Registry
 from queue_service.plugins.runner import KILL_GRACE, AttemptOutcome, OutcomeKind, run_command
-from queue_service.statuses import Status
-from queue_service.store import Job, SQLiteStore, StoreUnavailable
+from queue_service.plugins.state import state_cap_problem
+from queue_service.statuses import AttemptStatus, Status
+from queue_service.store import Job, Store, StoreUnavailable
 from queue_service.store.types import AttemptEnd
 from queue_service.timeutil import format_ts, utcnow
 
@@ -48,7 +49,8 @@ def decide_end(
 ) -> AttemptEnd:
     """How a finished attempt moves the job on. Pure: the clock and randomness are injected.
 
-    - ok -> succeeded (state updates are applied only then);
+    - ok -> succeeded (state updates are applied only then; the caller has already turned
+      an ok whose merged state would exceed the cap into a failure without retry);
     - an error, a protocol violation or a timeout -> queued again with a backoff while
       attempts remain and the plugin allows a retry (exit 78 and `"retry": false` do not);
       otherwise failed or timed_out.
@@ -56,15 +58,16 @@ def decide_end(
     timed_out = outcome.kind is OutcomeKind.TIMED_OUT
     base = AttemptEnd(
         status=Status.SUCCEEDED,
-        attempt_status="succeeded",
-        events=list(outcome.events) or None,
-        logs=list(outcome.logs) or None,
+        attempt_status=AttemptStatus.SUCCEEDED,
+        # `"events": []` is stored as [], a response without the key as null.
+        events=None if outcome.events is None else list(outcome.events),
+        logs=None if outcome.logs is None else list(outcome.logs),
         exit_code=outcome.exit_code,
         stderr_tail=outcome.stderr_tail or None,
     )
     if outcome.kind is OutcomeKind.SUCCEEDED:
         return replace(base, result=outcome.result, state_updates=outcome.state_updates or None)
-    attempt_status = "timed_out" if timed_out else "failed"
+    attempt_status = AttemptStatus.TIMED_OUT if timed_out else AttemptStatus.FAILED
     failed = replace(base, attempt_status=attempt_status, error=outcome.error or attempt_status)
     if outcome.retry_allowed and job.attempt < job.max_attempts:
         delay = backoff_delay(backoff_seconds, job.attempt, rng)
@@ -101,7 +104,7 @@ class Worker:
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         registry: Registry,
         config: ServiceConfig,
         *,
@@ -128,6 +131,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._background: list[asyncio.Task[None]] = []
+        self._reported_missing: set[str] = set()
 
     # -- public ----------------------------------------------------------
 
@@ -141,7 +145,7 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and run jobs until `stop` is set, then shut down gracefully."""
-        await self.kill_orphans()
+        await self.missing_plugins()
         self._background = [
             asyncio.create_task(self._every(self.lease_seconds / 3, self._heartbeat)),
             asyncio.create_task(self._every(self.recover_interval, self.recover)),
@@ -227,25 +231,30 @@ class Worker:
             log.info("retention: pruned %d finished job(s) completed before %s", total, before)
         return total
 
-    async def kill_orphans(self) -> list[str]:
-        """Queued local jobs of plugins that no longer exist can never run: mark them dead.
+    async def missing_plugins(self) -> dict[str, int]:
+        """Plugins with queued local jobs that this process cannot run: {plugin: jobs}.
 
-        Only a process that loads plugins does this: an API-only process (no plugin dirs)
-        knows no plugins and must not condemn other processes' jobs. Processes that do
-        load plugins are expected to share one plugin set (see docs/RELIABILITY.md).
+        Their jobs stay queued (a typo in plugin_dirs or a folder moved during an upgrade
+        must not destroy work) until the plugin is back or an operator cancels them
+        (`queue-service cancel --plugin NAME`). The count comes from the exact counts, so
+        this is cheap at any table size. Each missing plugin is logged once per process.
+        Only a process that loads plugins asks: an API-only process knows none.
         """
-        known = [p.name for p in self.registry.all()]
+        known = {p.name for p in self.registry.all()}
         if not known:
-            return []
-        dead: list[str] = []
-        while True:
-            batch = await self.store.kill_orphaned_jobs(known, limit=500)
-            dead += batch
-            if len(batch) < 500:
-                break
-        for job_id in dead:
-            log.warning("job %s is dead: its plugin is not installed", job_id)
-        return dead
+            return {}
+        waiting = await self.store.queued_by_plugin()
+        missing = {plugin: n for plugin, n in waiting.items() if plugin not in known}
+        for plugin in sorted(missing.keys() - self._reported_missing):
+            log.warning(
+                "plugin %s is not installed: %d queued job(s) wait for it; install it, or "
+                "cancel them with `queue-service cancel --plugin %s`",
+                plugin,
+                missing[plugin],
+                plugin,
+            )
+        self._reported_missing |= missing.keys()
+        return missing
 
     # -- claiming ----------------------------------------------------------
 
@@ -309,6 +318,8 @@ class Worker:
                 state=state,
                 timeout_seconds=self.config.timeout_for(job.plugin, job.command),
                 kill_grace=self.kill_grace,
+                secrets=settings.secrets,
+                env_passthrough=self.config.service.plugin_env_passthrough,
             )
         )
         if running.abort is not None:  # canceled between claim and start
@@ -324,7 +335,9 @@ class Worker:
         if outcome is None:
             if running.abort == "canceled":
                 end = AttemptEnd(
-                    status=Status.CANCELED, attempt_status="canceled", error="canceled by request"
+                    status=Status.CANCELED,
+                    attempt_status=AttemptStatus.CANCELED,
+                    error="canceled by request",
                 )
                 await self.store.finish_attempt(
                     job.job_id, plugin=job.plugin, attempt=job.attempt, owner=self.owner, end=end
@@ -334,6 +347,19 @@ class Worker:
                 await self.store.release_jobs(held, owner=self.owner)
                 log.info("job %s returned to queued at shutdown", job.job_id)
             return
+        if outcome.succeeded and outcome.state_updates:
+            # Read now, not at job start: another job of the plugin may have changed it.
+            stored = await self.store.get_plugin_state(job.plugin)
+            problem = state_cap_problem(stored, outcome.state_updates)
+            if problem is not None:  # the same input would overflow again: no retry
+                outcome = replace(
+                    outcome,
+                    kind=OutcomeKind.FAILED,
+                    result=None,
+                    error=problem,
+                    retry_allowed=False,
+                    state_updates={},
+                )
         end = decide_end(
             job, outcome, backoff_seconds=settings.backoff_seconds, now=self.clock(), rng=self.rng
         )

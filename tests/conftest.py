@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,24 @@ import pytest
 
 from queue_service.api import ServiceState, create_app
 from queue_service.store import SQLiteStore
+from tests.processes import Processes
+
+#: What the store fixture yields (the Store protocol once a second backend exists).
+StoreUnderTest = SQLiteStore
+
+REPO = Path(__file__).parent.parent
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _safe_plugin_modes() -> None:
+    """Plugins are refused when group or others may write them (plugins/trust.py).
+    A checkout made under umask 002 is group-writable, and so would be the folders
+    tests create: take group and other write access away, as an operator would."""
+    os.umask(0o022)
+    for top in (REPO / "plugins", REPO / "tests" / "plugins", REPO / "tests" / "plugins_invalid"):
+        for path in [top, *top.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(path.stat().st_mode & ~0o022)
 
 
 @pytest.fixture
@@ -45,6 +64,16 @@ async def client(state: ServiceState) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
         yield c
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Start real processes (logs under tmp_path); every one is stopped after the test."""
+    procs = Processes(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
 
 
 TokenFactory = Callable[..., Awaitable[str]]
@@ -82,7 +111,7 @@ def assert_error(
     """Assert the canonical error shape: JSON {error, code, param?, allowed?} and nothing else."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
+    body: dict[str, Any] = response.json()
     assert set(body) <= {"error", "code", "param", "allowed"}, body
     assert isinstance(body["error"], str) and body["error"].strip(), body
     assert body["code"] == code, body

@@ -5,18 +5,12 @@ wire, auth and log capture, and memory under load. Not a test module itself."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import socket
 import sqlite3
 import subprocess
-import sys
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import httpx
 
 from queue_service.api import ServiceState
 from queue_service.auth import hash_token
@@ -25,6 +19,7 @@ from queue_service.statuses import Source, Status
 from queue_service.store import ExternalJob, NewJob, SQLiteStore
 from queue_service.timeutil import now_ts
 from tests.conftest import free_port
+from tests.processes import Processes, stop, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The sample plugin shipped with the repository: echo (poll and health are read commands,
@@ -156,13 +151,7 @@ class LiveServer:
 
     def stop(self) -> str:
         """SIGTERM, wait for a clean exit, and return everything the server logged."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop(self.proc, 30)
         return self.log.read_text(errors="replace")
 
 
@@ -183,43 +172,20 @@ def start_server(
     config = tmp / "config.toml"
     config.write_text(f'[service]\nplugin_dirs = ["{PLUGIN_DIR}"]\nworkers = 1\n')
     port = free_port()
-    log = tmp / "server.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "queue_service",
-                "serve",
-                "--db",
-                str(db),
-                "--port",
-                str(port),
-                "--config",
-                str(config),
-                "--log-level",
-                log_level,
-            ],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=tmp,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    server = LiveServer(proc, f"http://127.0.0.1:{port}", db, log, seeded)
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"serve exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{server.base}/healthz", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError(f"serve did not answer /healthz:\n{log.read_text()}")
-        time.sleep(0.05)
+    processes = Processes(tmp)
+    proc = processes.start(
+        "server",
+        *("serve", "--db", str(db), "--port", str(port), "--config", str(config)),
+        *("--log-level", log_level),
+        cwd=tmp,
+    )
+    server = LiveServer(proc, f"http://127.0.0.1:{port}", db, tmp / "server.log", seeded)
+    try:
+        wait_healthy(proc, port, processes)
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 #: The tables a request could change when it touches jobs (tokens are left out: a good

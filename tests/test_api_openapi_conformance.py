@@ -30,7 +30,7 @@ from queue_service.config import parse_config
 from queue_service.databricks.status import EXTRA_FAILURES, EXTRA_FAULT_KIND, EXTRA_LAST_SYNC
 from queue_service.plugins import load
 from queue_service.scheduler import Scheduler
-from queue_service.statuses import Status
+from queue_service.statuses import AttemptStatus, Status
 from queue_service.store import ExternalJob, NewJob, SQLiteStore, StoreUnavailable, SyncState
 from queue_service.store.types import AttemptEnd
 from tests.conftest import TokenFactory, bearer
@@ -86,7 +86,7 @@ async def seed(state: ServiceState) -> dict[str, str]:
     for end in (
         AttemptEnd(
             status=Status.QUEUED,
-            attempt_status="failed",
+            attempt_status=AttemptStatus.FAILED,
             error="boom",
             exit_code=1,
             stderr_tail="Traceback …",
@@ -94,7 +94,7 @@ async def seed(state: ServiceState) -> dict[str, str]:
         ),
         AttemptEnd(
             status=Status.SUCCEEDED,
-            attempt_status="succeeded",
+            attempt_status=AttemptStatus.SUCCEEDED,
             result={"status": "ok", "nested": [{"a": 1}], "nan": float("nan")},
             events=[{"type": "note", "payload": {"x": 1}}],
             logs=[{"level": "info", "message": "done"}, "a plain line"],

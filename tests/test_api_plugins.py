@@ -27,6 +27,7 @@ from queue_service.statuses import Status
 from queue_service.store import JobFilter, NewJob, SQLiteStore
 from queue_service.worker import Worker
 from tests.conftest import TokenFactory, assert_error, bearer
+from tests.processes import alive, read_pid
 
 pytestmark = pytest.mark.anyio
 
@@ -469,19 +470,6 @@ async def running_worker(state: ServiceState) -> AsyncIterator[Worker]:
         stop.set()
         await asyncio.wait_for(task, 15)
         state.worker = None
-
-
-def read_pid(path: Path) -> int | None:
-    text = path.read_text().strip() if path.exists() else ""
-    return int(text) if text else None
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def test_cancel_a_job_running_in_this_process_stops_its_subprocess(

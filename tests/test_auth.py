@@ -11,7 +11,7 @@ import pytest
 from queue_service.api import ServiceState
 from queue_service.auth import AuthError, hash_token
 from queue_service.scopes import UnknownScope, effective
-from queue_service.store import NewJob, SQLiteStore
+from queue_service.store import NewJob, SQLiteStore, Token
 from tests.conftest import TokenFactory, assert_error, bearer
 
 pytestmark = pytest.mark.anyio
@@ -142,24 +142,47 @@ async def test_only_hashes_are_stored(state: ServiceState, db_path: Path) -> Non
     assert hash_token(secret) in dump
 
 
-async def test_compare_is_constant_time_over_the_hash(
+async def test_the_store_is_asked_for_the_hash_never_the_secret(
     state: ServiceState, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import queue_service.auth as auth
-
     secret, _ = await state.tokens.create("c", ["*"])
-    calls: list[tuple[str, str]] = []
-    real = auth.hmac.compare_digest
+    asked: list[str] = []
+    real = state.store.token_by_hash
 
-    def spy(a: str, b: str) -> bool:
-        calls.append((a, b))
-        return real(a, b)
+    async def spy(token_hash: str) -> tuple[Token, str] | None:
+        asked.append(token_hash)
+        return await real(token_hash)
 
-    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
-    await state.tokens.verify(f"Bearer {secret}")
-    assert calls == [(hash_token(secret), hash_token(secret))]
-    # Fixed-length digests are what get compared, never the secret itself.
-    assert all(len(a) == len(b) == 64 for a, b in calls)
+    monkeypatch.setattr(state.store, "token_by_hash", spy)
+    assert (await state.tokens.verify(f"Bearer {secret}")).name == "c"
+    # A lookup timed by the database sees a fixed-length digest, not the secret.
+    assert asked == [hash_token(secret)]
+    assert secret not in asked[0] and len(asked[0]) == 64
+
+
+async def test_a_near_miss_secret_is_refused(state: ServiceState) -> None:
+    secret, _ = await state.tokens.create("c", ["*"])
+    last = "A" if secret[-1] != "A" else "B"
+    with pytest.raises(AuthError, match="unknown"):
+        await state.tokens.verify(f"Bearer {secret[:-1]}{last}")
+
+
+async def test_a_row_whose_stored_hash_differs_is_refused(
+    state: ServiceState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify() checks the stored hash itself (in constant time), so a lookup that matches too
+    loosely (a collation, a prefix index, a store bug) cannot let another secret in."""
+    secret, _ = await state.tokens.create("c", ["*"])
+    found = await state.store.token_by_hash(hash_token(secret))
+    assert found is not None
+
+    async def loose(token_hash: str) -> tuple[Token, str] | None:
+        return found
+
+    monkeypatch.setattr(state.store, "token_by_hash", loose)
+    assert (await state.tokens.verify(f"Bearer {secret}")).name == "c"
+    with pytest.raises(AuthError, match="unknown"):
+        await state.tokens.verify("Bearer qs_" + "A" * 43)
 
 
 async def test_last_used_is_recorded(state: ServiceState) -> None:
@@ -197,13 +220,20 @@ async def test_first_admin_is_created_once_even_when_raced(state: ServiceState) 
     assert await state.store.count_live_tokens() == 1
 
 
-async def test_first_admin_after_every_token_expired(state: ServiceState, db_path: Path) -> None:
-    await state.tokens.create("admin", ["*"], expires_in="1h")
-    assert await state.tokens.create_first_admin() is None
-    raw = sqlite3.connect(db_path)
-    raw.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z'")
-    raw.commit()
-    raw.close()
+@pytest.mark.parametrize("how", ["revoked", "expired"])
+async def test_no_first_admin_once_the_database_has_had_a_token(
+    state: ServiceState, db_path: Path, how: str
+) -> None:
+    # An operator who revoked (or let expire) every token has locked the API on purpose:
+    # the next start must not mint a fresh `*` token.
+    await state.tokens.create("admin", ["*"])
+    if how == "revoked":
+        assert await state.store.revoke_token("admin")
+    else:
+        raw = sqlite3.connect(db_path)
+        raw.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z'")
+        raw.commit()
+        raw.close()
     assert await state.store.count_live_tokens() == 0
-    created = await state.tokens.create_first_admin()
-    assert created is not None and created[1].name == "admin-2"
+    assert await state.tokens.create_first_admin() is None
+    assert len(await state.store.list_tokens()) == 1

@@ -98,7 +98,7 @@ async def _concrete(store: SQLiteStore, path: str) -> tuple[str, dict[str, Any] 
     """A real path for a template (a fresh queued job for job routes) and its JSON body."""
     job_id = (await store.enqueue(NewJob("echo", "poll", {"k": 1}, run_after=LATER))).job_id
     concrete = path.replace("{job_id}", job_id).replace("{plugin}/{command}", "echo/poll")
-    body = {"payload": {}} if concrete.startswith("/plugin/") else None
+    body: dict[str, Any] | None = {"payload": {}} if concrete.startswith("/plugin/") else None
     return concrete, body
 
 

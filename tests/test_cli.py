@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from queue_service.cli import main
+from queue_service.store.sqlite.migrations import latest_version
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -23,7 +28,7 @@ def test_migrate_creates_and_is_idempotent(
     db = str(tmp_path / "m.db")
     assert run(capsys, "migrate", "--db", db)[0] == 0
     code, out, _ = run(capsys, "migrate", "--db", db)
-    assert code == 0 and "schema version 1" in out
+    assert code == 0 and f"schema version {latest_version()}" in out
 
 
 def test_db_from_environment(
@@ -163,3 +168,155 @@ def test_jobs_filters_by_source(seeded: str, capsys: pytest.CaptureFixture[str])
     assert code == 0 and json.loads(out)["total"] == 0
     code, _, err = run(capsys, "jobs", "--source", "remote", "--db", seeded)
     assert code == 1 and "unknown source 'remote'" in err
+
+
+def test_an_expiry_beyond_the_calendar_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = str(tmp_path / "x.db")
+    code, out, err = run(
+        capsys,
+        "token",
+        "create",
+        "--name",
+        "x",
+        "--scope",
+        "*",
+        "--expires-in",
+        "99999999d",
+        "--db",
+        db,
+    )
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "'99999999d'" in err and "at most 36500d" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["token", "create", "--name", "x", "--scope", "*", "--expires-in", "99999999999999999d"],
+        ["serve", "--port", "99999"],
+        ["serve", "--port", "-1"],
+        ["serve", "--host", "no-such-host.invalid", "--port", "18999"],
+        ["token", "revoke", "\udcff"],
+        ["jobs", "--status", "ok,\udcff"],
+    ],
+)
+def test_no_cli_error_is_a_traceback(argv: list[str], tmp_path: Path) -> None:
+    # A subprocess, so that argparse's own exit and stray output count too.
+    result = subprocess.run(
+        [sys.executable, "-m", "queue_service", *argv, "--db", str(tmp_path / "x.db")],
+        capture_output=True,
+        text=True,
+        errors="surrogateescape",
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") <= 1 or result.stderr.startswith("usage:"), result.stderr
+
+
+@pytest.mark.parametrize("argv", [["jobs"], ["job", "some-id"], ["token", "list"]])
+def test_read_only_commands_refuse_a_missing_database(
+    argv: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("QUEUE_SERVICE_DB", raising=False)
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and out == ""
+    assert "queue-service.db" in err and "--db" in err and "QUEUE_SERVICE_DB" in err
+    assert list(tmp_path.iterdir()) == []
+    code, _, err = run(capsys, *argv, "--db", str(tmp_path / "other.db"))
+    assert code == 1 and str(tmp_path / "other.db") in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_enqueue_without_plugins_says_how_to_load_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("QUEUE_SERVICE_CONFIG", raising=False)
+    db = str(tmp_path / "e.db")
+    code, _, err = run(capsys, "enqueue", "echo", "poll", "--db", db)
+    assert code == 1 and "available: none" not in err
+    assert "no plugins are loaded" in err and "--config" in err and "plugin_dirs" in err
+    config = tmp_path / "empty.toml"
+    config.write_text(f'[service]\nplugin_dirs = ["{tmp_path / "nowhere"}"]\n')
+    code, _, err = run(capsys, "enqueue", "echo", "poll", "--config", str(config), "--db", db)
+    assert code == 1 and "no plugins are loaded" in err and str(tmp_path / "nowhere") in err
+
+
+def test_enqueue_with_plugins_lists_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[service]\nplugin_dirs = ["{ROOT / "plugins"}"]\n')
+    code, _, err = run(
+        capsys, "enqueue", "ech", "poll", "--config", str(config), "--db", str(tmp_path / "e.db")
+    )
+    assert code == 1 and "unknown plugin 'ech'" in err and "available: echo" in err
+
+
+@pytest.mark.parametrize("name", ["a\x1b[31mb", "tab\there", "new\nline", "bidi\u202eevil", ""])
+def test_token_names_with_control_characters_are_refused(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = str(tmp_path / "n.db")
+    code, out, err = run(capsys, "token", "create", "--name", name, "--scope", "*", "--db", db)
+    assert code == 1 and out == "" and "name" in err
+    assert "\x1b" not in err and "\u202e" not in err  # the name is quoted, not echoed raw
+
+
+def test_an_empty_status_item_is_named(seeded: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "jobs", "--status", "ok,,failed", "--db", seeded)
+    assert code == 1 and "unknown status ''" not in err
+    assert "empty" in err and "'ok,,failed'" in err
+
+
+def test_a_payload_with_a_huge_integer_is_refused_clearly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[service]\nplugin_dirs = ["{ROOT / "plugins"}"]\n')
+    payload = '{"n": ' + "7" * 5000 + "}"
+    code, _, err = run(
+        capsys,
+        "enqueue",
+        "echo",
+        "poll",
+        "--payload",
+        payload,
+        "--config",
+        str(config),
+        "--db",
+        str(tmp_path / "e.db"),
+    )
+    assert code == 1 and "set_int_max_str_digits" not in err
+    assert "5000 digits" in err and "at most" in err
+
+
+def test_cancel_drops_the_queued_jobs_of_a_plugin_in_batches(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The explicit way to drop the work of a plugin that is gone (its jobs stay queued)."""
+    from tests.processes import enqueue_many
+
+    from queue_service.store import NewJob
+
+    db = tmp_path / "c.db"
+    gone = enqueue_many(db, [NewJob("gone", "poll") for _ in range(1203)])
+    other = enqueue_many(db, [NewJob("gone", "push"), NewJob("kept", "poll")])
+    code, out, err = run(capsys, "cancel", "--plugin", "gone", "--command", "poll", "--db", str(db))
+    assert (code, out, err) == (0, "canceled 1203 queued job(s) of gone poll\n", "")
+    raw = sqlite3.connect(db)
+    statuses = dict(raw.execute("SELECT job_id, status FROM jobs").fetchall())
+    reasons = {r for (r,) in raw.execute("SELECT last_error FROM jobs WHERE status = 'canceled'")}
+    raw.close()
+    assert {statuses[j] for j in gone} == {"canceled"}
+    assert [statuses[j] for j in other] == ["queued", "queued"]
+    assert reasons == {"canceled by the operator (queue-service cancel --plugin gone)"}
+    code, out, _ = run(capsys, "cancel", "--plugin", "gone", "--db", str(db))
+    assert (code, out) == (0, "canceled 1 queued job(s) of gone\n")

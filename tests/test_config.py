@@ -463,3 +463,87 @@ def test_invalid_toml_is_a_config_error_with_the_line(tmp_path: Path) -> None:
 def test_duplicate_toml_key_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(write(tmp_path, "[service]\nworkers = 3\nworkers = 4\n"))
+
+
+# --- ${NAME} interpolation, secrets and the environment passthrough ---------------------
+
+
+def test_env_references_in_plugin_config_and_secrets_are_filled_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("QS_TEST_TOKEN", "s3cret")
+    monkeypatch.setenv("QS_TEST_HOST", "example.org")
+    monkeypatch.setenv("QS_TEST_EMPTY", "")
+    config = parse_config(
+        {
+            "plugins": {
+                "notify": {
+                    "config": {
+                        "url": "https://${QS_TEST_HOST}/hook",
+                        "nested": {"deep": ["${QS_TEST_HOST}", 3]},
+                        "empty": "${QS_TEST_EMPTY}",
+                        "plain": "$QS_TEST_HOST and ${ not a name }",
+                    },
+                    "secrets": {"token": "${QS_TEST_TOKEN}"},
+                }
+            }
+        }
+    )
+    section = config.plugin("notify")
+    assert section.config == {
+        "url": "https://example.org/hook",
+        "nested": {"deep": ["example.org", 3]},
+        "empty": "",
+        "plain": "$QS_TEST_HOST and ${ not a name }",  # only ${NAME} is a reference
+    }
+    assert section.secrets == {"token": "s3cret"}
+    assert "s3cret" not in repr(config), "secret values never reach a repr (and so a log)"
+
+
+def test_unset_variables_stop_start_up_naming_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("QS_TEST_UNSET", raising=False)
+    monkeypatch.delenv("QS_TEST_UNSET_TOO", raising=False)
+    found = problems(
+        {
+            "plugins": {
+                "notify": {
+                    "config": {"list": ["${QS_TEST_UNSET}"]},
+                    "secrets": {"token": "x-${QS_TEST_UNSET_TOO}"},
+                }
+            }
+        }
+    )
+    assert found == [
+        "plugins.notify.config.list[0]: environment variable ${QS_TEST_UNSET} is not set",
+        "plugins.notify.secrets.token: environment variable ${QS_TEST_UNSET_TOO} is not set",
+    ]
+
+
+def test_interpolated_values_stay_out_of_error_messages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QS_TEST_TOKEN", "s3cret")
+    path = write(
+        tmp_path,
+        '[plugins.notify]\nsecrets = { token = "${QS_TEST_TOKEN}", bad = 5 }\nretries = 1\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "plugins.notify.secrets.bad" in str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+def test_only_plugin_tables_are_interpolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QS_TEST_HOST", "example.org")
+    config = parse_config({"plugins": {"p": {"schedules": [], "config": {}}}})
+    assert config.plugin("p").config == {}
+    message = only_problem({"service": {"synchronous": "${QS_TEST_HOST}"}})
+    assert message.startswith("service.synchronous: must be 'NORMAL' or 'FULL'")
+
+
+def test_plugin_env_passthrough_names_are_checked() -> None:
+    config = parse_config({"service": {"plugin_env_passthrough": ["GITHUB_TOKEN", "_X1"]}})
+    assert config.service.plugin_env_passthrough == ["GITHUB_TOKEN", "_X1"]
+    assert ServiceConfig().service.plugin_env_passthrough == []
+    message = only_problem({"service": {"plugin_env_passthrough": ["GITHUB-TOKEN"]}})
+    assert message.startswith("service.plugin_env_passthrough[0]: must be an environment variable")

@@ -17,7 +17,7 @@ from queue_service.databricks.client import classify
 from queue_service.databricks.config import DatabricksConfig, WorkspaceConfig
 from queue_service.databricks.mapping import run_job_id
 from queue_service.databricks.status import EXTRA_PROGRESS, build_status
-from queue_service.databricks.sync import DatabricksSync, SyncStore
+from queue_service.databricks.sync import DatabricksSync
 from queue_service.statuses import Source, Status
 from queue_service.store import ExternalJob, Job, JobFilter, SQLiteStore, SyncState, UpsertCounts
 from tests.fakes.databricks_server import FakeDatabricks, Fault, now_ms
@@ -84,7 +84,10 @@ async def state_of(store: SQLiteStore, name: str = "prod") -> SyncState:
 
 class SpyStore:
     """Delegates to the real store, recording every record_sync_page call;
-    raises once the ``crash_on``-th call starts (a crash before the commit)."""
+    raises once the ``crash_on``-th call starts (a crash before the commit).
+
+    It implements the SyncStore protocol: mypy (which checks tests/ too) checks that at every
+    ``DatabricksSync(..., spy)`` below."""
 
     def __init__(self, store: SQLiteStore, crash_on: int | None = None) -> None:
         self.store = store
@@ -98,18 +101,9 @@ class SpyStore:
         self.pages.append((state, len(jobs)))
         return counts
 
-    async def save_sync_state(self, state: SyncState) -> None:
-        await self.store.save_sync_state(state)
-
-    async def get_sync_states(self) -> list[SyncState]:
-        return await self.store.get_sync_states()
-
-    async def list_active_external_jobs(self, source: Source) -> list[Job]:
-        return await self.store.list_active_external_jobs(source)
-
-
-def _spy_is_a_sync_store(spy: SpyStore) -> SyncStore:
-    return spy  # mypy checks the protocol here
+    def __getattr__(self, name: str) -> Any:
+        # Everything else of the Store protocol goes to the real store.
+        return getattr(self.store, name)
 
 
 # ---------------------------------------------------------------- happy paths
@@ -737,8 +731,11 @@ async def test_run_forever_does_nothing_when_disabled(
     config = settings(workspace(fake, monkeypatch), enabled=False)
     stop = asyncio.Event()
     forever = asyncio.create_task(DatabricksSync(config, store).run_forever(stop))
-    await asyncio.sleep(0.3)
-    assert not forever.done() and fake.count(LIST) == 0
+    for _ in range(20):  # event-loop turns, not wall time: an enabled sync starts its loops here
+        await asyncio.sleep(0)
+    assert not forever.done(), "run_forever returned before stop was set"
+    loops = [t for t in asyncio.all_tasks() if t.get_name().startswith("databricks-sync:")]
+    assert loops == [], "a disabled sync started workspace loops"
     stop.set()
     await asyncio.wait_for(forever, timeout=2)
-    assert await count(store) == 0
+    assert fake.count(LIST) == 0 and await count(store) == 0

@@ -2,72 +2,48 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.processes import Processes, stop, wait_healthy, wait_until
 
 pytestmark = pytest.mark.slow
 
+SERVE = (sys.executable, "-m", "queue_service", "serve")
+
 
 class Server:
-    def __init__(self, proc: subprocess.Popen[str], base: str, token: str, log: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], base: str, token: str, log: Path) -> None:
         self.proc, self.base, self.token, self.log = proc, base, token, log
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def server(tmp_path: Path, processes: Processes) -> Server:
     port = free_port()
-    log = tmp_path / "server.log"
-    with log.open("w") as sink:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "queue_service",
-                "serve",
-                "--db",
-                str(tmp_path / "q.db"),
-                "--port",
-                str(port),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=sink,
-            text=True,
-            cwd=tmp_path,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    assert proc.stdout is not None
-    token = ""
-    deadline = time.monotonic() + 20
-    while not token and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        match = re.search(r"(qs_[A-Za-z0-9_-]{43})", line)
-        if match:
-            token = match.group(1)
-    assert token, "serve did not print an admin token"
-    base = f"http://127.0.0.1:{port}"
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
-    try:
-        yield Server(proc, base, token, log)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=15)
-        proc.stdout.close()
+    proc = processes.start(
+        "server",
+        *("serve", "--db", str(tmp_path / "q.db"), "--port", str(port)),
+        cwd=tmp_path,
+        separate_stdout=True,  # the first admin token goes to stdout, the log to stderr
+    )
+    printed = tmp_path / "server.out"
+    token = wait_until(
+        lambda: re.search(r"qs_[A-Za-z0-9_-]{43}", printed.read_text()),
+        "serve to print an admin token",
+        20,
+        processes,
+    ).group(0)
+    wait_healthy(proc, port, processes)
+    return Server(proc, f"http://127.0.0.1:{port}", token, tmp_path / "server.log")
 
 
 def test_first_run_token_answers_the_readme_curl(server: Server) -> None:
@@ -154,3 +130,93 @@ def test_a_schedule_naming_an_unknown_command_stops_start_up(tmp_path: Path) -> 
     assert result.returncode == 1
     assert "plugins.echo.schedules[0].command: plugin 'echo' has no command 'pol'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def serve_until_healthy(
+    processes: Processes, db: Path, *extra: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `queue-service serve` (stdout in serve.out, stderr in serve.log); return it
+    once /healthz answers."""
+    port = free_port()
+    proc = processes.start(
+        "serve", "serve", "--db", str(db), "--port", str(port), *extra, separate_stdout=True
+    )
+    wait_healthy(proc, port, processes)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize("how", ["revoked", "expired"])
+def test_revoking_every_token_keeps_the_api_locked_across_restarts(
+    tmp_path: Path, how: str, processes: Processes
+) -> None:
+    import asyncio
+
+    from queue_service.api import ServiceState
+    from queue_service.store import SQLiteStore
+
+    db = tmp_path / "locked.db"
+
+    async def seed() -> str:
+        store = SQLiteStore(db)
+        await store.open()
+        try:
+            secret, _ = await ServiceState.for_store(store).tokens.create("only", ["*"], "1h")
+            if how == "revoked":
+                assert await store.revoke_token("only")
+            return secret
+        finally:
+            await store.close()
+
+    secret = asyncio.run(seed())
+    if how == "expired":
+        raw = sqlite3.connect(db)
+        with raw:
+            raw.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z'")
+        raw.close()
+    proc, base = serve_until_healthy(processes, db)
+    assert (
+        httpx.get(f"{base}/jobs", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
+    )
+    stop(proc)
+    out = (tmp_path / "serve.out").read_text()
+    err = (tmp_path / "serve.log").read_text()
+    assert "qs_" not in out + err, "a new token was minted"
+    assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM tokens").fetchone()[0] == 1
+    assert "no live token" in err and "queue-service token create" in err and "--scope '*'" in err
+
+
+def test_a_port_in_use_is_one_clear_line_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*SERVE, "--db", str(tmp_path / "q.db"), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+    assert result.returncode == 1
+    assert result.stdout == "", "nothing (no token) may be printed for a start that fails"
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "--port" in result.stderr and "serving" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("trusted", "logged"),
+    [(None, "127.0.0.1"), ('["10.0.0.0/8"]', "127.0.0.1"), ('["127.0.0.1"]', "203.0.113.9")],
+)
+def test_forwarded_headers_are_trusted_only_from_configured_addresses(
+    tmp_path: Path, trusted: str | None, logged: str, processes: Processes
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f"[service]\nforwarded_allow_ips = {trusted}\n" if trusted else "")
+    proc, base = serve_until_healthy(processes, tmp_path / "q.db", "--config", str(config))
+    forged = {"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"}
+    assert httpx.get(f"{base}/healthz?probe=1", headers=forged).status_code == 400
+    stop(proc)
+    log = (tmp_path / "serve.log").read_text()
+    access = [line for line in log.splitlines() if "probe=1" in line]
+    assert len(access) == 1 and f"{logged}:" in access[0], access

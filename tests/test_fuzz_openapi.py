@@ -109,11 +109,13 @@ def _load_schema() -> Any:
         """The `*` token of the live server. An auth provider rather than a fixed header,
         so negative cases that drop the credential on purpose are sent without it."""
 
-        def get(self, case: schemathesis.Case, ctx: schemathesis.AuthContext) -> str:
+        def get(self, case: schemathesis.Case[Any], ctx: schemathesis.AuthContext) -> str:
             return _TOKEN
 
-        def set(self, case: schemathesis.Case, data: str, ctx: schemathesis.AuthContext) -> None:
-            case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+        def set(
+            self, case: schemathesis.Case[Any], data: str, ctx: schemathesis.AuthContext
+        ) -> None:
+            case.headers["Authorization"] = f"Bearer {data}"
 
     return loaded
 
@@ -144,14 +146,14 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     assert '"POST /plugin/echo/' in log and 'HTTP/1.1" 202' in log, "nothing was enqueued"
 
 
-@schema.parametrize()
+@schema.parametrize()  # type: ignore[untyped-decorator]
 @settings(
     database=None,
     deadline=None,
     # Generated 1-200 character ids and payloads are large by design.
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-def test_every_operation_conforms(case: schemathesis.Case, live: LiveServer) -> None:
+def test_every_operation_conforms(case: schemathesis.Case[Any], live: LiveServer) -> None:
     case.call_and_validate(base_url=live.base, timeout=30)
 
 
@@ -161,7 +163,7 @@ def test_stateful_links_conform(live: LiveServer) -> None:
     machine = schema.as_state_machine()
 
     class Machine(machine):  # type: ignore[misc, valid-type]
-        def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+        def get_call_kwargs(self, case: schemathesis.Case[Any]) -> dict[str, Any]:
             return {"base_url": live.base, "timeout": 30}
 
     Machine.run(

@@ -316,6 +316,31 @@ async def test_hostile_enqueue_body(
 
 
 @pytest.mark.anyio
+async def test_an_over_long_integer_is_refused_in_plain_words(
+    client: httpx.AsyncClient, admin: dict[str, str], unchanged: Unchanged
+) -> None:
+    body = b'{"payload": {"n": ' + b"7" * 5000 + b"}}"
+    headers = {**admin, "Content-Type": "application/json"}
+    response = await client.post("/plugin/echo/poll", content=body, headers=headers)
+    message = assert_error(response, 400, "invalid_body")["error"]
+    assert "set_int_max_str_digits" not in message
+    assert "5000 digits" in message and "at most 4300" in message
+    # The limit is Python's own: 4300 digits are still an integer.
+    from queue_service.api.params import parse_json_integer
+
+    assert parse_json_integer("-" + "7" * 4300) == -int("7" * 4300)
+
+
+@pytest.mark.anyio
+async def test_an_empty_status_item_is_named(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    response = await client.get("/jobs", params={"status": "ok,,failed"}, headers=admin)
+    message = assert_error(response, 400, "invalid_parameter", param="status")["error"]
+    assert "unknown status ''" not in message and "'ok,,failed' has an empty item" in message
+
+
+@pytest.mark.anyio
 async def test_json_at_the_depth_limit_is_accepted(
     client: httpx.AsyncClient, admin: dict[str, str], store: SQLiteStore
 ) -> None:

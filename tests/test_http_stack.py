@@ -1,9 +1,9 @@
 """The HTTP/1.1 layer under the app, over real sockets: both protocol classes answer what they
 cannot parse with the canonical JSON error, and bound the request head.
 
-`serve` runs on httptools (queue_service.server._http_protocol); JsonErrorH11Protocol is the
-h11 alternative. Each runs here in a uvicorn server on a free port, in a thread, on the event
-loop `serve` uses, with the real app over a temporary database.
+`serve` runs ServeProtocol, on httptools (queue_service.server._http_protocol);
+JsonErrorH11Protocol is the h11 alternative. Each runs here in uvicorn on a free port, in a
+thread, on the event loop `serve` uses, with the real app over a temporary database.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from queue_service.api import ServiceState, create_app
 from queue_service.server import (
     MAX_REQUEST_HEAD_BYTES,
     JsonErrorH11Protocol,
-    JsonErrorHttpToolsProtocol,
+    ServeProtocol,
     http_config,
     run_event_loop,
 )
 from queue_service.store import SQLiteStore
 from tests.conftest import free_port
 
-STACKS = {"httptools": JsonErrorHttpToolsProtocol, "h11": JsonErrorH11Protocol}
+STACKS = {"httptools": ServeProtocol, "h11": JsonErrorH11Protocol}
 
 
 @dataclass(frozen=True)

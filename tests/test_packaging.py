@@ -27,5 +27,5 @@ def test_the_wheel_ships_migrations_and_queries(tmp_path: Path) -> None:
     for name in migrations:
         assert f"queue_service/migrations/{name}" in names
     for name in ("queries.sql", "work.sql", "sync.sql", "schedules.sql", "schema.sql"):
-        assert f"queue_service/store/{name}" in names
+        assert f"queue_service/store/sqlite/{name}" in names
     assert any(n.endswith("entry_points.txt") for n in names)

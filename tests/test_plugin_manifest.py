@@ -235,7 +235,73 @@ def test_world_writable_plugin_folder_is_refused(tmp_path: Path) -> None:
     folder = make_plugin(tmp_path, "open", base_manifest("open"))
     folder.chmod(0o777)
     plugin = load([tmp_path]).get("open")
-    assert plugin is not None and plugin.error == "plugin folder is world-writable"
+    assert plugin is not None and plugin.error is not None
+    assert f"plugin folder {folder} is writable by group or others (mode 0777)" in plugin.error
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o757])
+def test_group_or_other_writable_plugin_folder_is_refused(tmp_path: Path, mode: int) -> None:
+    folder = make_plugin(tmp_path, "open", base_manifest("open"))
+    folder.chmod(mode)
+    plugin = load([tmp_path]).get("open")
+    assert plugin is not None and not plugin.valid and plugin.error is not None
+    assert f"plugin folder {folder} is writable by group or others" in plugin.error
+
+
+@pytest.mark.parametrize("mode", [0o775, 0o757])
+def test_group_or_other_writable_entrypoint_is_refused(tmp_path: Path, mode: int) -> None:
+    folder = make_plugin(tmp_path, "open", base_manifest("open"))
+    (folder / "run.py").chmod(mode)
+    plugin = load([tmp_path]).get("open")
+    assert plugin is not None and plugin.error is not None
+    assert f"entrypoint {folder / 'run.py'} is writable by group or others" in plugin.error
+
+
+def test_writable_folder_between_plugin_folder_and_entrypoint_is_refused(tmp_path: Path) -> None:
+    folder = make_plugin(tmp_path, "nested", base_manifest("nested", entrypoint="bin/run.py"))
+    (folder / "bin").mkdir()
+    (folder / "run.py").rename(folder / "bin" / "run.py")
+    assert load([tmp_path]).get("nested").valid  # type: ignore[union-attr]
+    (folder / "bin").chmod(0o777)
+    plugin = load([tmp_path]).get("nested")
+    assert plugin is not None and plugin.error is not None
+    assert f"{folder / 'bin'} is writable by group or others" in plugin.error
+
+
+def test_sticky_world_writable_plugin_dir_refuses_every_plugin_in_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "dir"
+    make_plugin(root, "one", base_manifest("one"))
+    make_plugin(root, "two", base_manifest("two"))
+    root.chmod(0o1777)
+    registry = load([root])
+    assert [p.name for p in registry.all()] == ["one", "two"]
+    for plugin in registry.all():
+        assert not plugin.valid and plugin.error is not None
+        assert f"plugin dir {root} is writable by group or others (mode 1777)" in plugin.error
+    assert any(str(root) in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+@pytest.mark.parametrize("part", ["folder", "entrypoint", "dir"])
+def test_plugin_parts_owned_by_another_user_are_refused(tmp_path: Path, part: str) -> None:
+    root = tmp_path / "dir"
+    folder = make_plugin(root, "theirs", base_manifest("theirs"))
+    target = {"folder": folder, "entrypoint": folder / "run.py", "dir": root}[part]
+    os.chown(target, 54321, 54321)
+    plugin = load([root]).get("theirs")
+    assert plugin is not None and plugin.error is not None
+    assert f"{target} is owned by uid 54321" in plugin.error
+
+
+def test_safe_modes_from_a_git_checkout_are_accepted(tmp_path: Path) -> None:
+    folder = make_plugin(tmp_path, "checkout", base_manifest("checkout"))
+    folder.chmod(0o755)
+    (folder / "manifest.yaml").chmod(0o644)
+    (folder / "run.py").chmod(0o755)
+    plugin = load([tmp_path]).get("checkout")
+    assert plugin is not None and plugin.valid, plugin
 
 
 def test_manifest_name_need_not_match_folder(tmp_path: Path) -> None:
@@ -323,6 +389,9 @@ def _command_with(**fields: Any) -> dict[str, Any]:
             id="wrong-spec",
         ),
         pytest.param(
+            base_manifest(manifest_spec=5), "manifest_spec must be 'ductile.plugin'", id="int-spec"
+        ),
+        pytest.param(
             base_manifest(manifest_version=2), "manifest_version must be 1, got 2", id="mv2"
         ),
         pytest.param(
@@ -384,6 +453,36 @@ def test_invalid_fields_are_named(doc: Any, message: str) -> None:
         parse_manifest(doc)
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    doc = base_manifest(protocol=1, concurrency_safe="yes", config_keys={"optional": "a"})
+    del doc["version"]
+    doc["commands"][0].update(type="delete", idempotent="no")
+    doc["commands"].append({"name": "9lives", "type": "read"})
+    doc["commands"].append("health")
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(doc)
+    message = str(caught.value)
+    assert message.split("; ") == [
+        "version is required (a version string such as 1.0.0)",
+        "protocol must be 2, got 1",
+        "concurrency_safe must be true or false, got 'yes'",
+        "command 'poll': type must be read or write, got 'delete'",
+        "command 'poll': idempotent must be true or false, got 'no'",
+        "commands[1].name must be a letter, then letters, digits, _ or - (max 64), got '9lives'",
+        "commands[2] must be an object with name and type",
+        "config_keys.optional must be a list of key names, got 'a'",
+    ]
+    assert caught.value.plugin_name == "demo"
+
+
+def test_a_schema_with_braces_is_reported_verbatim() -> None:
+    schema = {"type": "object", "properties": {"{x}": {"type": "nope"}}}
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(_command_with(input_schema=schema))
+    assert "input_schema is not a valid JSON Schema" in str(caught.value)
+    assert "(at $.properties['{x}'].type)" in str(caught.value)
 
 
 def test_duplicate_command_is_refused() -> None:
@@ -536,10 +635,8 @@ def test_resolve_and_validate_through_registry() -> None:
     registry = load([VALID_DIR, INVALID_DIR])
     plugin, command = registry.resolve("ok", "poll")
     assert plugin.name == "ok" and command.name == "poll" and command.type == "read"
-    assert registry.validate_payload("ok", "poll", {"a": 1}) is None
-    assert registry.validate_payload("ok", "poll", [1]) == PayloadError(
-        "[1] is not of type 'object'", "$"
-    )
+    assert command.validate_payload({"a": 1}) is None
+    assert command.validate_payload([1]) == PayloadError("[1] is not of type 'object'", "$")
 
     with pytest.raises(UnknownPlugin) as unknown:
         registry.resolve("nope", "poll")
@@ -548,7 +645,7 @@ def test_resolve_and_validate_through_registry() -> None:
     assert list(unknown.value.allowed) == sorted(unknown.value.allowed)
 
     with pytest.raises(UnknownCommand) as no_command:
-        registry.validate_payload("ok", "explode", {})
+        registry.resolve("ok", "explode")
     assert no_command.value.param == "command"
     assert no_command.value.allowed == ("handle", "health", "poll")
     assert str(no_command.value) == "plugin 'ok' has no command 'explode'"

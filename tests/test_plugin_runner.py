@@ -122,7 +122,7 @@ async def test_ok_returns_payload_as_result(registry: Registry, spawned: list[in
     assert outcome.error is None and outcome.retry_allowed is True
     assert outcome.exit_code == 0
     assert outcome.logs == ({"level": "info", "message": "ok plugin ran poll"},)
-    assert outcome.events == () and outcome.state_updates == {}
+    assert outcome.events is None and outcome.state_updates == {}
     assert 0 < outcome.duration < 5
     # The leader has been reaped: no zombie left behind.
     assert len(spawned) == 1 and proc_state(spawned[0]) is None
@@ -152,9 +152,11 @@ async def test_request_shape_for_poll(registry: Registry) -> None:
         "command",
         "config",
         "state",
+        "context",
         "payload",
         "deadline_at",
     }
+    assert request["context"] == {"ductile_plugin": "introspect"}
     assert request["protocol"] == 2
     assert request["job_id"] == "job-42"
     assert request["command"] == "poll"
@@ -165,18 +167,43 @@ async def test_request_shape_for_poll(registry: Registry) -> None:
     assert before + timedelta(seconds=7) <= deadline <= utcnow() + timedelta(seconds=7)
 
 
-async def test_handle_carries_an_api_trigger_event(registry: Registry) -> None:
+async def test_handle_carries_the_event_envelope_as_event_and_payload(registry: Registry) -> None:
     outcome = await run(registry, "introspect", "handle", payload={"msg": "hi"}, config={})
     request = outcome.result["request"]
-    assert "payload" not in request
-    assert request["event"] == {"type": "api.trigger", "payload": {"msg": "hi"}}
+    envelope = {
+        "type": "api.trigger",
+        "payload": {"msg": "hi"},
+        "timestamp": "0001-01-01T00:00:00Z",
+    }
+    assert request["event"] == envelope
+    assert request["payload"] == envelope, "ductile sends the whole queued envelope as payload"
+    assert request["context"] == {"ductile_plugin": "introspect"}
     assert request["command"] == "handle" and request["config"] == {}
+    assert "secrets" not in request
 
     echoed = await run(registry, "ok", "handle", payload={"msg": "hi"})
     assert echoed.result == {"msg": "hi"}
 
-    custom = await run(registry, "introspect", "handle", payload=1, event_type="schedule.tick")
-    assert custom.result["request"]["event"] == {"type": "schedule.tick", "payload": 1}
+    custom = await run(registry, "introspect", "handle", payload={}, event_type="schedule.tick")
+    assert custom.result["request"]["event"]["type"] == "schedule.tick"
+    assert custom.result["request"]["event"]["payload"] == {}
+
+
+async def test_empty_payload_is_left_out_and_context_is_always_sent(registry: Registry) -> None:
+    for command in ("poll", "health"):
+        request = (await run(registry, "introspect", command, payload={})).result["request"]
+        assert "payload" not in request, "ductile omits an empty payload"
+        assert request["context"] == {"ductile_plugin": "introspect"}
+        assert request["config"] == {"token": "from-config"} and request["state"] == {}
+
+
+async def test_secrets_travel_top_level_only_when_there_are_some(registry: Registry) -> None:
+    secrets = {"webhook": "https://hooks.example/abc"}
+    request = (await run(registry, "introspect", payload={}, secrets=secrets)).result["request"]
+    assert request["secrets"] == secrets
+    assert "webhook" not in request["config"], "secrets are never merged into config"
+    request = (await run(registry, "introspect", payload={}, secrets={})).result["request"]
+    assert "secrets" not in request
 
 
 async def test_sandbox_argv_cwd_session_and_env_allowlist(
@@ -316,7 +343,7 @@ async def test_protocol_violations_are_named(registry: Registry, mode: str, mess
     assert outcome.kind is OutcomeKind.PROTOCOL_ERROR
     assert outcome.error is not None and outcome.error.startswith(message), outcome.error
     assert outcome.retry_allowed is True
-    assert outcome.result is None and outcome.state_updates == {} and outcome.events == ()
+    assert outcome.result is None and outcome.state_updates == {} and outcome.events is None
 
 
 async def test_garbage_stdout_is_not_json(registry: Registry) -> None:
@@ -344,6 +371,7 @@ async def test_stdout_over_cap_is_a_protocol_error(registry: Registry) -> None:
     outcome = await run(registry, "huge", payload={"bytes": 3 * 1024 * 1024})
     assert outcome.kind is OutcomeKind.PROTOCOL_ERROR
     assert outcome.error == "protocol violation: stdout exceeded the 1048576-byte cap"
+    assert outcome.retry_allowed is False, "the same input would overflow the same way"
     # The same valid response under a bigger cap succeeds: it was the cap that failed it.
     bigger = await run(registry, "huge", payload={"bytes": 65536}, stdout_cap=200_000)
     assert bigger.kind is OutcomeKind.SUCCEEDED and len(bigger.result) == 65536

@@ -195,8 +195,12 @@ async def test_run_forever_keeps_ticking_after_a_failed_tick_until_stopped(
 
 async def test_run_forever_without_schedules_waits_for_stop(store: SQLiteStore) -> None:
     stop = asyncio.Event()
+    task = asyncio.create_task(Scheduler(store, []).run_forever(stop))
+    for _ in range(20):  # event-loop turns, not wall time: nothing else is waiting to run
+        await asyncio.sleep(0)
+    assert not task.done(), "run_forever returned before stop was set"
     stop.set()
-    await asyncio.wait_for(Scheduler(store, []).run_forever(stop), timeout=5)
+    await asyncio.wait_for(task, timeout=5)
 
 
 def test_from_config_keeps_only_the_given_plugins(db_path: Path) -> None:

@@ -17,7 +17,6 @@ import asyncio
 import hashlib
 import os
 import resource
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -33,6 +32,14 @@ from queue_service.store import NewJob, SQLiteStore, StoreUnavailable
 from queue_service.store.sqlite import translate_error
 from tests.conftest import assert_error, free_port
 from tests.live_server import Seeded, jobs_snapshot, seed_database
+from tests.processes import (
+    REPO,
+    Processes,
+    stop,
+    wait_healthy,
+    wait_until,
+    write_config,
+)
 from tests.reliability import (
     count_mismatches,
     fill_disk,
@@ -41,24 +48,8 @@ from tests.reliability import (
     tiny_filesystem,
     unwritable,
 )
-from tests.test_acceptance_processes import (
-    REPO,
-    Processes,
-    healthy,
-    wait_until,
-    write_config,
-)
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    procs = Processes(tmp_path)
-    try:
-        yield procs
-    finally:
-        procs.stop_all()
 
 
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -90,19 +81,8 @@ def start_serve(
     proc = processes.start(
         name, "serve", "--db", str(db), "--port", str(port), "--config", str(config)
     )
-    wait_until(lambda: healthy(port) or proc.poll() is not None, f"{name} to answer", 30)
-    assert proc.poll() is None, processes.log_of(proc)
+    wait_healthy(proc, port, processes)
     return proc, f"http://127.0.0.1:{port}"
-
-
-def stop(proc: subprocess.Popen[bytes]) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.wait(timeout=10)
 
 
 # --- read-only database -------------------------------------------------------------------------
@@ -161,7 +141,7 @@ def test_a_read_only_database_serves_reads_and_answers_writes_with_503(
             queued = http.get("/jobs?status=queued").json()["total"]
             assert queued == len(seeded.jobs["queued"])
         assert proc.poll() is None, "the read-only server must keep running"
-        assert stop(proc) == 0
+        assert stop(proc, 30) == 0
     assert jobs_snapshot(db) == before, "nothing was written"
     log = processes.log_of(proc)
     said = [line for line in log.splitlines() if "read-only" in line]
@@ -344,7 +324,7 @@ def test_a_full_disk_answers_503_keeps_reads_loses_nothing_and_recovers(
                 "every acknowledged job to succeed",
                 60,
             )
-        assert stop(proc) == 0, processes.log_of(proc)
+        assert stop(proc, 30) == 0, processes.log_of(proc)
         assert integrity_check(db) == ["ok"]
         assert count_mismatches(db) == []
         with read_only(db) as conn:
@@ -357,7 +337,7 @@ def test_a_full_disk_answers_503_keeps_reads_loses_nothing_and_recovers(
         # could not be recorded, so their lease expired and they ran again).
         assert {j for j, n in ran.items() if n > 1} <= set(long_jobs)
     finally:
-        stop(proc)
+        stop(proc, 30)
 
 
 @pytest.mark.anyio
@@ -451,7 +431,7 @@ def _foreign(path: Path) -> None:
     conn.close()
 
 
-BAD_FILES: dict[str, tuple[Callable[[Path], None], str]] = {
+BAD_FILES: dict[str, tuple[Callable[[Path], object], str]] = {
     "random bytes": (lambda p: p.write_bytes(os.urandom(64 * 1024)), "not a queue-service"),
     "text": (lambda p: p.write_text("id,name\n1,ada\n" * 500), "not a queue-service"),
     "truncated database": (_truncated, "not a queue-service"),
@@ -506,7 +486,7 @@ def test_storage_errors_are_translated_to_messages_an_operator_can_act_on(
     name: str, text: str, words: str
 ) -> None:
     error = sqlite3.OperationalError(text)
-    error.sqlite_errorname = name  # type: ignore[attr-defined]
+    error.sqlite_errorname = name
     translated = translate_error(error, "/data/q.db")
     assert isinstance(translated, StoreUnavailable)
     assert words in str(translated)

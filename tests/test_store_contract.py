@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from queue_service.statuses import Source, Status
+from queue_service.statuses import LOCAL_TRANSITIONS, Source, Status
 from queue_service.store import (
     Conflict,
     IllegalTransition,
@@ -77,6 +78,17 @@ async def test_dedupe_key_returns_the_active_job(store: SQLiteStore) -> None:
     assert page.total == 2
 
 
+async def test_a_dedupe_key_is_scoped_to_its_submitter(store: SQLiteStore) -> None:
+    """Another token can neither squat a key nor learn which job holds it."""
+    squat = await store.enqueue(NewJob("echo", "poll", {}, dedupe_key="k", submitted_by="ro"))
+    admin = await store.enqueue(NewJob("echo", "poll", {"a": 1}, dedupe_key="k", submitted_by="op"))
+    assert not admin.deduplicated and admin.job_id != squat.job_id
+    again = await store.enqueue(NewJob("echo", "poll", {}, dedupe_key="k", submitted_by="op"))
+    assert again.deduplicated and again.job_id == admin.job_id
+    job = await store.get_job(admin.job_id)
+    assert job is not None and job.payload == {"a": 1}
+
+
 async def test_enqueue_many_is_all_or_nothing(store: SQLiteStore) -> None:
     good = NewJob("echo", "poll", job_id="11111111-1111-1111-1111-111111111111")
     with pytest.raises(Exception, match="UNIQUE|constraint"):
@@ -121,15 +133,33 @@ async def test_transition_of_unknown_job(store: SQLiteStore) -> None:
         await store.set_status("nope", Status.RUNNING)
 
 
-async def test_the_database_itself_refuses_leaving_a_terminal_status(
+async def test_the_database_allows_exactly_the_vocabularys_local_transitions(
     db_path: Path, store: SQLiteStore
 ) -> None:
-    job_id = (await store.enqueue(NewJob("echo", "poll"))).job_id
-    await store.set_status(job_id, Status.RUNNING)
-    await store.set_status(job_id, Status.SUCCEEDED)
+    """One truth: the trigger's table is LOCAL_TRANSITIONS, and hand-written SQL can make
+    exactly those moves (terminal statuses stay final) and no other."""
     raw = sqlite3.connect(db_path)
-    with pytest.raises(sqlite3.IntegrityError, match="terminal statuses are final"):
-        raw.execute("UPDATE jobs SET status = 'queued' WHERE job_id = ?", (job_id,))
+    table = set(raw.execute("SELECT old_status, new_status FROM local_transitions"))
+    assert table == {(old, new) for old, news in LOCAL_TRANSITIONS.items() for new in news}
+    for old in Status:
+        for new in Status:
+            if new is old:
+                continue
+            job_id = f"{old}-{new}"
+            with raw:
+                raw.execute(
+                    "INSERT INTO jobs (job_id, plugin, command, status, created_at, run_after)"
+                    " VALUES (?, 'p', 'c', ?, '2026-01-01T00:00:00.000000Z', '')",
+                    (job_id, old.value),
+                )
+            update = "UPDATE jobs SET status = ? WHERE job_id = ?"
+            if new in LOCAL_TRANSITIONS[old]:
+                with raw:
+                    raw.execute(update, (new.value, job_id))
+            else:
+                with pytest.raises(sqlite3.IntegrityError, match="illegal status transition"):
+                    raw.execute(update, (new.value, job_id))
+                raw.rollback()
     raw.close()
 
 
@@ -248,3 +278,61 @@ async def test_slow_reads_are_interrupted(db_path: Path) -> None:
         assert await s.queue_depth() == 0
     finally:
         await s.close()
+
+
+async def test_a_new_database_and_its_wal_are_private(db_path: Path) -> None:
+    s = SQLiteStore(db_path)
+    await s.open()
+    try:
+        await s.enqueue(NewJob("echo", "poll", {"secret": "payload"}))
+        files = [db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")]
+        assert all(f.exists() for f in files)
+        assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {
+            f.name: "0o600" for f in files
+        }
+    finally:
+        await s.close()
+
+
+async def test_an_existing_database_readable_by_others_is_reported(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    os.close(os.open(db_path, os.O_CREAT | os.O_WRONLY, 0o644))
+    os.chmod(db_path, 0o644)  # whatever the umask
+    s = SQLiteStore(db_path)
+    await s.open()
+    await s.close()
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned == [
+        f"{db_path} is readable by everyone (mode 644): it holds every payload and result; "
+        "restrict it with chmod 600 (and its -wal and -shm files)"
+    ]
+
+
+async def test_group_commit_rolls_back_only_the_failing_callers_work(store: SQLiteStore) -> None:
+    """Callers that wait together share one COMMIT; a failing one loses only its own work."""
+    dup = "22222222-2222-2222-2222-222222222222"
+    good = [store.enqueue(NewJob("g", "poll", {"i": i})) for i in range(40)]
+    bad = store.enqueue_many([NewJob("b", "poll"), NewJob("b", "poll", job_id=dup)] * 2)
+    more = [store.enqueue(NewJob("g", "poll", {"i": i})) for i in range(40, 80)]
+    commits_before = store._writer.commits
+    outcomes = await asyncio.gather(*good, bad, *more, return_exceptions=True)
+    failures = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(failures) == 1 and "UNIQUE" in str(failures[0])
+    assert (await store.list_jobs(JobFilter(plugin="g"))).total == 80
+    assert (await store.list_jobs(JobFilter(plugin="b"))).total == 0
+    assert await store.get_job(dup) is None
+    # They were grouped: fewer COMMITs than callers.
+    assert store._writer.commits - commits_before < 80
+
+
+async def test_new_job_ids_are_uuid7_in_time_order(store: SQLiteStore) -> None:
+    import uuid
+
+    first = (await store.enqueue(NewJob("p", "c"))).job_id
+    await asyncio.sleep(0.002)
+    second = (await store.enqueue(NewJob("p", "c"))).job_id
+    for job_id in (first, second):
+        parsed = uuid.UUID(job_id)
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122 and str(parsed) == job_id
+    assert first[:13] < second[:13]  # the millisecond prefix orders them

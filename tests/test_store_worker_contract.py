@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from queue_service.statuses import Status
+from queue_service.statuses import AttemptStatus, Status
 from queue_service.store import Conflict, JobFilter, JobNotFound, NewJob, SQLiteStore
 from queue_service.store.types import AttemptEnd, Job
 from queue_service.timeutil import format_ts, now_ts, parse_rfc3339, utcnow
@@ -51,10 +51,12 @@ async def claim_one(
 
 def ok_end(**kwargs: object) -> AttemptEnd:
     kwargs.setdefault("result", {"done": True})
-    return AttemptEnd(status=Status.SUCCEEDED, attempt_status="succeeded", **kwargs)  # type: ignore[arg-type]
+    return AttemptEnd(status=Status.SUCCEEDED, attempt_status=AttemptStatus.SUCCEEDED, **kwargs)  # type: ignore[arg-type]
 
 
-async def finish_ok(store: SQLiteStore, job: Job, owner: str = OWNER, **kwargs: object) -> bool:
+async def finish_ok(
+    store: SQLiteStore, job: Job, owner: str = OWNER, **kwargs: object
+) -> Status | None:
     return await store.finish_attempt(
         job.job_id, plugin=job.plugin, attempt=job.attempt, owner=owner, end=ok_end(**kwargs)
     )
@@ -210,7 +212,7 @@ async def test_finish_by_the_lease_holder_records_job_and_attempt(store: SQLiteS
     job = await claim_one(store)
     end = AttemptEnd(
         status=Status.SUCCEEDED,
-        attempt_status="succeeded",
+        attempt_status=AttemptStatus.SUCCEEDED,
         result={"answer": 42},
         events=[{"type": "thing.happened"}],
         logs=[{"level": "info", "message": "hi"}],
@@ -240,7 +242,7 @@ async def test_finish_as_retry_requeues_with_run_after_and_keeps_last_error(
     retry_at = format_ts(utcnow() + timedelta(seconds=90))
     end = AttemptEnd(
         status=Status.QUEUED,
-        attempt_status="failed",
+        attempt_status=AttemptStatus.FAILED,
         error="boom",
         exit_code=1,
         run_after=retry_at,
@@ -301,7 +303,8 @@ async def test_state_updates_are_merged_into_the_plugin_state(store: SQLiteStore
     assert await finish_ok(store, first, state_updates={"cursor": 1, "seen": {"a": 1}})
     second = await claim_one(store)
     assert await finish_ok(store, second, state_updates={"cursor": 2, "seen": {"b": 2}})
-    assert await store.get_plugin_state("p") == {"cursor": 2, "seen": {"a": 1, "b": 2}}
+    # ductile's shallow merge: a nested object is replaced whole.
+    assert await store.get_plugin_state("p") == {"cursor": 2, "seen": {"b": 2}}
     assert await store.get_plugin_state("q") == {}, "state is per plugin"
 
 
@@ -471,7 +474,9 @@ async def test_release_returns_to_queued_without_spending_the_attempt(
 async def test_release_after_a_retry_keeps_the_spent_attempts(store: SQLiteStore) -> None:
     await enqueue(store)
     job = await claim_one(store)
-    retry = AttemptEnd(status=Status.QUEUED, attempt_status="failed", error="e", run_after=now_ts())
+    retry = AttemptEnd(
+        status=Status.QUEUED, attempt_status=AttemptStatus.FAILED, error="e", run_after=now_ts()
+    )
     assert await store.finish_attempt(job.job_id, plugin="p", attempt=1, owner=OWNER, end=retry)
     second = await claim_one(store)
     assert await store.release_jobs([(job.job_id, 2)], owner=OWNER) == [job.job_id]
@@ -502,7 +507,9 @@ async def test_cancel_a_running_job_flags_it_for_its_holder(store: SQLiteStore) 
     assert (await get(store, job.job_id)).status is Status.RUNNING
     kept = await store.heartbeat([(job.job_id, 1)], owner=OWNER, lease_seconds=60)
     assert kept == {job.job_id: True}
-    end = AttemptEnd(status=Status.CANCELED, attempt_status="canceled", error="canceled by request")
+    end = AttemptEnd(
+        status=Status.CANCELED, attempt_status=AttemptStatus.CANCELED, error="canceled by request"
+    )
     assert await store.finish_attempt(job.job_id, plugin="p", attempt=1, owner=OWNER, end=end)
     assert (await get(store, job.job_id)).status is Status.CANCELED
     assert [a["status"] for a in await store.get_attempts(job.job_id)] == ["canceled"]
@@ -517,7 +524,7 @@ async def test_a_cancel_request_is_not_lost_when_the_attempt_fails_into_a_retry(
     job = await claim_one(store)
     assert await store.cancel_job(job.job_id) is Status.RUNNING
     retry = AttemptEnd(
-        status=Status.QUEUED, attempt_status="failed", error="boom", run_after=now_ts()
+        status=Status.QUEUED, attempt_status=AttemptStatus.FAILED, error="boom", run_after=now_ts()
     )
     assert await store.finish_attempt(job.job_id, plugin="p", attempt=1, owner=OWNER, end=retry)
     after = await get(store, job.job_id)
@@ -604,32 +611,33 @@ async def test_prune_deletes_only_finished_jobs_older_than_the_cutoff_in_batches
 # --- orphans -------------------------------------------------------------------------
 
 
-async def test_kill_orphaned_jobs_marks_queued_jobs_of_unknown_plugins_dead(
-    store: SQLiteStore,
-) -> None:
-    orphans = {await enqueue(store, "gone") for _ in range(3)}
+async def test_queued_by_plugin_counts_only_queued_local_jobs(store: SQLiteStore) -> None:
+    for _ in range(3):
+        await enqueue(store, "gone")
+    running = await enqueue(store, "p")
+    await enqueue(store, "p")
+    await store.set_status(running, Status.RUNNING)
+    assert await store.queued_by_plugin() == {"gone": 3, "p": 1}
+
+
+async def test_cancel_queued_by_filter_in_batches(store: SQLiteStore) -> None:
+    polls = {await enqueue(store, "gone") for _ in range(3)}
+    other = (await store.enqueue(NewJob("gone", "push"))).job_id
+    running = await enqueue(store, "gone")
+    await store.set_status(running, Status.RUNNING)
     kept = await enqueue(store, "p")
-    running_orphan = await enqueue(store, "vanished")
-    await claim_one(store, "vanished")
-
-    first = await store.kill_orphaned_jobs(["p"], limit=2)
-    second = await store.kill_orphaned_jobs(["p"], limit=2)
-    assert len(first) == 2 and len(second) == 1
-    assert set(first) | set(second) == orphans
-    for job_id in orphans:
+    first = await store.cancel_queued(plugin="gone", command="poll", reason="gone", limit=2)
+    second = await store.cancel_queued(plugin="gone", command="poll", reason="gone", limit=2)
+    assert (len(first), len(second)) == (2, 1)
+    assert set(first) | set(second) == polls
+    for job_id in set(first) | set(second):
         job = await get(store, job_id)
-        assert job.status is Status.DEAD and job.completed_at is not None
-        assert job.last_error is not None and "gone is not installed" in job.last_error
+        assert (job.status, job.last_error) == (Status.CANCELED, "gone")
+    assert (await get(store, other)).status is Status.QUEUED, "another command is untouched"
+    assert (await get(store, running)).status is Status.RUNNING, "running jobs are left alone"
     assert (await get(store, kept)).status is Status.QUEUED
-    assert (await get(store, running_orphan)).status is Status.RUNNING, (
-        "a running job is left to its lease"
-    )
-    assert await store.kill_orphaned_jobs(["p"]) == []
-
-
-async def test_kill_orphaned_jobs_with_no_known_plugins(store: SQLiteStore) -> None:
-    job_id = await enqueue(store, "p")
-    assert await store.kill_orphaned_jobs([]) == [job_id]
+    assert await store.cancel_queued(plugin="gone", command="poll") == []
+    assert await store.cancel_queued(plugin="gone") == [other]
 
 
 @pytest.fixture

@@ -2,7 +2,12 @@ from datetime import timedelta
 
 import pytest
 
-from queue_service.timeutil import normalize_ts, parse_duration
+from queue_service.timeutil import format_ts, parse_duration, parse_rfc3339
+
+
+def normalize_ts(text: str) -> str:
+    """RFC 3339 text to the store's fixed-width UTC text, as the API reads time bounds."""
+    return format_ts(parse_rfc3339(text))
 
 
 @pytest.mark.parametrize(

@@ -7,12 +7,13 @@ checked against an injected clock: the worker never sleeps through a retry delay
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ from queue_service.statuses import TERMINAL, Source, Status
 from queue_service.store import Job, JobFilter, NewJob, SQLiteStore, StoreUnavailable
 from queue_service.timeutil import format_ts, parse_rfc3339, utcnow
 from queue_service.worker import Worker, backoff_delay, decide_end
+from tests.processes import alive, kill_quietly, read_pid
 
 pytestmark = pytest.mark.anyio
 
@@ -144,11 +146,6 @@ async def harness(
             await h.stopped()
 
 
-def read_pid(path: Path) -> int | None:
-    text = path.read_text().strip() if path.exists() else ""
-    return int(text) if text else None
-
-
 async def wait_for_pid_file(path: Path, within: float = 10) -> int:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
@@ -159,13 +156,13 @@ async def wait_for_pid_file(path: Path, within: float = 10) -> int:
     pytest.fail(f"the plugin never wrote {path}")
 
 
-def alive(pid: int) -> bool:
-    """True while `pid` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+async def eventually(check: Callable[[], bool], what: str, within: float = 10) -> None:
+    """Poll `check` (state the test can observe) until it holds; fail naming `what`."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 async def gone(pid: int, within: float = 5) -> bool:
@@ -175,12 +172,6 @@ async def gone(pid: int, within: float = 5) -> bool:
             return True
         await asyncio.sleep(0.02)
     return False
-
-
-def kill_quietly(pids: Iterable[int]) -> None:
-    for pid in pids:
-        if alive(pid):
-            os.kill(pid, 9)
 
 
 # --- pure decisions: decide_end and backoff_delay ---------------------------------------
@@ -315,17 +306,29 @@ async def test_ok_job_succeeds_with_result_logs_and_one_attempt(harness: Harness
     assert handled.status is Status.SUCCEEDED and handled.result == {"event": "data"}
 
 
-async def test_error_retries_with_backoff_then_fails(harness: HarnessFactory) -> None:
+async def test_error_retries_with_backoff_then_fails(
+    harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = FakeClock()
     config = make_config({"error": {"max_attempts": 3, "backoff_seconds": 10}})
     h = harness(config, clock=clock)
+    claims: list[list[str]] = []  # the job ids of each claim of error jobs
+    real_claim = h.store.claim_jobs
+
+    async def claim_jobs(plugin: str, **kwargs: Any) -> list[Job]:
+        jobs = await real_claim(plugin, **kwargs)
+        if plugin == "error":
+            claims.append([j.job_id for j in jobs])
+        return jobs
+
+    monkeypatch.setattr(h.store, "claim_jobs", claim_jobs)
     h.start()
     job_id = await h.enqueue("error", payload={"message": "upstream said no"})
 
     for attempt, base in ((1, 10), (2, 20)):
         waiting = await h.until(
             job_id,
-            lambda j, n=attempt: j.status is Status.QUEUED and j.attempt == n,
+            lambda j: j.status is Status.QUEUED and j.attempt == attempt,
             f"queued for a retry after attempt {attempt}",
         )
         assert waiting.last_error == "upstream said no", "last_error is kept while waiting"
@@ -333,10 +336,11 @@ async def test_error_retries_with_backoff_then_fails(harness: HarnessFactory) ->
         assert waiting.run_after is not None
         delay = (parse_rfc3339(waiting.run_after) - clock.now).total_seconds()
         assert base <= delay <= base + 10 / 4, delay
-        # Not claimed before run_after: the worker keeps polling, the job keeps waiting.
-        for _ in range(3):
-            h.worker.wake()
-            await asyncio.sleep(0.1)
+        # Not claimed before run_after: the worker looks for work, and leaves the job waiting.
+        looked = len(claims)
+        h.worker.wake()
+        await eventually(lambda: len(claims) > looked, "the worker to look for error jobs")
+        assert job_id not in [i for ids in claims[looked:] for i in ids]
         still = await h.job(job_id)
         assert (still.status, still.attempt) == (Status.QUEUED, attempt)
         clock.advance(delay + 0.001)
@@ -448,6 +452,64 @@ async def test_protocol_violations_fail_the_job_naming_the_violation(
     assert attempt["status"] == "failed" and attempt["error"] == job.last_error
 
 
+async def test_a_reply_over_the_stdout_cap_is_not_retried(harness: HarnessFactory) -> None:
+    h = harness(make_config({"huge": {"max_attempts": 3, "backoff_seconds": 0}}))
+    h.start()
+    job = await h.finished(await h.enqueue("huge"))
+    assert job.status is Status.FAILED and job.attempt == 1, job
+    assert [a["status"] for a in await h.attempts(job.job_id)] == ["failed"]
+
+
+async def test_the_request_and_environment_follow_the_config(
+    harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QS_TEST_WEBHOOK", "https://hooks.example/s3cret")
+    monkeypatch.setenv("GITHUB_TOKEN", "gh-passed")
+    monkeypatch.setenv("QS_TEST_NOT_PASSED", "hidden")
+    config = parse_config(
+        {
+            "service": {
+                "plugin_dirs": [str(PLUGINS)],
+                "lease_seconds": 3,
+                "plugin_env_passthrough": ["GITHUB_TOKEN"],
+            },
+            "plugins": {
+                "introspect": {
+                    "config": {"channel": "ops"},
+                    "secrets": {"webhook": "${QS_TEST_WEBHOOK}"},
+                }
+            },
+        }
+    )
+    h = harness(config)
+    h.start()
+    job = await h.finished(await h.enqueue("introspect", payload={"n": 1}))
+    assert job.status is Status.SUCCEEDED, job
+    request, env = job.result["request"], job.result["env"]
+    assert request["context"] == {"ductile_plugin": "introspect"}
+    assert request["config"] == {"channel": "ops"}
+    assert request["secrets"] == {"webhook": "https://hooks.example/s3cret"}
+    assert env["GITHUB_TOKEN"] == "gh-passed" and "QS_TEST_NOT_PASSED" not in env
+
+
+async def test_a_valid_response_wins_over_the_exit_code(harness: HarnessFactory) -> None:
+    h = harness(make_config({"scripted": {"max_attempts": 3, "backoff_seconds": 0}}))
+    h.start()
+    ok = {"status": "ok", "result": "done", "events": [], "logs": []}
+    job = await h.finished(await h.enqueue("scripted", payload={"reply": ok, "exit_code": 1}))
+    assert job.status is Status.SUCCEEDED and job.result == "done", job
+    assert job.events == [] and job.logs == [], "an empty list is stored as [], not null"
+    error = {"status": "error", "error": "no such repo", "retry": False}
+    job = await h.finished(await h.enqueue("scripted", payload={"reply": error, "exit_code": 1}))
+    assert job.status is Status.FAILED and job.attempt == 1, job
+    assert job.last_error == "no such repo"
+    (attempt,) = await h.attempts(job.job_id)
+    assert attempt["exit_code"] == 1 and attempt["error"] == "no such repo"
+    plain = {"status": "ok", "result": "done"}
+    job = await h.finished(await h.enqueue("scripted", payload={"reply": plain}))
+    assert job.events is None and job.logs is None, "no events key: nothing stored"
+
+
 async def test_state_updates_are_merged_and_passed_as_state_next_time(
     harness: HarnessFactory,
 ) -> None:
@@ -471,6 +533,50 @@ async def test_state_updates_are_merged_and_passed_as_state_next_time(
         "counter": 3,
         "last_job_id": jobs[-1].job_id,
     }
+
+
+def replying(state_updates: Any, status: str = "ok") -> dict[str, Any]:
+    """A payload for the scripted plugin: answer `status` with these state_updates."""
+    reply: dict[str, Any] = {"status": status, "state_updates": state_updates}
+    reply.update({"result": "done"} if status == "ok" else {"error": "refused"})
+    return {"reply": reply}
+
+
+async def test_state_updates_are_a_shallow_merge_like_ductile(harness: HarnessFactory) -> None:
+    h = harness(make_config({"scripted": {"max_attempts": 1}}))
+    h.start()
+    first = {"seen": {"a": 1, "b": 2}, "cursor": 1, "note": "keep", "price": 0.30000000000000004}
+    job = await h.finished(await h.enqueue("scripted", payload=replying(first)))
+    assert job.status is Status.SUCCEEDED, job
+    second = {"seen": {"c": 3, "d": None}, "cursor": None, 'odd "key"': [1, None], "new": True}
+    job = await h.finished(await h.enqueue("scripted", payload=replying(second)))
+    assert job.status is Status.SUCCEEDED, job
+    assert await h.store.get_plugin_state("scripted") == {
+        "seen": {"c": 3, "d": None},  # a nested object is replaced whole, its nulls kept
+        "cursor": None,  # null is stored as a value: the key stays
+        "note": "keep",
+        "price": 0.30000000000000004,
+        'odd "key"': [1, None],
+        "new": True,
+    }
+    job = await h.finished(await h.enqueue("scripted", payload=replying({"note": 1}, "error")))
+    assert job.status is Status.FAILED
+    assert (await h.store.get_plugin_state("scripted"))["note"] == "keep", "error: not applied"
+
+
+async def test_state_over_one_mib_fails_the_job_without_retry(harness: HarnessFactory) -> None:
+    h = harness(make_config({"scripted": {"max_attempts": 3, "backoff_seconds": 0}}))
+    h.start()
+    half = "x" * (600 * 1024)
+    job = await h.finished(await h.enqueue("scripted", payload=replying({"a": half})))
+    assert job.status is Status.SUCCEEDED, job
+    job = await h.finished(await h.enqueue("scripted", payload=replying({"b": half})))
+    assert job.status is Status.FAILED and job.attempt == 1, job
+    assert job.last_error is not None and "1048576" in job.last_error, job.last_error
+    assert await h.store.get_plugin_state("scripted") == {"a": half}, "nothing was merged"
+    # Replacing a key keeps the merged state small: that is allowed.
+    job = await h.finished(await h.enqueue("scripted", payload=replying({"a": half[:10]})))
+    assert job.status is Status.SUCCEEDED, job
 
 
 # --- concurrency ---------------------------------------------------------------------------
@@ -597,11 +703,12 @@ async def test_a_lost_lease_stops_the_subprocess_and_discards_the_outcome(
         recovered = await h.store.recover_expired_leases(now=later)
         assert [r.job_id for r in recovered] == [job_id]
         assert await gone(pid), "the worker should stop a job whose lease it lost"
-        await asyncio.sleep(0.2)
+        await eventually(
+            lambda: job_id not in h.worker.running_job_ids, "the worker to let go of the job"
+        )
         job = await h.job(job_id)
         assert (job.status, job.attempt) == (Status.QUEUED, 1), job
         assert [a["status"] for a in await h.attempts(job_id)] == ["lost"]
-        assert job_id not in h.worker.running_job_ids
     finally:
         kill_quietly([pid])
 
@@ -630,15 +737,16 @@ async def test_graceful_shutdown_returns_running_jobs_to_queued(
 
 
 async def test_shutdown_lets_jobs_finish_within_the_grace_period_and_claims_nothing(
-    harness: HarnessFactory, tmp_path: Path
+    harness: HarnessFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="queue_service.worker")
     h = harness(make_config(shutdown_grace_seconds=10))
     h.start()
     pid_file = tmp_path / "pid"
     job_id = await h.enqueue("sleepy", payload={"seconds": 1, "pid_file": str(pid_file)})
     await wait_for_pid_file(pid_file)
     h.stop.set()
-    await asyncio.sleep(0.2)  # the worker is now draining
+    await eventually(lambda: "waiting up to 10 s for 1 running job" in caplog.text, "draining")
     late = await h.enqueue("ok")
     await h.stopped()
     job = await h.job(job_id)
@@ -651,15 +759,22 @@ async def test_shutdown_lets_jobs_finish_within_the_grace_period_and_claims_noth
 # --- jobs nobody can run, and crash leftovers ------------------------------------------------
 
 
-async def test_a_job_of_an_uninstalled_plugin_becomes_dead(harness: HarnessFactory) -> None:
+async def test_a_job_of_an_uninstalled_plugin_stays_queued_and_is_reported(
+    harness: HarnessFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     h = harness()
-    orphan = (await h.store.enqueue(NewJob("uninstalled", "poll", {}))).job_id
+    waiting = (await h.store.enqueue(NewJob("uninstalled", "poll", {}))).job_id
     h.start()
-    job = await h.finished(orphan, within=5)
-    assert job.status is Status.DEAD, job
-    assert job.last_error == "plugin uninstalled is not installed; the job can never run"
+    # The worker runs other jobs meanwhile: once this one is done, the start-up check ran.
     ok = await h.finished(await h.enqueue("ok"))
     assert ok.status is Status.SUCCEEDED
+    job = await h.job(waiting)
+    assert (job.status, job.attempt) == (Status.QUEUED, 0), job
+    said = [r.getMessage() for r in caplog.records if "uninstalled" in r.getMessage()]
+    assert said == [
+        "plugin uninstalled is not installed: 1 queued job(s) wait for it; install it, or "
+        "cancel them with `queue-service cancel --plugin uninstalled`"
+    ]
 
 
 async def test_a_crashed_workers_job_is_recovered_and_run_again(
@@ -756,12 +871,12 @@ async def test_the_worker_survives_a_failing_claim(
     assert h.task is not None and not h.task.done(), "the worker loop must keep running"
 
 
-async def test_every_orphan_is_marked_dead_not_only_the_first_batch(
+async def test_missing_plugins_are_counted_without_touching_their_jobs(
     harness: HarnessFactory,
 ) -> None:
     h = harness()
     await h.store.enqueue_many([NewJob("uninstalled", "poll", {}) for _ in range(1203)])
-    dead = await h.worker.kill_orphans()
-    assert len(dead) == 1203
+    await h.store.enqueue(NewJob("ok", "poll", {}))
+    assert await h.worker.missing_plugins() == {"uninstalled": 1203}
     page = await h.store.list_jobs(JobFilter(plugin="uninstalled", statuses=(Status.QUEUED,)))
-    assert page.total == 0
+    assert page.total == 1203

@@ -172,6 +172,45 @@ class ConcurrencyLimitMiddleware:
             self.in_flight -= 1
 
 
+#: Headers a request may carry at most once: with two, which one counts would be up to
+#: whichever part of the stack reads them (Starlette takes the first).
+SINGLE_HEADERS = (b"authorization", b"content-type", b"host")
+
+
+class AmbiguousRequestMiddleware:
+    """Refuse, with the canonical 400, requests that two readers could understand
+    differently: a header of SINGLE_HEADERS given twice, or a body framed by both
+    Content-Length and Transfer-Encoding (request smuggling behind a proxy that picks the
+    other one). The answer closes the connection, whose next bytes cannot be trusted."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        problem = self._problem([name.lower() for name, _ in scope["headers"]])
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        refused = error_response("malformed_request", problem, headers={"Connection": "close"})
+        await refused(scope, receive, send)
+
+    @staticmethod
+    def _problem(names: list[bytes]) -> str | None:
+        if b"content-length" in names and b"transfer-encoding" in names:
+            return (
+                "the request has both Content-Length and Transfer-Encoding; "
+                "send exactly one of them"
+            )
+        for single in SINGLE_HEADERS:
+            if names.count(single) > 1:
+                shown = single.decode().title()
+                return f"the request has more than one {shown} header; send it once"
+        return None
+
+
 def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
     pending = list(messages)
 
@@ -243,6 +282,7 @@ def create_app(state: ServiceState, extra_operations: Sequence[Operation] = ()) 
     app.state.operations = operations
     app.state.openapi_body = openapi_body
     app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(AmbiguousRequestMiddleware)
     app.add_middleware(ConcurrencyLimitMiddleware)
     return app
 

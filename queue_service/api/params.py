@@ -144,6 +144,25 @@ class QueryParser:
 # -- parsers ---------------------------------------------------------------
 
 
+#: The most digits an integer in a JSON document may have: Python's own limit on converting
+#: text to int (sys.get_int_max_str_digits), which is there to bound the quadratic cost.
+MAX_INTEGER_DIGITS = 4300
+
+
+class IntegerTooLong(ValueError):
+    """A JSON integer with more than MAX_INTEGER_DIGITS digits."""
+
+
+def parse_json_integer(text: str) -> int:
+    """The `parse_int` hook for json.loads: refuses over-long integers with a plain message."""
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INTEGER_DIGITS:
+        raise IntegerTooLong(
+            f"an integer has {digits} digits; integers may have at most {MAX_INTEGER_DIGITS}"
+        )
+    return int(text)
+
+
 def parse_name(text: str) -> str:
     if len(text) > MAX_TEXT or not _NAME.fullmatch(text):
         raise ValueError(
@@ -179,9 +198,14 @@ def _first_unknown(text: str, known: Sequence[str]) -> str:
 def parse_statuses(text: str) -> tuple[Status, ...]:
     words = _words(text, _STATUS_LIST)
     if words is None:
+        unknown = _first_unknown(text, STATUS_WORDS)
+        problem = (
+            f"the list {text[:80]!r} has an empty item"
+            if not unknown
+            else f"unknown status {unknown[:80]!r}"
+        )
         raise ValueError(
-            f"unknown status {_first_unknown(text, STATUS_WORDS)[:80]!r}; use one of "
-            f"{', '.join(STATUS_WORDS)} (comma-separated for any of several)"
+            f"{problem}; use one of {', '.join(STATUS_WORDS)} (comma-separated for any of several)"
         )
     try:
         return tuple(dict.fromkeys(_normalize_status(word) for word in words))

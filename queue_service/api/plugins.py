@@ -15,7 +15,13 @@ from starlette.responses import Response
 
 from queue_service import models
 from queue_service.api.operations import ANY_SCOPE, Context, Operation, insufficient_scope
-from queue_service.api.params import MAX_ECHO, MAX_TEXT, parse_timestamp
+from queue_service.api.params import (
+    MAX_ECHO,
+    MAX_TEXT,
+    IntegerTooLong,
+    parse_json_integer,
+    parse_timestamp,
+)
 from queue_service.api.responses import job_not_found, job_response, json_response
 from queue_service.errors import ApiError
 from queue_service.plugins import PluginLookupError, PluginUnavailable, UnknownCommand
@@ -138,8 +144,13 @@ def decode_json(raw: bytes) -> Any:
     try:
         # JSON on the wire is UTF-8 (RFC 8259); json.loads would also guess UTF-16 or -32.
         document = json.loads(
-            raw.decode("utf-8"), parse_float=_finite_float, parse_constant=_no_constant
+            raw.decode("utf-8"),
+            parse_float=_finite_float,
+            parse_int=parse_json_integer,
+            parse_constant=_no_constant,
         )
+    except IntegerTooLong as exc:
+        raise ApiError("invalid_body", f"the body is refused: {exc}") from None
     except (ValueError, RecursionError) as exc:
         raise ApiError("invalid_body", f"the body is not valid JSON: {str(exc)[:200]}") from None
     if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(document):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from queue_service import __version__
 from queue_service.auth import TokenService
 from queue_service.config import ServiceConfig
 from queue_service.plugins import Registry
-from queue_service.store import SQLiteStore
+from queue_service.store import Store
 
 if TYPE_CHECKING:
     from queue_service.worker import Worker
@@ -18,21 +18,19 @@ if TYPE_CHECKING:
 
 @dataclass(slots=True)
 class ServiceState:
-    store: SQLiteStore
+    store: Store
     tokens: TokenService
     config: ServiceConfig = field(default_factory=ServiceConfig)
     registry: Registry = field(default_factory=lambda: Registry(()))
     #: The in-process worker, when this process runs one (to cancel its jobs at once).
     worker: Worker | None = None
-    #: The Databricks sync, when configured; anything with a `status()` for GET /sync.
-    sync: Any = None
     version: str = __version__
     started: float = field(default_factory=time.monotonic)
 
     @classmethod
     def for_store(
         cls,
-        store: SQLiteStore,
+        store: Store,
         *,
         config: ServiceConfig | None = None,
         registry: Registry | None = None,

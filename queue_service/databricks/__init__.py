@@ -10,6 +10,6 @@ Modules:
 - ``config``: the ``[databricks]`` configuration section (pydantic).
 - ``mapping``: pure mapping of a raw run (API JSON) to a store ``ExternalJob``.
 - ``client``: the SDK wrapper and fault classification (blocking; call it in a thread).
-- ``sync``: the async sync worker, ``sync_once`` and ``run_forever``.
+- ``sync``: the async sync worker, ``DatabricksSync``.
 - ``status``: the per-workspace sync status shown by ``GET /sync`` and ``/healthz``.
 """

@@ -227,10 +227,6 @@ class RunsClient:
     def _fault(self, exc: BaseException) -> DatabricksFault:
         return classify(exc, workspace=self.name, host=self.host, secrets=self._secrets)
 
-    @property
-    def connected(self) -> bool:
-        return self._w is not None
-
     def _get(self, path: str, query: Mapping[str, Any]) -> Any:
         if self._w is None:
             raise RuntimeError("RunsClient.connect() was not called")

@@ -26,7 +26,7 @@ fixed token or profile is picked up). Transient faults (unreachable, 5xx,
 timeouts, throttling beyond the SDK's retry budget, malformed JSON, store
 errors) back off exponentially from ``backoff_initial_seconds``. Workspaces
 sync independently: one broken workspace never delays the others, and no
-fault ends :func:`run_forever`.
+fault ends :meth:`DatabricksSync.run_forever`.
 
 Every SDK call runs in a thread (``asyncio.to_thread``); the SDK is synchronous.
 """
@@ -42,7 +42,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from queue_service.databricks.client import (
     AuthFault,
@@ -63,24 +63,10 @@ from queue_service.databricks.status import (
     build_status,
 )
 from queue_service.statuses import Source, Status
-from queue_service.store.types import ExternalJob, Job, SyncState, UpsertCounts
+from queue_service.store import ExternalJob, Job, Store, SyncState
 from queue_service.timeutil import format_ts, utcnow
 
 log = logging.getLogger("queue_service.databricks.sync")
-
-
-class SyncStore(Protocol):
-    """The store methods the sync needs (implemented by SQLiteStore)."""
-
-    async def record_sync_page(
-        self, state: SyncState, jobs: Sequence[ExternalJob]
-    ) -> UpsertCounts: ...
-
-    async def save_sync_state(self, state: SyncState) -> None: ...
-
-    async def get_sync_states(self) -> list[SyncState]: ...
-
-    async def list_active_external_jobs(self, source: Source) -> list[Job]: ...
 
 
 ClientFactory = Callable[[WorkspaceConfig, DatabricksConfig], RunsClient]
@@ -114,7 +100,7 @@ class WorkspaceResult:
 
 @dataclass(slots=True)
 class SyncSummary:
-    """Results of one :func:`sync_once` over every configured workspace."""
+    """Results of one :meth:`DatabricksSync.sync_once` over every configured workspace."""
 
     workspaces: list[WorkspaceResult] = field(default_factory=list)
 
@@ -161,7 +147,7 @@ class DatabricksSync:
     def __init__(
         self,
         config: DatabricksConfig,
-        store: SyncStore,
+        store: Store,
         *,
         client_factory: ClientFactory = RunsClient,
         clock: Callable[[], datetime] = utcnow,
@@ -594,13 +580,3 @@ def _get_run_and_name(client: RunsClient, run_id: int) -> tuple[dict[str, Any] |
     job_id = raw.get("job_id") if raw is not None else None
     name = client.job_name(job_id) if isinstance(job_id, int) else None
     return raw, name
-
-
-async def sync_once(config: DatabricksConfig, store: SyncStore) -> SyncSummary:
-    """Sync every configured workspace once (``queue-service sync databricks --once``)."""
-    return await DatabricksSync(config, store).sync_once()
-
-
-async def run_forever(config: DatabricksConfig, store: SyncStore, stop: asyncio.Event) -> None:
-    """Keep every configured workspace in sync until ``stop`` is set. Never raises for a fault."""
-    await DatabricksSync(config, store).run_forever(stop)

@@ -1,8 +1,9 @@
 """Plugin manifests (ductile plugin protocol 2): parse and validate one `manifest.yaml`.
 
-A manifest is checked field by field, and the first problem becomes a one-line
-`ManifestError` naming the field. Unknown keys are ignored for behaviour but kept
-in `Manifest.raw` (and `Command.extra`), so echoing a manifest loses nothing.
+A manifest is validated by a pydantic model, and every problem is reported at once
+in a one-line `ManifestError`, each naming its field. Unknown keys are ignored for
+behaviour but kept in `Manifest.raw` (and `Command.extra`), so echoing a manifest
+loses nothing.
 
 Compatibility notes (ductile reads manifests the same way):
 - `description` and a command's `input_schema` are optional. A missing
@@ -21,19 +22,31 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import SchemaError, best_match
 from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainValidator,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import UnknownDialect, specification_with
+
+from queue_service.plugins.trust import ownership_problem
 
 MANIFEST_FILENAME = "manifest.yaml"
 MANIFEST_SPEC = "ductile.plugin"
@@ -50,6 +63,7 @@ _PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Same rule as ductile: a letter, then letters, digits, '_' or '-'.
 _COMMAND_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _MESSAGE_CAP = 300
+_ALL_PROBLEMS_CAP = 4000
 
 # Keywords whose presence marks a map as a real JSON Schema, never the compact form.
 # Annotation keywords (title, description, format, ...) are not in this set: in the
@@ -159,8 +173,8 @@ def read_manifest(folder: Path) -> Manifest:
 
     Raises ManifestError (one line) for any problem: unreadable or oversized file,
     YAML syntax, a missing or wrong field, an input_schema that is not a valid JSON
-    Schema, or an entrypoint that is missing, not executable, world-writable, or
-    outside the folder.
+    Schema, or an entrypoint that is missing, not executable, outside the folder,
+    or that others could change (see `check_entrypoint`).
     """
     path = folder / MANIFEST_FILENAME
     try:
@@ -194,62 +208,29 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 def parse_manifest(document: object) -> Manifest:
     """Validate a parsed manifest document (no file system access).
 
-    Raises ManifestError naming the first field that is missing or wrong.
+    Raises ManifestError listing every missing or wrong field at once, in one line:
+    `protocol must be 2, got 1; command 'poll': type is required (read or write)`.
     """
     if not isinstance(document, dict):
         raise ManifestError("manifest must be a YAML mapping")
     doc = cast(dict[str, Any], document)
-    try:
-        return _parse_document(doc)
-    except ManifestError as exc:
-        name = doc.get("name")
-        if isinstance(name, str) and _PLUGIN_NAME.match(name):
-            exc.plugin_name = name
-        raise
-
-
-def _parse_document(doc: dict[str, Any]) -> Manifest:
-
-    spec = doc.get("manifest_spec")
-    if spec != MANIFEST_SPEC:
-        raise ManifestError(_expected("manifest_spec", repr(MANIFEST_SPEC), spec))
-    manifest_version = doc.get("manifest_version")
-    if not _is_int(manifest_version) or manifest_version != MANIFEST_VERSION:
-        raise ManifestError(_expected("manifest_version", str(MANIFEST_VERSION), manifest_version))
-
     name = doc.get("name")
-    if not isinstance(name, str) or not _PLUGIN_NAME.match(name):
-        raise ManifestError(
-            _expected(
-                "name", "1-64 characters from A-Z a-z 0-9 _ . - (not starting with _ . -)", name
-            )
-        )
-    version = _version_text(doc.get("version"))
-    protocol = doc.get("protocol")
-    if not _is_int(protocol) or protocol != PROTOCOL_VERSION:
-        raise ManifestError(_expected("protocol", str(PROTOCOL_VERSION), protocol))
-    entrypoint = doc.get("entrypoint")
-    if not isinstance(entrypoint, str) or not entrypoint.strip():
-        raise ManifestError(
-            _expected("entrypoint", "a file name relative to the plugin folder", entrypoint)
-        )
-    description = _optional_text(doc, "description")
-    concurrency_safe = doc.get("concurrency_safe", True)
-    if not isinstance(concurrency_safe, bool):
-        raise ManifestError(_expected("concurrency_safe", "true or false", concurrency_safe))
-
-    commands = _parse_commands(doc.get("commands"))
-    required_config, optional_config = _parse_config_keys(doc.get("config_keys"))
-
+    readable_name = name if isinstance(name, str) and _PLUGIN_NAME.match(name) else None
+    try:
+        model = _ManifestModel.model_validate(doc)
+    except ValidationError as exc:
+        problems = "; ".join(_one_line(_describe(error, doc)) for error in exc.errors())
+        raise ManifestError(_shorten(problems, _ALL_PROBLEMS_CAP), readable_name) from None
+    config_keys = model.config_keys or _ConfigKeysModel()
     return Manifest(
-        name=name,
-        version=version,
-        description=description,
-        entrypoint=entrypoint,
-        concurrency_safe=concurrency_safe,
-        commands=commands,
-        required_config=required_config,
-        optional_config=optional_config,
+        name=model.name,
+        version=model.version,
+        description=model.description or "",
+        entrypoint=model.entrypoint,
+        concurrency_safe=model.concurrency_safe,
+        commands=tuple(command.build() for command in model.commands),
+        required_config=config_keys.required or (),
+        optional_config=config_keys.optional or (),
         raw=MappingProxyType(doc),
     )
 
@@ -258,8 +239,9 @@ def check_entrypoint(folder: Path, entrypoint: str) -> Path:
     """Resolve `entrypoint` inside `folder` and return its absolute, resolved path.
 
     Raises ManifestError when it is absolute, escapes the folder (also through a
-    symlink), is missing, is not a regular file, is not executable, or when the file
-    or the folder is world-writable (anyone could swap the code we run).
+    symlink), is missing, is not a regular file or not executable, or when anyone but
+    root and the service's user could change it: the folder, the manifest, the
+    entrypoint and any folder between them must pass `trust.ownership_problem`.
     """
     if Path(entrypoint).is_absolute():
         raise ManifestError(f"entrypoint {entrypoint!r} must be relative to the plugin folder")
@@ -269,100 +251,248 @@ def check_entrypoint(folder: Path, entrypoint: str) -> Path:
         raise ManifestError(f"entrypoint {entrypoint!r} escapes the plugin folder")
     try:
         info = target.stat()
-        folder_info = root.stat()
     except OSError as exc:
         raise ManifestError(f"entrypoint {entrypoint!r} not found: {exc.strerror or exc}") from None
     if not stat.S_ISREG(info.st_mode):
         raise ManifestError(f"entrypoint {entrypoint!r} is not a regular file")
     if not os.access(target, os.X_OK):
         raise ManifestError(f"entrypoint {entrypoint!r} is not executable (chmod +x)")
-    if info.st_mode & stat.S_IWOTH:
-        raise ManifestError(f"entrypoint {entrypoint!r} is world-writable")
-    if folder_info.st_mode & stat.S_IWOTH:
-        raise ManifestError("plugin folder is world-writable")
+    between = [parent for parent in target.parents if parent.is_relative_to(root)]
+    checks = [(root, "plugin folder"), (root / MANIFEST_FILENAME, "manifest")]
+    checks += [(parent, "folder") for parent in reversed(between) if parent != root]
+    checks.append((target, "entrypoint"))
+    for path, what in checks:
+        problem = ownership_problem(path, what)
+        if problem is not None:
+            raise ManifestError(problem)
     return target
 
 
-def _parse_commands(value: object) -> tuple[Command, ...]:
-    if not isinstance(value, list) or not value:
-        raise ManifestError("commands must be a non-empty list of {name, type, ...} objects")
-    commands: list[Command] = []
-    seen: set[str] = set()
-    for index, item in enumerate(value):
-        command = _parse_command(index, item)
-        if command.name in seen:
-            raise ManifestError(f"commands[{index}]: duplicate command name {command.name!r}")
-        seen.add(command.name)
-        commands.append(command)
-    return tuple(commands)
+# -- the pydantic models: each field states what it expects, once ---------------------
 
 
-_COMMAND_KEYS = frozenset(
-    {
-        "name",
-        "type",
-        "description",
-        "input_schema",
-        "output_schema",
-        "idempotent",
-        "retry_safe",
-        "values",
-    }
-)
+def _rule(expected: str, convert: Callable[[Any], Any], *, optional: bool = False) -> Any:
+    """A validator. `convert` returns the value or raises ValueError. None (or a missing
+    key) is `is required (EXPECTED)` unless `optional`; a bad value is
+    `must be EXPECTED, got VALUE`."""
+
+    def validate(value: Any) -> Any:
+        if value is None:
+            if optional:
+                return None
+            raise PydanticCustomError("missing", "is required ({expected})", {"expected": expected})
+        try:
+            return convert(value)
+        except ValueError:
+            raise PydanticCustomError(
+                "invalid",
+                "must be {expected}, got {got}",
+                {"expected": expected, "got": _shorten(repr(value), 80)},
+            ) from None
+
+    return PlainValidator(validate)
 
 
-def _parse_command(index: int, item: object) -> Command:
-    where = f"commands[{index}]"
-    if not isinstance(item, dict):
-        raise ManifestError(f"{where} must be an object with name and type")
-    raw = cast(dict[str, Any], item)
-    name = raw.get("name")
-    if not isinstance(name, str) or not _COMMAND_NAME.match(name):
-        raise ManifestError(
-            _expected(f"{where}.name", "a letter, then letters, digits, _ or - (max 64)", name)
+def _when(test: Callable[[Any], bool]) -> Callable[[Any], Any]:
+    """A `convert` for `_rule` that keeps the value when `test` holds."""
+
+    def check(value: Any) -> Any:
+        if not test(value):
+            raise ValueError
+        return value
+
+    return check
+
+
+def _version_text(value: object) -> str:
+    # YAML reads `version: 1.0` as a float; accept it as text, like ductile does.
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError
+
+
+def _names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(n, str) and n for n in value):
+        raise ValueError
+    return tuple(cast(list[str], value))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _matches(pattern: re.Pattern[str]) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, str) and bool(pattern.match(v))
+
+
+def _an_object(what: str) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise PydanticCustomError("not_an_object", "must be {what}", {"what": what})
+        return value
+
+    return check
+
+
+def _is_bool(value: object) -> bool:
+    return isinstance(value, bool)
+
+
+_Text = Annotated[str | None, _rule("text", _when(lambda v: isinstance(v, str)), optional=True)]
+_Flag = Annotated[bool | None, _rule("true or false", _when(_is_bool), optional=True)]
+_Names = Annotated[tuple[str, ...] | None, _rule("a list of key names", _names, optional=True)]
+
+
+class _Model(BaseModel):
+    # Unknown keys are kept (real plugins carry e.g. fact_outputs). Defaults are
+    # validated too, so a missing required key reads like a null one: `is required`.
+    model_config = ConfigDict(extra="allow", frozen=True, validate_default=True)
+
+
+class _CommandModel(_Model):
+    name: Annotated[
+        str,
+        _rule("a letter, then letters, digits, _ or - (max 64)", _when(_matches(_COMMAND_NAME))),
+    ] = cast(str, None)
+    type: Annotated[CommandType, _rule("read or write", _when(lambda v: v in COMMAND_TYPES))] = (
+        cast(CommandType, None)
+    )
+    description: _Text = None
+    input_schema: Annotated[Mapping[str, Any] | None, PlainValidator(_input_schema)] = None
+    output_schema: Any = None
+    idempotent: _Flag = None
+    retry_safe: _Flag = None
+    values: Any = None
+
+    _object = model_validator(mode="before")(_an_object("an object with name and type"))
+
+    def build(self) -> Command:
+        validator = None
+        if self.input_schema is not None:
+            cls = validator_for(self.input_schema, default=Draft202012Validator)
+            format_checker: FormatChecker = cls.FORMAT_CHECKER
+            validator = cls(self.input_schema, format_checker=format_checker)
+        return Command(
+            name=self.name,
+            type=self.type,
+            description=self.description or "",
+            input_schema=self.input_schema,
+            output_schema=self.output_schema,
+            idempotent=self.idempotent,
+            retry_safe=self.retry_safe,
+            values=self.values,
+            extra=MappingProxyType(dict(self.model_extra or {})),
+            _validator=validator,
         )
-    where = f"command {name!r}"
-    kind = raw.get("type")
-    if kind not in COMMAND_TYPES:
-        raise ManifestError(_expected(f"{where}: type", "read or write", kind))
-    description = _optional_text(raw, "description", where)
-    flags: dict[str, bool | None] = {}
-    for flag in ("idempotent", "retry_safe"):
-        flag_value = raw.get(flag)
-        if flag_value is not None and not isinstance(flag_value, bool):
-            raise ManifestError(_expected(f"{where}: {flag}", "true or false", flag_value))
-        flags[flag] = flag_value
-    schema, validator = _compile_input_schema(where, raw.get("input_schema"))
-    return Command(
-        name=name,
-        type=cast(CommandType, kind),
-        description=description,
-        input_schema=schema,
-        output_schema=raw.get("output_schema"),
-        idempotent=flags["idempotent"],
-        retry_safe=flags["retry_safe"],
-        values=raw.get("values"),
-        extra=MappingProxyType({k: v for k, v in raw.items() if k not in _COMMAND_KEYS}),
-        _validator=validator,
+
+
+class _ConfigKeysModel(_Model):
+    required: _Names = None
+    optional: _Names = None
+
+    _object = model_validator(mode="before")(
+        _an_object("an object with required and optional lists")
     )
 
 
-def _compile_input_schema(
-    where: str, schema: object
-) -> tuple[Mapping[str, Any] | None, Validator | None]:
+def _command_list(value: Any) -> Any:
+    if not isinstance(value, list) or not value:
+        raise PydanticCustomError(
+            "invalid",
+            "must be {expected}",
+            {"expected": "a non-empty list of {name, type, ...} objects"},
+        )
+    return value
+
+
+class _ManifestModel(_Model):
+    manifest_spec: Annotated[
+        str, _rule(repr(MANIFEST_SPEC), _when(lambda v: v == MANIFEST_SPEC))
+    ] = cast(str, None)
+    manifest_version: Annotated[
+        int, _rule(str(MANIFEST_VERSION), _when(lambda v: _is_int(v) and v == MANIFEST_VERSION))
+    ] = cast(int, None)
+    name: Annotated[
+        str,
+        _rule(
+            "1-64 characters from A-Z a-z 0-9 _ . - (not starting with _ . -)",
+            _when(_matches(_PLUGIN_NAME)),
+        ),
+    ] = cast(str, None)
+    version: Annotated[str, _rule("a version string such as 1.0.0", _version_text)] = cast(
+        str, None
+    )
+    protocol: Annotated[
+        int, _rule(str(PROTOCOL_VERSION), _when(lambda v: _is_int(v) and v == PROTOCOL_VERSION))
+    ] = cast(int, None)
+    entrypoint: Annotated[
+        str,
+        _rule(
+            "a file name relative to the plugin folder",
+            _when(lambda v: isinstance(v, str) and bool(v.strip())),
+        ),
+    ] = cast(str, None)
+    description: _Text = None
+    concurrency_safe: Annotated[bool, _rule("true or false", _when(_is_bool))] = True
+    commands: Annotated[list[_CommandModel], BeforeValidator(_command_list)] = cast(
+        list[_CommandModel], None
+    )
+    config_keys: _ConfigKeysModel | None = None
+
+    @field_validator("commands")
+    @classmethod
+    def _unique_names(cls, commands: list[_CommandModel]) -> list[_CommandModel]:
+        seen: set[str] = set()
+        for index, command in enumerate(commands):
+            if command.name in seen:
+                raise PydanticCustomError(
+                    "duplicate",
+                    "duplicate command name {name}",
+                    {"name": repr(command.name), "at": f"commands[{index}]"},
+                )
+            seen.add(command.name)
+        return commands
+
+
+def _describe(error: ErrorDetails, doc: Mapping[str, Any]) -> str:
+    """One problem: the field, named as a plugin author wrote it, then what is wrong."""
+    ctx = error.get("ctx") or {}
+    if "at" in ctx:
+        return f"{ctx['at']}: {error['msg']}"
+    return f"{_label(error['loc'], doc)} {error['msg']}"
+
+
+def _label(loc: tuple[int | str, ...], doc: Mapping[str, Any]) -> str:
+    """`name`, `config_keys.required`, `commands[0]`, and `command 'poll': type` once
+    the command's name can be read (else `commands[0].type`)."""
+    if len(loc) >= 3 and loc[0] == "commands" and isinstance(loc[1], int):
+        command = doc["commands"][loc[1]]
+        name = command.get("name") if isinstance(command, dict) else None
+        if isinstance(name, str) and _COMMAND_NAME.match(name):
+            return f"command {name!r}: " + ".".join(str(part) for part in loc[2:])
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def _input_schema(schema: object) -> Mapping[str, Any] | None:
+    """The effective input_schema (compact form expanded), checked to be a valid JSON
+    Schema of a known dialect with local `$ref`s only."""
     if schema is None:
-        return None, None
+        return None
     if isinstance(schema, bool):
         # `true`/`false` are valid JSON Schemas, but useless here; refuse to guess.
-        raise ManifestError(f"{where}: input_schema must be an object, not a boolean")
+        raise _schema_problem("must be an object, not a boolean")
     if not isinstance(schema, dict):
-        raise ManifestError(f"{where}: input_schema must be an object (a JSON Schema)")
+        raise _schema_problem("must be an object (a JSON Schema)")
     effective = _expand_compact(cast(dict[str, Any], schema))
     for ref in _refs(effective):
         if not ref.startswith("#"):
-            raise ManifestError(
-                f"{where}: input_schema $ref {ref!r} is not local; only '#...' references "
-                "are supported"
+            raise _schema_problem(
+                f"$ref {ref!r} is not local; only '#...' references are supported"
             )
     dialect = effective.get("$schema")
     if dialect is not None:
@@ -372,23 +502,22 @@ def _compile_input_schema(
                 raise UnknownDialect(dialect)
             specification_with(dialect)
         except UnknownDialect:
-            raise ManifestError(
-                _one_line(f"{where}: input_schema has an unknown $schema {dialect!r}")
-            ) from None
+            raise _schema_problem(f"has an unknown $schema {dialect!r}") from None
     cls = validator_for(effective, default=Draft202012Validator)
     try:
         cls.check_schema(effective)
     except SchemaError as exc:
         # The error describes the first failing keyword; its JSON path points into
         # the schema document, which is what a plugin author needs to fix.
-        raise ManifestError(
-            _one_line(
-                f"{where}: input_schema is not a valid JSON Schema: {exc.message} "
-                f"(at {exc.json_path})"
-            )
+        raise _schema_problem(
+            f"is not a valid JSON Schema: {exc.message} (at {exc.json_path})"
         ) from None
-    format_checker: FormatChecker = cls.FORMAT_CHECKER
-    return MappingProxyType(effective), cls(effective, format_checker=format_checker)
+    return MappingProxyType(effective)
+
+
+def _schema_problem(message: str) -> PydanticCustomError:
+    # Passed as data, not as the template: a schema's text may hold braces.
+    return PydanticCustomError("input_schema", "{message}", {"message": _one_line(message)})
 
 
 def _expand_compact(schema: dict[str, Any]) -> dict[str, Any]:
@@ -419,53 +548,6 @@ def _refs(node: object) -> list[str]:
         elif isinstance(current, list):
             stack.extend(current)
     return found
-
-
-def _parse_config_keys(value: object) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    if value is None:
-        return (), ()
-    if not isinstance(value, dict):
-        raise ManifestError("config_keys must be an object with required and optional lists")
-    keys = cast(dict[str, Any], value)
-    result: list[tuple[str, ...]] = []
-    for part in ("required", "optional"):
-        names = keys.get(part)
-        if names is None:
-            result.append(())
-            continue
-        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
-            raise ManifestError(f"config_keys.{part} must be a list of key names")
-        result.append(tuple(cast(list[str], names)))
-    return result[0], result[1]
-
-
-def _version_text(value: object) -> str:
-    # YAML reads `version: 1.0` as a float; accept it as text, like ductile does.
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    raise ManifestError(_expected("version", "a version string such as 1.0.0", value))
-
-
-def _optional_text(doc: Mapping[str, Any], key: str, where: str = "") -> str:
-    value = doc.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        label = f"{where}: {key}" if where else key
-        raise ManifestError(_expected(label, "text", value))
-    return value
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _expected(field_name: str, expected: str, got: object) -> str:
-    if got is None:
-        return f"{field_name} is required ({expected})"
-    return _one_line(f"{field_name} must be {expected}, got {_shorten(repr(got), 80)}")
 
 
 def _one_line(text: str) -> str:

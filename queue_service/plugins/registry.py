@@ -9,6 +9,8 @@ A plugin that cannot be used never stops the service. It is kept in the registry
 as invalid, with a one-line `error`, and logged once at WARNING:
 - its manifest is invalid (see `manifest.read_manifest`);
 - a key listed in `config_keys.required` is missing from its configured config table;
+- it, its plugin dir or its entrypoint could be changed by someone other than root
+  and the service's user (see `trust.py`); the error names the path;
 - its name is already taken (duplicates across plugin dirs: **the first one found
   wins**; later ones are listed as invalid, naming the folder that owns the name).
 
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -30,9 +32,9 @@ from queue_service.plugins.manifest import (
     Command,
     Manifest,
     ManifestError,
-    PayloadError,
     read_manifest,
 )
+from queue_service.plugins.trust import ownership_problem
 
 log = logging.getLogger("queue_service.plugins")
 
@@ -49,7 +51,8 @@ class Plugin:
     name: str
     folder: Path
     manifest: Manifest | None
-    config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # repr=False: values may be secrets filled in from the environment.
+    config: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     error: str | None = None
 
     @property
@@ -174,15 +177,6 @@ class Registry:
             )
         return found, declared
 
-    def validate_payload(self, plugin: str, command: str, payload: Any) -> PayloadError | None:
-        """Validate `payload` against the command's input_schema.
-
-        Returns None when it is acceptable, else the validator's message and the JSON
-        path of the offending value. Raises the `resolve` errors for unknown names.
-        """
-        _, declared = self.resolve(plugin, command)
-        return declared.validate_payload(payload)
-
 
 def load(
     plugin_dirs: Iterable[str | Path],
@@ -202,6 +196,10 @@ def load(
         if not root.is_dir():
             log.warning("plugin dir %s does not exist or is not a directory; skipped", root)
             continue
+        # Its plugins are still listed (as invalid), so their queued jobs are kept.
+        dir_problem = ownership_problem(root.resolve(), "plugin dir")
+        if dir_problem is not None:
+            log.warning("%s", dir_problem)
         for folder in sorted(root.iterdir(), key=lambda p: p.name):
             if folder.name.startswith((".", "_")) or not folder.is_dir():
                 continue
@@ -209,6 +207,8 @@ def load(
                 log.debug("%s has no %s; not a plugin", folder, MANIFEST_FILENAME)
                 continue
             plugin = _load_one(folder.absolute(), configs)
+            if dir_problem is not None:
+                plugin = replace(plugin, error=dir_problem)
             owner = owners.get(plugin.name)
             if owner is not None:
                 plugin = Plugin(

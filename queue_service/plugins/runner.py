@@ -23,8 +23,8 @@ How an attempt ends (`AttemptOutcome.kind`):
   SIGTERM, `kill_grace` seconds, then SIGKILL (the whole group). A process that has
   already exited when the timer is handled is not timed out: its result wins.
 
-`retry_allowed` is False for exit code 78 and for `"retry": false` on an error
-response; True otherwise (whether a retry happens is the worker's call).
+`retry_allowed` is False for exit code 78, for `"retry": false` on an error
+response and for stdout over the cap; True otherwise (whether a retry happens is the worker's call).
 
 Cancelling the task that awaits `run_command` (job canceled, service shutdown)
 stops the process group the same way (SIGTERM, grace, SIGKILL) and re-raises
@@ -74,9 +74,11 @@ EXIT_CONFIG_ERROR: Final = 78
 ERROR_MESSAGE_CAP: Final = 4096
 #: The event type a `handle` request carries unless the caller says otherwise.
 API_TRIGGER_EVENT: Final = "api.trigger"
+#: An API-triggered event's `timestamp`: ductile serializes its unset time this way.
+UNSET_EVENT_TIMESTAMP: Final = "0001-01-01T00:00:00Z"
 
-#: Environment variables a plugin inherits from the service, when set. Nothing else
-#: is passed: secrets reach plugins only through the request's `config`.
+#: Environment variables a plugin inherits from the service, when set (ductile's list).
+#: Nothing else is passed unless `[service] plugin_env_passthrough` names it.
 ENV_ALLOWLIST: Final = frozenset(
     {
         "PATH",
@@ -131,9 +133,10 @@ class AttemptOutcome:
       None when the process never started.
     - `stderr_tail`: the last bytes of stderr (at most the stderr cap), decoded as
       UTF-8 with replacement.
-    - `events`, `logs`, `state_updates`: as the response gave them (on ok and on
-      error responses; empty otherwise). Whether error-time state updates are
-      applied is the caller's decision.
+    - `events`, `logs`: as the response gave them (on ok and on error responses),
+      None when the response has no such key: `[]` stays an empty tuple.
+    - `state_updates`: as the response gave them, `{}` when absent. Whether
+      error-time state updates are applied is the caller's decision.
     - `duration`: seconds from spawn to the end of the run, kill time included.
     """
 
@@ -143,9 +146,9 @@ class AttemptOutcome:
     retry_allowed: bool = True
     exit_code: int | None = None
     stderr_tail: str = ""
-    events: tuple[dict[str, Any], ...] = ()
+    events: tuple[dict[str, Any], ...] | None = None
     state_updates: dict[str, Any] = field(default_factory=dict)
-    logs: tuple[dict[str, Any], ...] = ()
+    logs: tuple[dict[str, Any], ...] | None = None
     duration: float = 0.0
 
     @property
@@ -170,25 +173,38 @@ def plugin_environment(passthrough: Iterable[str] = ()) -> dict[str, str]:
 def build_request(
     command: str,
     *,
+    plugin_name: str,
     job_id: str,
     payload: Any,
     config: Mapping[str, Any],
     state: Mapping[str, Any],
     deadline_at: str,
+    secrets: Mapping[str, str] | None = None,
     event_type: str = API_TRIGGER_EVENT,
 ) -> dict[str, Any]:
-    """The protocol 2 request object. `handle` carries the payload inside `event`."""
+    """The protocol 2 request object, with ductile's fields and presence rules.
+
+    - `config`, `state` and `context` (`{"ductile_plugin": NAME}`) are always sent;
+    - `secrets` only when there are any (never merged into `config`);
+    - `payload` when it is a non-empty object; for `handle` it is the whole event
+      envelope `{type, payload, timestamp}`, which is also sent as `event`.
+    """
     request: dict[str, Any] = {
         "protocol": PROTOCOL_VERSION,
         "job_id": job_id,
         "command": command,
         "config": dict(config),
         "state": dict(state),
+        "context": {"ductile_plugin": plugin_name},
         "deadline_at": deadline_at,
     }
+    if secrets:
+        request["secrets"] = dict(secrets)
     if command == "handle":
-        request["event"] = {"type": event_type, "payload": payload}
-    else:
+        event = {"type": event_type, "payload": payload, "timestamp": UNSET_EVENT_TIMESTAMP}
+        request["event"] = event
+        request["payload"] = dict(event)
+    elif isinstance(payload, dict) and payload:
         request["payload"] = payload
     return request
 
@@ -205,6 +221,7 @@ async def run_command(
     kill_grace: float = KILL_GRACE,
     stdout_cap: int = STDOUT_CAP,
     stderr_cap: int = STDERR_TAIL,
+    secrets: Mapping[str, str] | None = None,
     event_type: str = API_TRIGGER_EVENT,
     env_passthrough: Iterable[str] = (),
     on_spawn: Callable[[int], None] | None = None,
@@ -212,8 +229,10 @@ async def run_command(
     """Run `command` of `plugin` once and report how it ended.
 
     `config` defaults to the plugin's configured table, `state` to `{}`, `timeout_seconds`
-    to `default_timeout(command)`. `on_spawn` is called with the process id (which is
-    also its process group id) right after the process starts.
+    to `default_timeout(command)`; `secrets` are sent as the request's `secrets` (see
+    `build_request`), `env_passthrough` names are added to the environment. `on_spawn`
+    is called with the process id (which is also its process group id) right after the
+    process starts.
 
     Never raises for anything the plugin does: every plugin behaviour becomes an
     AttemptOutcome. Raises ValueError for an invalid plugin, bad limits, or a request
@@ -229,11 +248,13 @@ async def run_command(
     deadline_at = format_ts(utcnow() + timedelta(seconds=effective_timeout))
     request = build_request(
         command,
+        plugin_name=plugin.name,
         job_id=job_id,
         payload=payload,
         config=plugin.config if config is None else config,
         state=state or {},
         deadline_at=deadline_at,
+        secrets=secrets,
         event_type=event_type,
     )
     try:
@@ -444,9 +465,9 @@ class _Response:
     result: Any
     error: str | None
     retry: bool
-    events: tuple[dict[str, Any], ...]
+    events: tuple[dict[str, Any], ...] | None
     state_updates: dict[str, Any]
-    logs: tuple[dict[str, Any], ...]
+    logs: tuple[dict[str, Any], ...] | None
 
 
 def parse_response(stdout: bytes) -> _Response:
@@ -485,10 +506,12 @@ def parse_response(stdout: bytes) -> _Response:
     )
 
 
-def _objects(doc: Mapping[str, Any], key: str, *, required: str) -> tuple[dict[str, Any], ...]:
+def _objects(
+    doc: Mapping[str, Any], key: str, *, required: str
+) -> tuple[dict[str, Any], ...] | None:
     value = doc.get(key)
     if value is None:
-        return ()
+        return None
     if not isinstance(value, list):
         raise _Violation(f"{key} must be a list")
     items: list[dict[str, Any]] = []
@@ -528,6 +551,7 @@ def _outcome(
         return AttemptOutcome(
             kind=OutcomeKind.PROTOCOL_ERROR,
             error=f"protocol violation: stdout exceeded the {stdout_cap}-byte cap",
+            retry_allowed=False,  # the same input would overflow the same way
             **common,
         )
     if end is _End.TIMED_OUT:

@@ -1,4 +1,11 @@
-"""The job store: the only part of queue-service that speaks SQL."""
+"""The job store: the only part of queue-service that speaks SQL.
+
+Everything else knows the `Store` protocol and opens a store with `open_store(db)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from queue_service.store.errors import (
     Conflict,
@@ -10,40 +17,82 @@ from queue_service.store.errors import (
     StoreError,
     StoreUnavailable,
 )
+from queue_service.store.protocol import Store
 from queue_service.store.sqlite import SQLiteStore
 from queue_service.store.types import (
+    AttemptEnd,
     Cursor,
     EnqueueResult,
     ExternalJob,
+    FireOutcome,
+    FireResult,
     Job,
     JobFilter,
     JobPage,
     JobSummary,
+    Migration,
     NewJob,
+    RecoveredJob,
+    ScheduleState,
     SyncState,
     Token,
     UpsertCounts,
 )
 
+#: URL schemes `--db` may carry; anything else is a path to an SQLite file.
+_SQLITE_PREFIX = "sqlite:///"
+
+
+def create_store(db: str, **options: Any) -> Store:
+    """The store `db` names, not yet opened: an SQLite file path (or `sqlite:///PATH`).
+
+    Raises StoreUnavailable for a URL of a backend this version does not have."""
+    if db.startswith(_SQLITE_PREFIX):
+        db = db[len(_SQLITE_PREFIX) - 1 :]
+    elif "://" in db:
+        scheme = db.split("://", 1)[0]
+        raise StoreUnavailable(
+            f"--db {scheme}://…: this version stores jobs in SQLite only; give a file path "
+            f"(or {_SQLITE_PREFIX}PATH)"
+        )
+    return SQLiteStore(db, **options)
+
+
+async def open_store(db: str, *, migrate: bool = True, **options: Any) -> Store:
+    """Create the store `db` names and open it (applying migrations with `migrate`)."""
+    store = create_store(db, **options)
+    await store.open(migrate=migrate)
+    return store
+
+
 __all__ = [
+    "AttemptEnd",
     "Conflict",
     "Cursor",
     "EnqueueResult",
     "ExternalJob",
+    "FireOutcome",
+    "FireResult",
     "IllegalTransition",
     "Job",
     "JobFilter",
     "JobNotFound",
     "JobPage",
     "JobSummary",
+    "Migration",
     "NewJob",
     "NotADatabase",
     "QueryTimeout",
+    "RecoveredJob",
     "SQLiteStore",
+    "ScheduleState",
     "SchemaTooNew",
+    "Store",
     "StoreError",
     "StoreUnavailable",
     "SyncState",
     "Token",
     "UpsertCounts",
+    "create_store",
+    "open_store",
 ]

@@ -6,9 +6,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from queue_service.statuses import Source, Status
+from queue_service.statuses import AttemptStatus, Source, Status
 
 JSON = Any
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered schema migration of a backend."""
+
+    version: int
+    name: str
+    sql: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +181,7 @@ class AttemptEnd:
     """
 
     status: Status
-    attempt_status: str
+    attempt_status: AttemptStatus
     result: JSON = None
     events: JSON = None
     logs: JSON = None

@@ -1,10 +1,9 @@
-"""Reading the database behind the service's back (read-only), and small waits."""
+"""Reading the database behind the service's back (read-only)."""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -79,11 +78,3 @@ def status_counts(db: Path, plugin: str | None = None) -> Counter[str]:
             (plugin,),
         ).fetchall()
     return Counter({status: n for status, n in rows})
-
-
-def wait_for(check: Callable[[], bool], what: str, within: float, poll: float = 0.1) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {within:.0f} s waiting for {what}")
-        time.sleep(poll)

@@ -11,7 +11,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -22,11 +21,17 @@ from typing import Any
 
 import httpx
 
-from queue_service.statuses import Status
+from queue_service.statuses import AttemptStatus, Status
 from queue_service.store import JobFilter, NewJob, SQLiteStore, StoreError
 from queue_service.store.types import AttemptEnd
 from tests.conftest import free_port
 from tests.live_server import seed_database
+from tests.processes import (
+    Processes,
+    healthy,
+    wait_until,
+    write_config,
+)
 from tests.reliability._db import (
     Log,
     count_mismatches,
@@ -34,18 +39,11 @@ from tests.reliability._db import (
     quiet,
     read_only,
     status_counts,
-    wait_for,
-)
-from tests.test_acceptance_processes import (
-    REPO,
-    Processes,
-    healthy,
-    write_config,
 )
 
 #: Jobs of the contenders: a plugin that exists, so that a `serve` worker may take some too.
 CONTEND_PLUGIN = "instant"
-DONE = AttemptEnd(status=Status.SUCCEEDED, attempt_status="succeeded", exit_code=0)
+DONE = AttemptEnd(status=Status.SUCCEEDED, attempt_status=AttemptStatus.SUCCEEDED, exit_code=0)
 
 
 async def contend(db: Path, jobs: int, seed: int, out: Path, contenders: int) -> dict[str, Any]:
@@ -194,23 +192,20 @@ def run_contention(
         serve = procs.start(
             "serve", "serve", "--db", str(db), "--port", str(port), "--config", str(config)
         )
-        wait_for(lambda: healthy(port), "serve to answer", 30)
+        wait_until(lambda: healthy(port), "serve to answer", 30, procs)
         contenders = []
         for n in range(processes):
-            with (tmp / f"contender-{n}.log").open("wb") as sink:
-                contenders.append(
-                    subprocess.Popen(
-                        [
-                            *(sys.executable, "-m", "tests.reliability.contention", "contend"),
-                            *("--db", str(db), "--jobs", str(jobs_per_process)),
-                            *("--seed", str(n), "--out", str(outs / f"{n}.json")),
-                            *("--contenders", str(processes)),
-                        ],
-                        cwd=REPO,
-                        stdout=sink,
-                        stderr=subprocess.STDOUT,
-                    )
+            contenders.append(
+                procs.start_command(
+                    f"contender-{n}",
+                    [
+                        *(sys.executable, "-m", "tests.reliability.contention", "contend"),
+                        *("--db", str(db), "--jobs", str(jobs_per_process)),
+                        *("--seed", str(n), "--out", str(outs / f"{n}.json")),
+                        *("--contenders", str(processes)),
+                    ],
                 )
+            )
 
         def reader(seed: int) -> None:
             rng = random.Random(seed)
@@ -255,22 +250,24 @@ def run_contention(
             for proc in contenders:
                 left = max(1.0, time_limit - (time.monotonic() - started))
                 proc.wait(timeout=left)
-            wait_for(
+            wait_until(
                 lambda: (
                     len(ledger.read_text().splitlines()) >= len(http_ids)
                     if ledger.exists() and len(http_ids) == http_jobs
                     else False
                 ),
                 "the HTTP-enqueued ledger jobs to run",
-                within=60,
+                60,
+                procs,
             )
-            wait_for(
+            wait_until(
                 lambda: all(
                     status_counts(db, plugin)["queued"] + status_counts(db, plugin)["running"] == 0
                     for plugin in (CONTEND_PLUGIN, "ledger")
                 ),
                 "the queue to drain",
-                within=60,
+                60,
+                procs,
             )
         finally:
             stop.set()

@@ -21,6 +21,14 @@ from queue_service.statuses import TERMINAL, Status
 from queue_service.store import NewJob
 from tests.conftest import free_port
 from tests.live_server import seed_database
+from tests.processes import (
+    Processes,
+    enqueue_many,
+    healthy,
+    wait_until,
+    worker,
+    write_config,
+)
 from tests.reliability._db import (
     Log,
     held_leases,
@@ -29,14 +37,6 @@ from tests.reliability._db import (
     quiet,
     read_only,
     status_counts,
-    wait_for,
-)
-from tests.test_acceptance_processes import (
-    Processes,
-    enqueue_many,
-    healthy,
-    worker,
-    write_config,
 )
 
 
@@ -177,7 +177,7 @@ def run_crash_scenario(
             return counts["queued"] + counts["running"] == 0
 
         # Recovery needs the lease to expire plus one recovery round.
-        wait_for(all_terminal, "every job to end", within=max(60.0, 10 * lease_seconds))
+        wait_until(all_terminal, "every job to end", max(60.0, 10 * lease_seconds), procs)
         # Plugins orphaned by a kill may still be finishing their line.
         size = -1
         while size != (size := ledger.stat().st_size):
@@ -310,7 +310,7 @@ def run_server_kills(
                 f"serve-{round_}",
                 *("serve", "--db", str(db), "--port", str(port), "--config", str(config)),
             )
-            wait_for(lambda: healthy(port), "serve to answer", 30)
+            wait_until(lambda: healthy(port), "serve to answer", 30, procs)
             stop = threading.Event()
 
             def client(url: str = f"http://127.0.0.1:{port}/plugin/ok/poll") -> None:

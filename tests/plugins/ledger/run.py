@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Test plugin: appends job_id to the file named by payload.ledger or config.ledger (followed
-by the worker's pid when payload.with_worker_pid is true)."""
+by the worker's pid when payload.with_worker_pid is true). With payload.gate, it first waits
+until the file named by payload.gate exists."""
 
 import json
 import os
@@ -20,6 +21,8 @@ if not path:
         sys.stdout,
     )
     sys.exit(0)
+while payload.get("gate") and not os.path.exists(payload["gate"]):
+    time.sleep(0.01)
 if payload.get("sleep"):
     time.sleep(float(payload["sleep"]))
 # One O_APPEND write per line: concurrent writers never interleave within a line.

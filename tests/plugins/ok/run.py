@@ -3,9 +3,10 @@
 
 import json
 import sys
+from typing import Any
 
 
-def payload_of(request):
+def payload_of(request: dict[str, Any]) -> Any:
     if request.get("command") == "handle":
         return (request.get("event") or {}).get("payload")
     return request.get("payload")

@@ -8,7 +8,7 @@ import sys
 import time
 
 
-def note(path, what):
+def note(path: str, what: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, f"{what} {os.getpid()} {time.time():.6f}\n".encode())

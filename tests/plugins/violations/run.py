@@ -26,7 +26,9 @@ responses = {
 }
 if mode == "crash":
     raise RuntimeError("plugin crashed")
-sys.stdout.write(responses[mode])
+response = responses[mode]
+assert response is not None
+sys.stdout.write(response)
 sys.stdout.flush()
 if mode == "ok_exit_1":
     sys.exit(1)

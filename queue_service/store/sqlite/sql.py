@@ -36,7 +36,7 @@ def queries() -> dict[str, str]:
     """Every named query of the package's query files. A name used twice is an error."""
     found: dict[str, str] = {}
     for filename in QUERY_FILES:
-        text = resources.files("queue_service.store").joinpath(filename).read_text("utf-8")
+        text = resources.files("queue_service.store.sqlite").joinpath(filename).read_text("utf-8")
         for name, sql in parse_named_queries(text).items():
             if name in found:
                 raise ValueError(f"query {name!r} is defined twice ({filename})")

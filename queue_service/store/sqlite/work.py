@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from queue_service.statuses import Status
 from queue_service.store.errors import Conflict, JobNotFound
-from queue_service.store.rows import encode_json, job_from_row
-from queue_service.store.sql import q
+from queue_service.store.sqlite.rows import encode_json, job_from_row
+from queue_service.store.sqlite.sql import q
 from queue_service.store.types import AttemptEnd, Job, RecoveredJob
 from queue_service.timeutil import now_ts
 
@@ -161,3 +161,39 @@ def plugin_state(conn: sqlite3.Connection, plugin: str) -> dict[str, object]:
     row = conn.execute(q("get_plugin_state"), {"plugin": plugin}).fetchone()
     state: dict[str, object] = json.loads(row[0]) if row else {}
     return state
+
+
+def queued_by_plugin(conn: sqlite3.Connection) -> dict[str, int]:
+    return {plugin: int(n) for plugin, n in conn.execute(q("queued_by_plugin"))}
+
+
+def cancel_queued(
+    conn: sqlite3.Connection, plugin: str, command: str | None, reason: str, limit: int
+) -> list[str]:
+    params = {
+        "plugin": plugin,
+        "command": command,
+        "reason": reason,
+        "limit": limit,
+        "now": now_ts(),
+    }
+    return [row[0] for row in conn.execute(q("cancel_queued_batch"), params)]
+
+
+#: Count rows that fell to zero, dropped when pruning rather than on every commit.
+_EMPTY_COUNTS = (
+    "drop_empty_counts",
+    "drop_empty_hour",
+    "drop_empty_hour_plugin",
+    "drop_empty_hour_command",
+    "drop_empty_hour_plugin_command",
+)
+
+
+def prune_finished(conn: sqlite3.Connection, before: str, limit: int) -> int:
+    params = {"before": before, "limit": limit}
+    deleted = int(conn.execute(q("prune_finished"), params).rowcount)
+    conn.execute(q("prune_schedule_fires"), params)
+    for name in _EMPTY_COUNTS:
+        conn.execute(q(name))
+    return deleted

@@ -51,9 +51,5 @@ SELECT workspace, host, watermark_ms, last_success_at, last_error, last_error_at
 FROM sync_state ORDER BY workspace;
 
 -- name: active_external_jobs
-SELECT seq, job_id, plugin, command, status, source, payload, result, events, logs,
-       last_error, attempt, max_attempts, submitted_by, external_id, external_url,
-       created_at, started_at, completed_at, run_after, lease_expires_at, dedupe_key,
-       schedule_id
-FROM jobs INDEXED BY jobs_list_all
-WHERE status IN ('queued', 'running') AND source = :source;
+SELECT * FROM jobs INDEXED BY jobs_by_status
+WHERE status IN ('queued', 'running') AND status != 'succeeded' AND source = :source;

@@ -1,8 +1,12 @@
 -- Named queries for the worker: claim, heartbeat, finish, recover, release, cancel, prune.
 
 -- name: running_count
-SELECT COALESCE(SUM(n), 0) FROM job_counts
-WHERE plugin = :plugin AND status = 'running' AND source = 'local';
+SELECT COALESCE(SUM(n), 0) FROM (
+    SELECT n FROM job_counts WHERE plugin = :plugin AND status = 'running' AND source = 'local'
+    UNION ALL
+    SELECT d FROM job_count_deltas
+    WHERE plugin = :plugin AND status = 'running' AND source = 'local'
+);
 
 -- name: claim_jobs
 UPDATE jobs SET
@@ -18,10 +22,7 @@ WHERE seq IN (
     ORDER BY run_after, seq
     LIMIT :limit
 )
-RETURNING seq, job_id, plugin, command, status, source, payload, result, events, logs,
-          last_error, attempt, max_attempts, submitted_by, external_id, external_url,
-          created_at, started_at, completed_at, run_after, lease_expires_at, dedupe_key,
-          schedule_id;
+RETURNING *;
 
 -- name: insert_attempt
 INSERT INTO job_attempts (job_id, attempt, status, started_at)
@@ -59,8 +60,29 @@ UPDATE job_attempts SET
 WHERE job_id = :job_id AND attempt = :attempt AND status = 'running';
 
 -- name: merge_plugin_state
+-- ductile's shallow merge: each top-level key of :updates replaces the stored one whole
+-- (nested objects are not merged) and null is stored as a value, so no key is deleted.
+-- Values are copied as their JSON text (`doc -> fullkey`), which keeps numbers exact; the
+-- path cannot name a key holding '"', so such a value is rebuilt from json_each instead.
 INSERT INTO plugin_state (plugin, state, updated_at) VALUES (:plugin, json(:updates), :now)
-ON CONFLICT (plugin) DO UPDATE SET state = json_patch(state, json(:updates)), updated_at = :now;
+ON CONFLICT (plugin) DO UPDATE SET state = (
+    SELECT json_group_object(merged.key, json(merged.value_json)) FROM (
+        SELECT cur.key,
+            coalesce(plugin_state.state -> cur.fullkey, CASE cur.type
+                WHEN 'true' THEN 'true' WHEN 'false' THEN 'false'
+                WHEN 'object' THEN cur.value WHEN 'array' THEN cur.value
+                ELSE json_quote(cur.value) END) AS value_json
+        FROM json_each(plugin_state.state) AS cur
+        WHERE cur.key NOT IN (SELECT upd.key FROM json_each(excluded.state) AS upd)
+        UNION ALL
+        SELECT upd.key,
+            coalesce(excluded.state -> upd.fullkey, CASE upd.type
+                WHEN 'true' THEN 'true' WHEN 'false' THEN 'false'
+                WHEN 'object' THEN upd.value WHEN 'array' THEN upd.value
+                ELSE json_quote(upd.value) END)
+        FROM json_each(excluded.state) AS upd
+    ) AS merged
+), updated_at = :now;
 
 -- name: get_plugin_state
 SELECT state FROM plugin_state WHERE plugin = :plugin;
@@ -132,14 +154,21 @@ UPDATE jobs SET cancel_requested = 1
 WHERE job_id = :job_id AND status = 'running' AND source = 'local'
 RETURNING status;
 
--- name: orphaned_jobs
--- Queued local jobs whose plugin is not installed: they can never run.
-UPDATE jobs SET status = 'dead', completed_at = :now,
-    last_error = 'plugin ' || plugin || ' is not installed; the job can never run'
+-- name: queued_by_plugin
+-- Queued local jobs per plugin, from the exact counts (no table walk).
+SELECT plugin, SUM(n) FROM (
+    SELECT plugin, n FROM job_counts WHERE status = 'queued' AND source = 'local'
+    UNION ALL
+    SELECT plugin, d FROM job_count_deltas WHERE status = 'queued' AND source = 'local'
+) GROUP BY plugin HAVING SUM(n) > 0;
+
+-- name: cancel_queued_batch
+-- Bulk cancel by filter (an operator's explicit choice, e.g. for a plugin that is gone).
+UPDATE jobs SET status = 'canceled', completed_at = :now, last_error = :reason
 WHERE seq IN (
-    SELECT seq FROM jobs INDEXED BY jobs_list_all
-    WHERE status = 'queued' AND source = 'local'
-      AND plugin NOT IN (SELECT value FROM json_each(:known_plugins))
+    SELECT seq FROM jobs INDEXED BY jobs_by_status_plugin_command
+    WHERE status = 'queued' AND status != 'succeeded' AND plugin = :plugin
+      AND command = COALESCE(:command, command) AND source = 'local'
     LIMIT :limit
 )
 RETURNING job_id;
@@ -156,8 +185,3 @@ DELETE FROM jobs WHERE seq IN (
 DELETE FROM schedule_fires WHERE (schedule_key, slot) IN (
     SELECT schedule_key, slot FROM schedule_fires WHERE fired_at < :before LIMIT :limit
 );
-
--- name: next_run_after
--- When the earliest queued job of these plugins becomes runnable (for the worker's sleep).
-SELECT MIN(run_after) FROM jobs INDEXED BY jobs_claimable
-WHERE status = 'queued' AND plugin IN (SELECT value FROM json_each(:plugins));

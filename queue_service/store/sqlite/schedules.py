@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from queue_service.store.sql import q
+from queue_service.store.sqlite.jobs import insert_jobs
+from queue_service.store.sqlite.sql import q
 from queue_service.store.types import FireOutcome, FireResult, NewJob, ScheduleState
 from queue_service.timeutil import now_ts
 
@@ -28,8 +29,6 @@ def fire_slot(
     job: NewJob,
     skip_if_running: bool,
 ) -> FireResult:
-    from queue_service.store.sqlite import insert_jobs
-
     now = now_ts()
     keys = {"schedule_key": schedule_key, "slot": slot, "now": now, "next_run_at": next_run_at}
     if conn.execute(q("claim_schedule_slot"), keys).fetchone() is None:

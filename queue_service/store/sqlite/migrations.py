@@ -5,23 +5,16 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from dataclasses import dataclass
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
 
 from queue_service.store.errors import NotADatabase, SchemaTooNew
-from queue_service.store.sql import q
+from queue_service.store.sqlite.sql import q
+from queue_service.store.types import Migration
 from queue_service.timeutil import now_ts
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
 
 
 def migrations_dir() -> Traversable:
@@ -30,7 +23,7 @@ def migrations_dir() -> Traversable:
     packaged = resources.files("queue_service").joinpath("migrations")
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parents[2] / "migrations"
+    return Path(__file__).resolve().parents[3] / "migrations"
 
 
 def available_migrations() -> list[Migration]:

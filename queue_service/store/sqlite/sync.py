@@ -7,9 +7,10 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from queue_service.store.rows import encode_json
-from queue_service.store.sql import q
-from queue_service.store.types import ExternalJob, SyncState, UpsertCounts
+from queue_service.statuses import Source
+from queue_service.store.sqlite.rows import encode_json, job_from_row, sync_state_from_row
+from queue_service.store.sqlite.sql import q
+from queue_service.store.types import ExternalJob, Job, SyncState, UpsertCounts
 
 
 def _params(job: ExternalJob) -> dict[str, Any]:
@@ -70,3 +71,13 @@ def record_sync_page(
     counts = upsert_external_jobs(conn, jobs)
     save_sync_state(conn, state)
     return counts
+
+
+def sync_states(conn: sqlite3.Connection) -> list[SyncState]:
+    return [sync_state_from_row(r) for r in conn.execute(q("get_sync_states"))]
+
+
+def active_external_jobs(conn: sqlite3.Connection, source: Source) -> list[Job]:
+    return [
+        job_from_row(r) for r in conn.execute(q("active_external_jobs"), {"source": source.value})
+    ]

@@ -39,6 +39,63 @@ CREATE TABLE job_counts (
     PRIMARY KEY (plugin, command, status, source)
 ) WITHOUT ROWID;
 
+CREATE TABLE job_count_deltas (
+    plugin  TEXT    NOT NULL,
+    command TEXT    NOT NULL,
+    status  TEXT    NOT NULL,
+    source  TEXT    NOT NULL,
+    hour    TEXT    NOT NULL,  -- substr(created_at, 1, 13): 2026-11-23T15
+    d       INTEGER NOT NULL
+);
+
+CREATE TABLE job_counts_hour (
+    status TEXT    NOT NULL,
+    source TEXT    NOT NULL,
+    hour   TEXT    NOT NULL,
+    n      INTEGER NOT NULL,
+    PRIMARY KEY (status, source, hour)
+) WITHOUT ROWID;
+
+CREATE TABLE job_counts_hour_plugin (
+    status TEXT    NOT NULL,
+    source TEXT    NOT NULL,
+    plugin TEXT    NOT NULL,
+    hour   TEXT    NOT NULL,
+    n      INTEGER NOT NULL,
+    PRIMARY KEY (status, source, plugin, hour)
+) WITHOUT ROWID;
+
+CREATE TABLE job_counts_hour_command (
+    status  TEXT    NOT NULL,
+    source  TEXT    NOT NULL,
+    command TEXT    NOT NULL,
+    hour    TEXT    NOT NULL,
+    n       INTEGER NOT NULL,
+    PRIMARY KEY (status, source, command, hour)
+) WITHOUT ROWID;
+
+CREATE TABLE job_counts_hour_plugin_command (
+    status  TEXT    NOT NULL,
+    source  TEXT    NOT NULL,
+    plugin  TEXT    NOT NULL,
+    command TEXT    NOT NULL,
+    hour    TEXT    NOT NULL,
+    n       INTEGER NOT NULL,
+    PRIMARY KEY (status, source, plugin, command, hour)
+) WITHOUT ROWID;
+
+CREATE TABLE local_transitions (
+    old_status TEXT NOT NULL,
+    new_status TEXT NOT NULL,
+    PRIMARY KEY (old_status, new_status)
+) WITHOUT ROWID;
+
+-- The legal transitions of local jobs (queue_service/statuses.py LOCAL_TRANSITIONS).
+INSERT INTO local_transitions (old_status, new_status) VALUES
+    ('queued', 'running'), ('queued', 'canceled'), ('queued', 'dead'),
+    ('running', 'queued'), ('running', 'succeeded'), ('running', 'failed'),
+    ('running', 'timed_out'), ('running', 'canceled'), ('running', 'dead');
+
 CREATE TABLE job_attempts (
     id           INTEGER PRIMARY KEY,  -- record order; an interrupted attempt's number is reused
     job_id       TEXT    NOT NULL REFERENCES jobs (job_id) ON DELETE CASCADE,
@@ -96,19 +153,21 @@ CREATE TABLE sync_state (
     extra           TEXT NOT NULL DEFAULT '{}'  -- JSON object
 );
 
-CREATE INDEX jobs_list_all             ON jobs (status, source, created_at);
+CREATE INDEX jobs_by_time ON jobs (created_at);
 
-CREATE INDEX jobs_list_plugin          ON jobs (status, source, plugin, created_at);
+CREATE INDEX jobs_by_plugin_command ON jobs (plugin, command, created_at);
 
-CREATE INDEX jobs_list_plugin_command  ON jobs (status, source, plugin, command, created_at);
+CREATE INDEX jobs_by_status ON jobs (status, created_at)
+    WHERE status != 'succeeded';
 
-CREATE INDEX jobs_list_command         ON jobs (status, source, command, created_at);
+CREATE INDEX jobs_by_status_plugin_command ON jobs (status, plugin, command, created_at)
+    WHERE status != 'succeeded';
 
 CREATE INDEX jobs_claimable ON jobs (plugin, run_after) WHERE status = 'queued';
 
 CREATE INDEX jobs_leases    ON jobs (lease_expires_at) WHERE status = 'running';
 
-CREATE UNIQUE INDEX jobs_dedupe ON jobs (plugin, command, dedupe_key)
+CREATE UNIQUE INDEX jobs_dedupe ON jobs (plugin, command, ifnull(submitted_by, ''), dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running');
 
 CREATE INDEX jobs_schedule_active ON jobs (schedule_id)
@@ -123,34 +182,30 @@ CREATE UNIQUE INDEX tokens_live_name ON tokens (name) WHERE revoked_at IS NULL;
 
 CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs
 BEGIN
-    INSERT INTO job_counts (plugin, command, status, source, n)
-    VALUES (NEW.plugin, NEW.command, NEW.status, NEW.source, 1)
-    ON CONFLICT (plugin, command, status, source) DO UPDATE SET n = n + 1;
+    INSERT INTO job_count_deltas (plugin, command, status, source, hour, d)
+    VALUES (NEW.plugin, NEW.command, NEW.status, NEW.source, substr(NEW.created_at, 1, 13), 1);
 END;
 
 CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs
 BEGIN
-    UPDATE job_counts SET n = n - 1
-    WHERE plugin = OLD.plugin AND command = OLD.command
-      AND status = OLD.status AND source = OLD.source;
+    INSERT INTO job_count_deltas (plugin, command, status, source, hour, d)
+    VALUES (OLD.plugin, OLD.command, OLD.status, OLD.source, substr(OLD.created_at, 1, 13), -1);
 END;
 
-CREATE TRIGGER jobs_count_update AFTER UPDATE OF plugin, command, status, source ON jobs
+CREATE TRIGGER jobs_count_update AFTER UPDATE OF plugin, command, status, source, created_at ON jobs
 WHEN OLD.plugin IS NOT NEW.plugin OR OLD.command IS NOT NEW.command
   OR OLD.status IS NOT NEW.status OR OLD.source IS NOT NEW.source
+  OR substr(OLD.created_at, 1, 13) IS NOT substr(NEW.created_at, 1, 13)
 BEGIN
-    UPDATE job_counts SET n = n - 1
-    WHERE plugin = OLD.plugin AND command = OLD.command
-      AND status = OLD.status AND source = OLD.source;
-    INSERT INTO job_counts (plugin, command, status, source, n)
-    VALUES (NEW.plugin, NEW.command, NEW.status, NEW.source, 1)
-    ON CONFLICT (plugin, command, status, source) DO UPDATE SET n = n + 1;
+    INSERT INTO job_count_deltas (plugin, command, status, source, hour, d)
+    VALUES (OLD.plugin, OLD.command, OLD.status, OLD.source, substr(OLD.created_at, 1, 13), -1),
+           (NEW.plugin, NEW.command, NEW.status, NEW.source, substr(NEW.created_at, 1, 13), 1);
 END;
 
-CREATE TRIGGER jobs_terminal_is_final BEFORE UPDATE OF status ON jobs
-WHEN OLD.source = 'local'
-  AND OLD.status IN ('succeeded', 'failed', 'timed_out', 'canceled', 'dead')
-  AND NEW.status IS NOT OLD.status
+CREATE TRIGGER jobs_local_transition BEFORE UPDATE OF status ON jobs
+WHEN OLD.source = 'local' AND NEW.status IS NOT OLD.status
+  AND NOT EXISTS (SELECT 1 FROM local_transitions
+                  WHERE old_status = OLD.status AND new_status = NEW.status)
 BEGIN
-    SELECT RAISE(ABORT, 'illegal status transition: terminal statuses are final');
+    SELECT RAISE(ABORT, 'illegal status transition for a local job');
 END;

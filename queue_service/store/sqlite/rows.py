@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import fields
 from typing import Any
 
 from queue_service.statuses import Source, Status
@@ -18,32 +19,20 @@ def encode_json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
+#: The Job fields stored as JSON text.
+_JSON_FIELDS = frozenset({"payload", "result", "events", "logs"})
+#: Every field of Job, read by name from a `SELECT *` / `RETURNING *` row of jobs: the
+#: dataclass is the one list of a job's fields.
+_JOB_FIELDS = tuple(f.name for f in fields(Job))
+
+
 def job_from_row(row: sqlite3.Row) -> Job:
-    return Job(
-        seq=row["seq"],
-        job_id=row["job_id"],
-        plugin=row["plugin"],
-        command=row["command"],
-        status=Status(row["status"]),
-        source=Source(row["source"]),
-        payload=decode_json(row["payload"]),
-        result=decode_json(row["result"]),
-        events=decode_json(row["events"]),
-        logs=decode_json(row["logs"]),
-        last_error=row["last_error"],
-        attempt=row["attempt"],
-        max_attempts=row["max_attempts"],
-        submitted_by=row["submitted_by"],
-        external_id=row["external_id"],
-        external_url=row["external_url"],
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        completed_at=row["completed_at"],
-        run_after=row["run_after"],
-        lease_expires_at=row["lease_expires_at"],
-        dedupe_key=row["dedupe_key"],
-        schedule_id=row["schedule_id"],
-    )
+    values: dict[str, Any] = {name: row[name] for name in _JOB_FIELDS}
+    for name in _JSON_FIELDS:
+        values[name] = decode_json(values[name])
+    values["status"] = Status(values["status"])
+    values["source"] = Source(values["source"])
+    return Job(**values)
 
 
 def summary_from_row(row: sqlite3.Row) -> JobSummary:

@@ -1,0 +1,242 @@
+"""The `Store` protocol: everything the API, worker, scheduler, sync, auth and CLI may ask
+of a job store. Each backend (SQLite today) implements it; the contract suite in tests/
+runs against every implementation.
+
+Timestamps cross this boundary as fixed-width UTC text (`timeutil.format_ts`), so text
+order is time order in every backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from queue_service.statuses import Source, Status
+from queue_service.store.types import (
+    AttemptEnd,
+    Cursor,
+    EnqueueResult,
+    ExternalJob,
+    FireResult,
+    Job,
+    JobFilter,
+    JobPage,
+    Migration,
+    NewJob,
+    RecoveredJob,
+    ScheduleState,
+    SyncState,
+    Token,
+    UpsertCounts,
+)
+
+
+class Store(Protocol):
+    """A job store. Call `await open()` before use and `await close()` after; every
+    method is a coroutine that never blocks the event loop for long."""
+
+    #: Why the store only reads (its database cannot be written), or None.
+    read_only: str | None
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def open(self, *, migrate: bool = True) -> list[Migration]:
+        """Open the database, create it if missing and (with `migrate`) apply pending
+        migrations; return those applied. Raises NotADatabase, SchemaTooNew or
+        StoreUnavailable (the message says why)."""
+        ...
+
+    async def close(self) -> None:
+        """Finish queued writes and release every connection. Idempotent."""
+        ...
+
+    async def schema_version(self) -> int: ...
+
+    # -- jobs ------------------------------------------------------------
+
+    async def enqueue(self, job: NewJob) -> EnqueueResult:
+        """Insert a queued job. With a dedupe_key that matches a queued or running job of
+        the same plugin and command, return that job instead (deduplicated=True)."""
+        ...
+
+    async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
+        """Enqueue several jobs in one transaction: all or none."""
+        ...
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def get_attempts(self, job_id: str) -> list[dict[str, Any]]:
+        """Every recorded attempt of a job, in the order recorded: attempt, status,
+        started_at, completed_at, exit_code, error, stderr_tail."""
+        ...
+
+    async def list_jobs(
+        self, filters: JobFilter, *, limit: int = 50, cursor: Cursor | None = None
+    ) -> JobPage:
+        """A page of jobs, newest first, with the exact total matching `filters`.
+
+        Order is (created_at, seq) descending, so keyset paging with `cursor` never skips
+        or repeats a job, even while jobs are added. Raises ValueError when limit < 1.
+        """
+        ...
+
+    async def queue_depth(self) -> int:
+        """Jobs that are queued or running."""
+        ...
+
+    async def set_status(
+        self,
+        job_id: str,
+        status: Status,
+        *,
+        result: Any = None,
+        last_error: str | None = None,
+    ) -> Status:
+        """Move a job to `status` if the vocabulary allows it from its current status.
+        Raises JobNotFound or IllegalTransition; nothing is written in either case."""
+        ...
+
+    async def cancel_job(self, job_id: str, *, reason: str = "canceled by request") -> Status:
+        """Cancel a queued job (returns canceled) or flag a running one (returns running).
+        Raises JobNotFound, or Conflict when the job already finished or mirrors a run
+        of another system."""
+        ...
+
+    async def prune_finished(self, *, before: str, limit: int = 500) -> int:
+        """Delete up to `limit` finished jobs completed before `before`, in one small
+        transaction (call repeatedly). Queued and running jobs are never pruned."""
+        ...
+
+    # -- tokens ----------------------------------------------------------
+
+    async def create_token(
+        self, name: str, token_hash: str, scopes: Sequence[str], expires_at: str | None
+    ) -> Token:
+        """Store a token's hash (never the secret). Conflict when a live token has `name`."""
+        ...
+
+    async def create_first_token(
+        self, name: str, token_hash: str, scopes: Sequence[str]
+    ) -> Token | None:
+        """Create a token only when none has ever existed (revoked and expired ones
+        count), atomically (two processes starting on a fresh database create one between
+        them). None otherwise."""
+        ...
+
+    async def token_by_hash(self, token_hash: str) -> tuple[Token, str] | None:
+        """The token row with this hash, and the stored hash (for a constant-time compare)."""
+        ...
+
+    async def list_tokens(self) -> list[Token]: ...
+
+    async def count_live_tokens(self) -> int:
+        """Tokens neither revoked nor expired."""
+        ...
+
+    async def revoke_token(self, name: str) -> bool:
+        """Revoke the live token called `name`; False when there is none."""
+        ...
+
+    async def touch_token(self, token_id: int) -> None: ...
+
+    # -- worker ----------------------------------------------------------
+
+    async def claim_jobs(
+        self,
+        plugin: str,
+        *,
+        limit: int,
+        owner: str,
+        lease_seconds: float,
+        concurrency: int | None = None,
+        now: datetime | None = None,
+    ) -> list[Job]:
+        """Claim up to `limit` runnable queued jobs of `plugin` for `owner`, atomically:
+        each becomes running, its attempt is incremented, started_at and a lease are set
+        and an attempt row is opened. With `concurrency`, running jobs of the plugin (in
+        every process) count against it. A job is never claimed twice."""
+        ...
+
+    async def heartbeat(
+        self,
+        held: Sequence[tuple[str, int]],
+        *,
+        owner: str,
+        lease_seconds: float,
+        now: datetime | None = None,
+    ) -> dict[str, bool]:
+        """Extend the leases of (job_id, attempt) pairs `owner` holds to `now` plus
+        `lease_seconds`. Returns {job_id: cancel_requested} for the leases still held; a
+        job missing from the answer was recovered elsewhere and must not be finished."""
+        ...
+
+    async def finish_attempt(
+        self, job_id: str, *, plugin: str, attempt: int, owner: str, end: AttemptEnd
+    ) -> Status | None:
+        """Record how an attempt ended and move the job on, in one transaction, with the
+        plugin's state updates. Returns the job's new status (a requested cancel wins
+        over a retry), or None, writing nothing, when `owner` no longer holds the lease."""
+        ...
+
+    async def recover_expired_leases(
+        self, *, now: datetime | None = None, limit: int = 500
+    ) -> list[RecoveredJob]:
+        """Requeue (or mark dead) running jobs whose lease expired; the lost attempt
+        counts. Safe from several processes at once: each lease is recovered once."""
+        ...
+
+    async def release_jobs(self, held: Sequence[tuple[str, int]], *, owner: str) -> list[str]:
+        """Graceful shutdown: return running jobs to queued without spending the attempt."""
+        ...
+
+    async def get_plugin_state(self, plugin: str) -> dict[str, Any]: ...
+
+    async def queued_by_plugin(self) -> dict[str, int]:
+        """Queued local jobs per plugin (from the exact counts: no table walk)."""
+        ...
+
+    async def cancel_queued(
+        self,
+        *,
+        plugin: str,
+        command: str | None = None,
+        reason: str = "canceled by request",
+        limit: int = 500,
+    ) -> list[str]:
+        """Cancel up to `limit` queued local jobs of `plugin` (and `command`) in one
+        transaction; returns their ids (call repeatedly for more)."""
+        ...
+
+    # -- external runs (Databricks sync) ---------------------------------
+
+    async def record_sync_page(self, state: SyncState, jobs: Sequence[ExternalJob]) -> UpsertCounts:
+        """Upsert a page of mirrored runs and save the sync state, in one transaction."""
+        ...
+
+    async def upsert_external_jobs(self, jobs: Sequence[ExternalJob]) -> UpsertCounts: ...
+
+    async def save_sync_state(self, state: SyncState) -> None: ...
+
+    async def get_sync_states(self) -> list[SyncState]: ...
+
+    async def list_active_external_jobs(self, source: Source) -> list[Job]:
+        """Jobs of `source` that are queued or running."""
+        ...
+
+    # -- schedules -------------------------------------------------------
+
+    async def get_schedule_states(self) -> dict[str, ScheduleState]: ...
+
+    async def fire_schedule_slot(
+        self,
+        schedule_key: str,
+        slot: str,
+        next_run_at: str,
+        job: NewJob,
+        skip_if_running: bool,
+    ) -> FireResult:
+        """Fire one schedule slot at most once across processes, in one transaction."""
+        ...
+
+    async def set_schedule_next_run(self, schedule_key: str, next_run_at: str) -> None: ...
