@@ -302,9 +302,8 @@ def test_cancel_drops_the_queued_jobs_of_a_plugin_in_batches(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The explicit way to drop the work of a plugin that is gone (its jobs stay queued)."""
-    from tests.processes import enqueue_many
-
     from queue_service.store import NewJob
+    from tests.processes import enqueue_many
 
     db = tmp_path / "c.db"
     gone = enqueue_many(db, [NewJob("gone", "poll") for _ in range(1203)])
