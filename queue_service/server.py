@@ -140,13 +140,13 @@ def http_config(
 
 
 def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
-    """Run `main` on the event loop `serve`, `worker` and the bench's baseline share.
-
-    asyncio's own loop: uvloop would be faster, but its subprocess pipes behave differently
-    where the plugin runner relies on asyncio's (they are not asyncio.WriteTransport
-    instances, and writing to one whose process already exited raises RuntimeError).
-    """
-    return asyncio.run(main)
+    """Run `main` on the event loop `serve`, `worker` and the bench's baseline share: uvloop
+    where it is installed (a dependency except on Windows), else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 async def ensure_admin_token(state: ServiceState, db: str, host: str, port: int) -> None:

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from subprocess import PIPE
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from queue_service.plugins.registry import Plugin
 from queue_service.timeutil import format_ts, utcnow
@@ -290,11 +290,14 @@ async def run_command(
     try:
         if on_spawn is not None:
             on_spawn(pgid)
-        stdin = transport.get_pipe_transport(0)
-        if isinstance(stdin, asyncio.WriteTransport):
-            stdin.write(request_bytes)
-            # Flushes, then closes; EPIPE from a plugin that never reads is harmless.
-            stdin.close()
+        stdin = cast("asyncio.WriteTransport | None", transport.get_pipe_transport(0))
+        if stdin is not None:
+            # A plugin that exits (or closes stdin) without reading its request is not an
+            # error here; its outcome says what happened. asyncio swallows EPIPE on write;
+            # uvloop raises RuntimeError or a ConnectionError instead.
+            with contextlib.suppress(RuntimeError, ConnectionError):
+                stdin.write(request_bytes)
+            stdin.close()  # flushes, then closes
         end = await _supervise(proto, pgid, started + effective_timeout)
         if end is _End.EXITED:
             # Give descendants still writing to our pipes the grace period to finish.
