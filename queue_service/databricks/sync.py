@@ -345,14 +345,18 @@ class DatabricksSync:
         is fetched while the caller writes the current batch. When a fetch
         fails, the pages fetched before it are yielded first."""
         loop = asyncio.get_running_loop()
-        pending: asyncio.Future[_Pages] | None = asyncio.ensure_future(
-            asyncio.to_thread(_fetch_page, client, workspace, query)
-        )
+
+        def fetch(page_token: str | None) -> asyncio.Future[_Pages]:
+            # run_in_executor rather than to_thread: no task and no context copy per page.
+            page_query = {**query, "page_token": page_token} if page_token else query
+            return loop.run_in_executor(None, _fetch_page, client, workspace, page_query)
+
+        pending: asyncio.Future[_Pages] | None = fetch(None)
         batch: _Pages | None = None
         deadline = 0.0
         try:
             while pending is not None:
-                if batch is not None:
+                if batch is not None and not pending.done():
                     done, _ = await asyncio.wait({pending}, timeout=deadline - loop.time())
                     if not done:
                         yield batch
@@ -365,16 +369,7 @@ class DatabricksSync:
                     if batch is not None:
                         yield batch
                     raise
-                pending = None
-                if page.next_page_token:
-                    pending = asyncio.ensure_future(
-                        asyncio.to_thread(
-                            _fetch_page,
-                            client,
-                            workspace,
-                            {**query, "page_token": page.next_page_token},
-                        )
-                    )
+                pending = fetch(page.next_page_token) if page.next_page_token else None
                 if batch is None:
                     batch, deadline = page, loop.time() + COMMIT_MAX_SECONDS
                 else:
