@@ -32,7 +32,7 @@ errors) back off exponentially from ``backoff_initial_seconds``. Workspaces
 sync independently: one broken workspace never delays the others, and no
 fault ends :meth:`DatabricksSync.run_forever`.
 
-Every SDK call runs in a thread (``asyncio.to_thread``); the SDK is synchronous.
+Every SDK call runs in a thread of the loop's default executor; the SDK is synchronous.
 """
 
 from __future__ import annotations
