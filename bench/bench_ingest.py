@@ -2,8 +2,9 @@
 
 1. store only: runs in the Jobs API JSON shape are mapped with the product's map_run (timed
    on its own) and written with SQLiteStore.record_sync_page, one page per call, for page
-   sizes 25 (the API's maximum, what the sync uses), 100 and 1000: new runs (inserts), the
-   same runs again (unchanged), and the same runs with a new state (updates);
+   sizes 25 (the API's maximum page), 100 and 1000 (the sync writes up to 500 runs per call):
+   new runs (inserts), the same runs again (unchanged), and the same runs with a new state
+   (updates);
 2. end to end: DatabricksSync.sync_once() (databricks-sdk over HTTP, mapping, store) against
    tests/fakes/databricks_server.py running in its own process (bench/_fake_databricks.py)
    with N finished runs; then a second, incremental sync.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from queue_service.databricks.mapping import (
     run_job_id,
 )
 from queue_service.statuses import Source, Status
+from queue_service.timeutil import format_ts
 
 HOST = "https://adb-123.4.azuredatabricks.net"
 START = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -482,6 +485,26 @@ def test_ms_to_timestamp_is_exact_and_fixed_width() -> None:
     assert ms_to_timestamp(1) == "1970-01-01T00:00:00.001000Z"
     assert ms_to_timestamp(1_795_449_464_884) == "2026-11-23T15:57:44.884000Z"
     assert len({len(ms_to_timestamp(ms)) for ms in (1, 10**12, 2 * 10**12)}) == 1
+
+
+def test_run_job_id_is_uuid5_of_the_canonical_host_and_run_id() -> None:
+    rng = random.Random(4)
+    run_ids = [0, 1, 9, 10, 2**63 - 1, *(rng.randrange(2**53) for _ in range(2_000))]
+    for host in (HOST, "http://127.0.0.1:8080/", "https://Other.cloud.databricks.com"):
+        canonical = canonical_host(host)
+        for run_id in run_ids:
+            expected = str(uuid.uuid5(RUN_NAMESPACE, f"{canonical}#{run_id}"))
+            assert run_job_id(host, run_id) == expected, (host, run_id)
+
+
+def test_ms_to_timestamp_agrees_with_format_ts_up_to_year_9999() -> None:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    last = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+    rng = random.Random(7)
+    for ms in [0, 999, 1_000, 951_782_400_000, last, *(rng.randrange(last) for _ in range(5_000))]:
+        assert ms_to_timestamp(ms) == format_ts(epoch + timedelta(milliseconds=ms)), ms
+    with pytest.raises(OverflowError):
+        ms_to_timestamp(last + 1)
 
 
 MALFORMED: list[tuple[str, Any, str]] = [

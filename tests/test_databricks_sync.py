@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
+from queue_service.databricks import sync as sync_module
 from queue_service.databricks.client import classify
 from queue_service.databricks.config import DatabricksConfig, WorkspaceConfig
 from queue_service.databricks.mapping import run_job_id
 from queue_service.databricks.status import EXTRA_PROGRESS, build_status
-from queue_service.databricks.sync import DatabricksSync
+from queue_service.databricks.sync import COMMIT_MAX_RUNS, DatabricksSync
 from queue_service.statuses import Source, Status
 from queue_service.store import ExternalJob, Job, JobFilter, SQLiteStore, SyncState, UpsertCounts
 from tests.fakes.databricks_server import FakeDatabricks, Fault, now_ms
@@ -93,12 +94,14 @@ class SpyStore:
         self.store = store
         self.crash_on = crash_on
         self.pages: list[tuple[SyncState, int]] = []
+        self.run_ids: list[set[int]] = []  # the runs each call committed
 
     async def record_sync_page(self, state: SyncState, jobs: Sequence[ExternalJob]) -> UpsertCounts:
         if self.crash_on is not None and len(self.pages) + 1 == self.crash_on:
             raise RuntimeError("simulated crash")
         counts = await self.store.record_sync_page(state, jobs)
         self.pages.append((state, len(jobs)))
+        self.run_ids.append({int(job.external_id) for job in jobs})
         return counts
 
     def __getattr__(self, name: str) -> Any:
@@ -106,11 +109,20 @@ class SpyStore:
         return getattr(self.store, name)
 
 
+@pytest.fixture
+def no_commit_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches end by size only, whatever the load on the machine."""
+    monkeypatch.setattr(sync_module, "COMMIT_MAX_SECONDS", 60.0)
+
+
 # ---------------------------------------------------------------- happy paths
 
 
-async def test_first_sync_reads_every_page_in_one_store_call_each(
-    fake: FakeDatabricks, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+async def test_first_sync_reads_every_page_and_commits_them_in_batches(
+    fake: FakeDatabricks,
+    store: SQLiteStore,
+    monkeypatch: pytest.MonkeyPatch,
+    no_commit_timer: None,
 ) -> None:
     job = fake.add_job("Nightly ETL")
     now = now_ms()
@@ -141,16 +153,16 @@ async def test_first_sync_reads_every_page_in_one_store_call_each(
     assert (await job_of(store, fake, adhoc)).command == "adhoc query"  # run_name fallback
     assert fake.count(GET_JOB) == 1  # names are cached
 
-    # Pages: 1 active page (3 runs) and 3 window pages (64 runs), one store call each.
-    assert result.pages == 4 == len(spy.pages)
-    assert [n for _, n in spy.pages] == [3, 25, 25, 14]
+    # Pages: 1 active page (3 runs) and 3 window pages (64 runs); one store call per listing.
+    assert result.pages == 4
+    assert [n for _, n in spy.pages] == [3, 64]
     assert {r.query["limit"] for r in fake.requests if r.path == LIST} == {"25"}
     window = [r for r in fake.requests if r.path == LIST and "start_time_from" in r.query]
+    assert len(window) == 3
     assert abs(int(window[0].query["start_time_from"]) - (now - 168 * HOUR_MS)) < 60_000
     # The watermark moves only with the last page of the window.
     newest = max(fake.run(r)["start_time"] for r in (running, queued, adhoc))
-    assert [s.watermark_ms for s, _ in spy.pages] == [None, None, None, newest]
-    assert EXTRA_PROGRESS in spy.pages[1][0].extra
+    assert [s.watermark_ms for s, _ in spy.pages] == [None, newest]
     assert EXTRA_PROGRESS not in spy.pages[-1][0].extra
     state = await state_of(store)
     assert state.watermark_ms == newest
@@ -225,24 +237,28 @@ async def test_repair_reopens_the_same_job(
 
 
 async def test_restart_after_a_crash_mid_sync_loses_and_duplicates_nothing(
-    fake: FakeDatabricks, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    fake: FakeDatabricks,
+    store: SQLiteStore,
+    monkeypatch: pytest.MonkeyPatch,
+    no_commit_timer: None,
 ) -> None:
-    runs = fake.add_finished_runs(100, newest_start=now_ms() - 60_000, step_ms=60_000)
+    runs = fake.add_finished_runs(1_100, newest_start=now_ms() - 60_000, step_ms=60_000)
     config = settings(workspace(fake, monkeypatch))
-    # Store calls: 1 = the (empty) active page, 2 = window page 1, 3 = window page 2.
+    # Store calls: 1 = the (empty) active listing, 2 = window batch 1 (500 runs, 20 pages),
+    # 3 = window batch 2.
     crashing = SpyStore(store, crash_on=3)
     summary = await DatabricksSync(config, crashing).sync_once()
     assert not summary.ok and "simulated crash" in (summary.workspaces[0].error or "")
-    assert await count(store) == 25
+    assert await count(store) == COMMIT_MAX_RUNS == 500
     state = await state_of(store)
     assert state.watermark_ms is None  # not moved: older pages are still missing
-    low = fake.run(runs[24])["start_time"]
+    low = fake.run(runs[COMMIT_MAX_RUNS - 1])["start_time"]
     assert state.extra[EXTRA_PROGRESS]["low_ms"] == low
 
     restarted = DatabricksSync(config, store)  # a new process: state comes from the store
     summary = await restarted.sync_once()
     assert summary.ok and summary.workspaces[0].resumed
-    assert await count(store) == 100
+    assert await count(store) == 1_100
     last_window = [r for r in fake.requests if r.path == LIST and "start_time_from" in r.query]
     assert last_window[-1].query["start_time_to"] == str(low)
     state = await state_of(store)
@@ -251,7 +267,61 @@ async def test_restart_after_a_crash_mid_sync_loses_and_duplicates_nothing(
 
     again = await restarted.sync_once()
     assert again.ok and again.workspaces[0].inserted == 0
-    assert await count(store) == 100
+    assert await count(store) == 1_100
+
+
+async def test_no_committed_state_skips_a_run_that_is_not_committed(
+    fake: FakeDatabricks, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever call a crash follows, the state it left lets the next pass skip only
+    runs that are already stored: the window above ``low_ms``, or up to the watermark."""
+    job = fake.add_job("often")
+    now = now_ms()
+    fake.add_finished_runs(1_234, job_id=job, newest_start=now - 60_000, step_ms=7_000)
+    for i in range(30):
+        fake.start_run(job, start_time=now - 1_000 - i)
+    spy = SpyStore(store)
+    summary = await DatabricksSync(settings(workspace(fake, monkeypatch)), spy).sync_once()
+    assert summary.ok
+    window = next(r for r in fake.requests if r.path == LIST and "start_time_from" in r.query)
+    from_ms = int(window.query["start_time_from"])
+    starts = {run_id: fake.run(run_id)["start_time"] for run_id in fake.run_ids()}
+    pages = len([r for r in fake.requests if r.path == LIST])
+    assert len(spy.pages) < pages  # several pages per store call
+    committed: set[int] = set()
+    for state, run_ids in zip([s for s, _ in spy.pages], spy.run_ids, strict=True):
+        committed |= run_ids
+        progress = state.extra.get(EXTRA_PROGRESS)
+        if progress is not None:
+            assert state.watermark_ms is None  # a first sync: none until the window is stored
+            skipped = {
+                r for r, start in starts.items() if from_ms <= start and start > progress["low_ms"]
+            }
+        elif state.watermark_ms is not None:
+            skipped = {r for r, start in starts.items() if from_ms <= start <= state.watermark_ms}
+        else:
+            continue  # the active listing, before any window page
+        assert skipped <= committed, f"{len(skipped - committed)} runs skipped but not stored"
+    assert committed == set(starts)
+
+
+async def test_pages_read_before_a_fault_are_kept(
+    fake: FakeDatabricks,
+    store: SQLiteStore,
+    monkeypatch: pytest.MonkeyPatch,
+    no_commit_timer: None,
+) -> None:
+    runs = fake.add_finished_runs(300, newest_start=now_ms() - 60_000, step_ms=60_000)
+    # runs/list requests: 1 = active, 2-6 = window pages 1-5, then every request fails.
+    fake.inject(Fault.internal_error(), times=None, path=LIST, skip=6)
+    spy = SpyStore(store)
+    summary = await DatabricksSync(settings(workspace(fake, monkeypatch)), spy).sync_once()
+    assert not summary.ok and "INTERNAL_ERROR" in (summary.workspaces[0].error or "")
+    assert [n for _, n in spy.pages] == [0, 125]  # the five pages, in one call
+    assert await count(store) == 125
+    state = await state_of(store)
+    assert state.extra[EXTRA_PROGRESS]["low_ms"] == fake.run(runs[124])["start_time"]
+    assert state.watermark_ms is None
 
 
 async def test_cancelled_mid_sync_resumes(
@@ -262,6 +332,7 @@ async def test_cancelled_mid_sync_resumes(
     # runs/list requests: 1 = active, 2 = window page 1, 3 = window page 2 (hangs).
     fake.inject(Fault.slow(30), path=LIST, skip=2)
     task = asyncio.create_task(DatabricksSync(config, store).sync_once())
+    # Page 1 is committed on its own once page 2 is COMMIT_MAX_SECONDS late.
     deadline = time.monotonic() + 10
     while not any(EXTRA_PROGRESS in s.extra for s in await store.get_sync_states()):
         assert time.monotonic() < deadline, "window page 1 was never committed"

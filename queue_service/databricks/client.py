@@ -5,7 +5,8 @@ the sync calls it through ``asyncio.to_thread``. The SDK does the HTTP,
 authentication and retries (429/503 with ``Retry-After``, connection errors),
 bounded by ``retry_timeout_seconds``; this module only
 
-- builds the ``WorkspaceClient`` the SDK's way from a :class:`WorkspaceConfig`;
+- builds the ``WorkspaceClient`` the SDK's way from a :class:`WorkspaceConfig`,
+  with the proxy settings of the environment read once (:func:`_settle_environment`);
 - reads runs as raw JSON through ``api_client.do`` (the SDK's dataclasses turn
   unknown enum strings into None);
 - turns every failure into a :class:`DatabricksFault` whose message is safe to
@@ -140,6 +141,30 @@ def _describe(exc: BaseException, secrets: tuple[str, ...]) -> str:
     return f"{type(exc).__name__}: {_clean(str(exc), secrets)}"
 
 
+def _settle_environment(client: Any, host: str) -> None:
+    """Read the proxy and CA bundle settings of the environment once, for ``host``.
+
+    The SDK's ``requests`` session trusts the environment, so every request
+    re-reads HTTP(S)_PROXY, ALL_PROXY and NO_PROXY (scanning ``os.environ``) and
+    REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE. Every request of this session goes to
+    ``host``, so the answer is the same each time: resolve it here, as requests
+    would, and stop the per-request look-ups. (The session already carries the
+    SDK's authentication, so ``~/.netrc`` was never consulted.) databricks-sdk
+    has no setting for this, hence the reach into its client; should that ever
+    move, the session keeps trusting the environment, which is only slower.
+    """
+    import requests.utils
+
+    session = getattr(getattr(client.api_client, "_api_client", None), "_session", None)
+    if not isinstance(session, requests.Session):
+        return
+    session.proxies = requests.utils.get_environ_proxies(host)
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    if bundle and session.verify is True:
+        session.verify = bundle
+    session.trust_env = False
+
+
 class _NameCache:
     """Job names by Databricks job id, each kept for ``ttl`` seconds (jobs get renamed)."""
 
@@ -222,6 +247,7 @@ class RunsClient:
         self.host = str(cfg.host) if cfg.host else None
         if not self.host:
             raise ConfigFault(self.name, f"workspace {self.name!r}: no host could be resolved")
+        _settle_environment(client, self.host)
         self._w = client
 
     def _fault(self, exc: BaseException) -> DatabricksFault:

@@ -21,16 +21,16 @@ Decisions recorded here (the issue leaves them to us):
 from __future__ import annotations
 
 import functools
+import hashlib
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
 from queue_service.statuses import Source, Status
 from queue_service.store.types import ExternalJob
-from queue_service.timeutil import format_ts
 
 #: Namespace of mirrored-run job ids; equal to uuid5(NAMESPACE_URL, "queue-service:databricks-run").
 RUN_NAMESPACE = uuid.UUID("25f5c7c9-2a25-5aee-a237-6f30aa046c6c")
@@ -38,7 +38,8 @@ RUN_NAMESPACE = uuid.UUID("25f5c7c9-2a25-5aee-a237-6f30aa046c6c")
 PLUGIN = "databricks"
 UNTITLED = "Untitled"
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: 10000-01-01T00:00:00Z in epoch milliseconds: the first instant without a 4-digit year.
+_END_OF_TIME_MS = 253_402_300_800_000
 
 
 class MalformedRun(ValueError):
@@ -194,14 +195,36 @@ def canonical_host(host: str) -> str:
     return f"{scheme}://{hostname}{port}{parts.path.rstrip('/')}"
 
 
+@functools.lru_cache(maxsize=256)
+def _run_id_hash(host: str) -> Any:
+    """SHA-1 of uuid5's input up to the run id, for the workspace at ``host``."""
+    prefix = RUN_NAMESPACE.bytes + f"{canonical_host(host)}#".encode()
+    return hashlib.sha1(prefix, usedforsecurity=False)  # uuid5 is SHA-1 by definition
+
+
 def run_job_id(host: str, run_id: int) -> str:
-    """The deterministic job id of run ``run_id`` in the workspace at ``host``."""
-    return str(uuid.uuid5(RUN_NAMESPACE, f"{canonical_host(host)}#{run_id}"))
+    """The deterministic job id of run ``run_id`` in the workspace at ``host``:
+    ``str(uuid5(RUN_NAMESPACE, f"{canonical_host(host)}#{run_id}"))``, computed
+    from the host's hash prefix (three times faster; a test holds them equal)."""
+    digest = _run_id_hash(host).copy()
+    digest.update(str(run_id).encode())
+    x = digest.hexdigest()
+    # uuid5 keeps the first 16 bytes, with version 5 and the RFC 4122 variant (10xx).
+    variant = "89ab"[int(x[16], 16) & 3]
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{variant}{x[17:20]}-{x[20:32]}"
 
 
 def ms_to_timestamp(ms: int) -> str:
-    """Epoch milliseconds -> the store's fixed-width UTC text (exact, no float rounding)."""
-    return format_ts(_EPOCH + timedelta(milliseconds=ms))
+    """Epoch milliseconds (>= 0) -> the store's fixed-width UTC text, as
+    ``timeutil.format_ts`` writes it (exact, no float rounding).
+
+    Raises OverflowError past year 9999.
+    """
+    if ms >= _END_OF_TIME_MS:
+        raise OverflowError(f"{ms} ms is after year 9999")
+    seconds, millis = divmod(ms, 1000)
+    # %Y has 4 digits here: the year is between 1970 and 9999.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}000Z"
 
 
 def _int(run: Mapping[str, Any], key: str, run_id: object, *, required: bool = False) -> int | None:
@@ -235,17 +258,24 @@ def _obj(obj: Mapping[str, Any], key: str, run_id: object) -> Mapping[str, Any]:
 
 def run_state(run: Mapping[str, Any]) -> RunState:
     """Extract the raw state strings of a run; raises MalformedRun on wrong types."""
-    run_id = run.get("run_id")
+    return _state_parts(run, run.get("run_id"))[0]
+
+
+def _state_parts(
+    run: Mapping[str, Any], run_id: object
+) -> tuple[RunState, Mapping[str, Any], Mapping[str, Any]]:
+    """The run's RunState, its ``state`` and its ``status.termination_details``."""
     state = _obj(run, "state", run_id)
     status = _obj(run, "status", run_id)
     details = _obj(status, "termination_details", run_id)
-    return RunState(
+    raw = RunState(
         status_state=_str(status, "state", run_id),
         termination_code=_str(details, "code", run_id),
         termination_type=_str(details, "type", run_id),
         life_cycle_state=_str(state, "life_cycle_state", run_id),
         result_state=_str(state, "result_state", run_id),
     )
+    return raw, state, details
 
 
 def map_run(
@@ -274,9 +304,7 @@ def map_run(
     run_name = _str(run, "run_name", run_id)
     run_page_url = _str(run, "run_page_url", run_id)
     trigger = _str(run, "trigger", run_id)
-    state = _obj(run, "state", run_id)
-    details = _obj(_obj(run, "status", run_id), "termination_details", run_id)
-    raw = run_state(run)
+    raw, state, details = _state_parts(run, run_id)
     message = _str(details, "message", run_id) or _str(state, "state_message", run_id) or None
     try:
         started_at = ms_to_timestamp(start_ms)

@@ -7,13 +7,17 @@ One sync of a workspace ("a pass"):
    watermark minus ``overlap_seconds`` (first sync: now minus ``lookback_hours``).
    Runs come newest first, so the watermark can only move once the *last*
    page of the window is stored: it becomes the newest ``start_time`` seen.
-   Each page is written by one ``store.record_sync_page`` call, which commits
-   the page's runs and the workspace's ``SyncState`` in one transaction. The
-   state carries the pass's progress (``extra["pass"]``: window start, newest
-   and oldest start time stored). A pass interrupted by a crash resumes with
-   ``start_time_to`` = the oldest start time stored (inclusive, so nothing at
-   the page boundary is lost); re-writing a run is an idempotent upsert by its
-   deterministic job id, so nothing is duplicated either.
+   Consecutive pages are written together, by one ``store.record_sync_page``
+   call that commits their runs and the workspace's ``SyncState`` in one
+   transaction: a batch ends at ``COMMIT_MAX_RUNS`` runs, after the last page,
+   or when the next page has not arrived ``COMMIT_MAX_SECONDS`` after the
+   batch's first one. The state carries the pass's progress (``extra["pass"]``:
+   window start, newest and oldest start time stored), computed from the
+   committed pages only. A pass interrupted by a crash loses at most the
+   pages not yet committed and resumes with ``start_time_to`` = the oldest
+   start time stored (inclusive, so nothing at the page boundary is lost);
+   re-writing a run is an idempotent upsert by its deterministic job id, so
+   nothing is duplicated either.
 3. **Reconcile**: a run that is active here but was not returned in steps 1-2
    (it finished long after it started, or its repair finished, or it is gone)
    is fetched with ``runs/get``. If Databricks says it does not exist, the job
@@ -28,7 +32,7 @@ errors) back off exponentially from ``backoff_initial_seconds``. Workspaces
 sync independently: one broken workspace never delays the others, and no
 fault ends :meth:`DatabricksSync.run_forever`.
 
-Every SDK call runs in a thread (``asyncio.to_thread``); the SDK is synchronous.
+Every SDK call runs in a thread of the loop's default executor; the SDK is synchronous.
 """
 
 from __future__ import annotations
@@ -70,6 +74,12 @@ log = logging.getLogger("queue_service.databricks.sync")
 
 
 ClientFactory = Callable[[WorkspaceConfig, DatabricksConfig], RunsClient]
+
+#: A batch of pages is committed once it holds this many runs (20 full pages)...
+COMMIT_MAX_RUNS = 500
+#: ...or when the next page has not arrived this many seconds after the batch's first
+#: page, so that a slow or hanging workspace never holds fetched runs back for long.
+COMMIT_MAX_SECONDS = 1.0
 
 
 @dataclass(slots=True)
@@ -180,7 +190,7 @@ class DatabricksSync:
         """Sync each workspace on its own schedule until ``stop`` is set.
 
         After ``stop``, passes in progress get ``shutdown_grace`` seconds to end
-        (a page being written commits or not as a whole), then are cancelled.
+        (a batch of pages being written commits or not as a whole), then are cancelled.
         With ``enabled = false`` it only waits for ``stop``; :meth:`sync_once`
         still syncs (an explicit one-off request).
         """
@@ -226,7 +236,7 @@ class DatabricksSync:
                 client = await self._client(name)
                 result.host = client.host
                 if state.host != client.host:
-                    # Saved with the first page (every pass writes at least one).
+                    # Saved with the first batch (every pass writes at least one).
                     state = replace(self._fresh(state), host=client.host)
                 await self._pass(client, state, result)
             except DatabricksFault as fault:
@@ -271,8 +281,8 @@ class DatabricksSync:
     async def _commit(
         self, state: SyncState, jobs: Sequence[ExternalJob], result: WorkspaceResult
     ) -> SyncState:
-        """Write one page and the state that goes with it; adopt the state only
-        once the store has committed it."""
+        """Write runs and the state that goes with them in one transaction; adopt
+        the state only once the store has committed it."""
         counts = await self._store.record_sync_page(state, jobs)
         result.inserted += counts.inserted
         result.updated += counts.updated
@@ -303,52 +313,70 @@ class DatabricksSync:
             *key,
         )
 
-    async def _write_page(
+    async def _write_batch(
         self,
         state: SyncState,
-        page: _MappedPage,
+        batch: _Pages,
         result: WorkspaceResult,
         seen: set[int],
     ) -> SyncState:
-        for message in page.malformed:
+        for message in batch.malformed:
             log.warning("databricks workspace %r: skipping run: %s", result.workspace, message)
-        result.skipped_malformed += len(page.malformed)
-        for job in page.jobs:
+        result.skipped_malformed += len(batch.malformed)
+        for job in batch.jobs:
             seen.add(int(job.external_id))
             if job.status is None:
                 result.unknown_state += 1
                 self._log_unknown(result.workspace, job)
-        state.runs_ingested += len(page.jobs)
-        result.pages += 1
-        result.runs += len(page.jobs)
-        return await self._commit(state, page.jobs, result)
+        state.runs_ingested += len(batch.jobs)
+        result.pages += batch.pages
+        result.runs += len(batch.jobs)
+        return await self._commit(state, batch.jobs, result)
 
     def _fresh(self, state: SyncState) -> SyncState:
         """A copy to modify: the adopted state changes only after a commit."""
         return replace(state, extra=copy.deepcopy(state.extra))
 
-    async def _pages(
+    async def _batches(
         self, client: RunsClient, workspace: str, query: dict[str, Any]
-    ) -> AsyncGenerator[_MappedPage, None]:
-        """Every page of runs/list for ``query``, mapped in a worker thread. The
-        next page is fetched while the caller writes the current one."""
-        pending: asyncio.Future[_MappedPage] | None = asyncio.ensure_future(
-            asyncio.to_thread(_fetch_page, client, workspace, query)
-        )
+    ) -> AsyncGenerator[_Pages, None]:
+        """Every page of runs/list for ``query``, mapped in a worker thread and
+        grouped into batches to commit (see ``COMMIT_MAX_RUNS``). The next page
+        is fetched while the caller writes the current batch. When a fetch
+        fails, the pages fetched before it are yielded first."""
+        loop = asyncio.get_running_loop()
+
+        def fetch(page_token: str | None) -> asyncio.Future[_Pages]:
+            # run_in_executor rather than to_thread: no task and no context copy per page.
+            page_query = {**query, "page_token": page_token} if page_token else query
+            return loop.run_in_executor(None, _fetch_page, client, workspace, page_query)
+
+        pending: asyncio.Future[_Pages] | None = fetch(None)
+        batch: _Pages | None = None
+        deadline = 0.0
         try:
             while pending is not None:
-                page = await pending
-                pending = None
-                if page.next_page_token:
-                    pending = asyncio.ensure_future(
-                        asyncio.to_thread(
-                            _fetch_page,
-                            client,
-                            workspace,
-                            {**query, "page_token": page.next_page_token},
-                        )
-                    )
-                yield page
+                if batch is not None and not pending.done():
+                    done, _ = await asyncio.wait({pending}, timeout=deadline - loop.time())
+                    if not done:
+                        yield batch
+                        batch = None
+                        continue
+                try:
+                    page = await pending
+                except Exception:
+                    pending = None
+                    if batch is not None:
+                        yield batch
+                    raise
+                pending = fetch(page.next_page_token) if page.next_page_token else None
+                if batch is None:
+                    batch, deadline = page, loop.time() + COMMIT_MAX_SECONDS
+                else:
+                    batch.extend(page)
+                if pending is None or len(batch.jobs) >= COMMIT_MAX_RUNS:
+                    yield batch
+                    batch = None
         finally:
             if pending is not None:
                 # The caller stopped (a failed write): drop the prefetch.
@@ -358,9 +386,10 @@ class DatabricksSync:
         seen: set[int] = set()
         name = result.workspace
 
-        async with contextlib.aclosing(self._pages(client, name, {"active_only": True})) as pages:
-            async for page in pages:
-                state = await self._write_page(self._fresh(state), page, result, seen)
+        active = self._batches(client, name, {"active_only": True})
+        async with contextlib.aclosing(active) as batches:
+            async for batch in batches:
+                state = await self._write_batch(self._fresh(state), batch, result, seen)
 
         progress = state.extra.get(EXTRA_PROGRESS)
         if _valid_progress(progress):
@@ -379,19 +408,19 @@ class DatabricksSync:
             to_ms = high = low = None
 
         window = {"start_time_from": from_ms, "start_time_to": to_ms}
-        async with contextlib.aclosing(self._pages(client, name, window)) as pages:
-            async for page in pages:
-                if page.starts:
-                    high = max(page.starts) if high is None else max(high, *page.starts)
-                    low = min(page.starts) if low is None else min(low, *page.starts)
+        async with contextlib.aclosing(self._batches(client, name, window)) as batches:
+            async for batch in batches:
+                if batch.starts:
+                    high = max(batch.starts) if high is None else max(high, *batch.starts)
+                    low = min(batch.starts) if low is None else min(low, *batch.starts)
                 new = self._fresh(state)
-                if page.next_page_token:
+                if batch.next_page_token:
                     new.extra[EXTRA_PROGRESS] = {"from_ms": from_ms, "high_ms": high, "low_ms": low}
                 else:
                     new.extra.pop(EXTRA_PROGRESS, None)
                     if high is not None:
                         new.watermark_ms = max(new.watermark_ms or 0, high)
-                state = await self._write_page(new, page, result, seen)
+                state = await self._write_batch(new, batch, result, seen)
 
         state = await self._reconcile(client, state, result, seen)
 
@@ -536,11 +565,21 @@ class DatabricksSync:
 
 
 @dataclass(slots=True)
-class _MappedPage:
+class _Pages:
+    """One or more consecutive pages of runs/list, mapped."""
+
     jobs: list[ExternalJob]
-    next_page_token: str | None
-    starts: list[int]  # start times of every run on the page, mappable or not
+    next_page_token: str | None  # of the last page
+    starts: list[int]  # start times of every run on the pages, mappable or not
     malformed: list[str]
+    pages: int = 1
+
+    def extend(self, page: _Pages) -> None:
+        self.jobs.extend(page.jobs)
+        self.next_page_token = page.next_page_token
+        self.starts.extend(page.starts)
+        self.malformed.extend(page.malformed)
+        self.pages += page.pages
 
 
 def _map_runs(
@@ -558,13 +597,13 @@ def _map_runs(
     return jobs, malformed
 
 
-def _fetch_page(client: RunsClient, workspace: str, query: dict[str, Any]) -> _MappedPage:
+def _fetch_page(client: RunsClient, workspace: str, query: dict[str, Any]) -> _Pages:
     """Fetch and map one page; runs in a worker thread (blocking SDK call)."""
     page = client.list_runs_page(**query)
     assert client.host is not None
     jobs, malformed = _map_runs(workspace, client.host, page.runs, page.job_names)
     starts = [s for s in map(_start_ms, page.runs) if s is not None]
-    return _MappedPage(jobs, page.next_page_token, starts, malformed)
+    return _Pages(jobs, page.next_page_token, starts, malformed)
 
 
 def _valid_progress(progress: Any) -> bool:
