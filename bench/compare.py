@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -57,16 +58,19 @@ from _common import (
 )
 from build_db import DEFAULT_JOBS, QUICK_JOBS, ensure_db
 
+from queue_service.bootstrap import load_registry, read_config
 from queue_service.plugins.runner import build_request, plugin_environment
-from queue_service.server import read_config, registry_for
 from queue_service.statuses import Status
 from queue_service.store import JobFilter, NewJob, Store, open_store
+from queue_service.timeutil import format_ts, utcnow
 from queue_service.worker import Worker
 
 PARTS = ("core", "post", "plugin", "listing", "ingest")
 ECHO = "echo"
 #: Far enough ahead that the serving process's worker never claims the POSTed jobs.
-NEVER = "2999-01-01T00:00:00Z"
+#: Far enough ahead that the server's worker never claims the benchmark's jobs, within the
+#: service's max_run_after_days (365).
+NEVER = format_ts(utcnow() + timedelta(days=300))
 
 TARGETS = {
     "core_jobs_per_s": 10_000,
@@ -263,7 +267,7 @@ async def through_worker(tmp: Path, db: Path, count: int, slots: int) -> dict[st
         await store.enqueue_many(
             [NewJob(ECHO, "poll", payload={"n": i}, max_attempts=1) for i in range(count)]
         )
-        worker = Worker(store, registry_for(config), config)
+        worker = Worker(store, load_registry(config), config)
         stop = asyncio.Event()
         active = (Status.QUEUED, Status.RUNNING)
         started = time.perf_counter()
@@ -289,7 +293,7 @@ def spawn_ceiling(tmp: Path, count: int, threads: int) -> dict[str, Any]:
     """The echo entrypoint spawned directly, `threads` at a time, with the request the
     worker sends (same builder, environment and folder)."""
     config = read_config(str(echo_config(tmp, threads)))
-    plugin = registry_for(config).get(ECHO)
+    plugin = load_registry(config).get(ECHO)
     if plugin is None or not plugin.valid:
         raise RuntimeError(f"the echo plugin is not usable: {plugin and plugin.error}")
     env = plugin_environment()

@@ -198,6 +198,8 @@ class ServiceSection(_Section):
     #: Environment variables a plugin gets besides PATH, HOME, TZ, LANG, LANGUAGE,
     #: TMPDIR and LC_* (ductile's `plugin_env_passthrough`).
     plugin_env_passthrough: list[EnvName] = Field(default_factory=list)
+    #: How far ahead a job's run_after may be, in days.
+    max_run_after_days: PositiveInt = 365
 
 
 class PluginSection(_Section):

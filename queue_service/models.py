@@ -125,6 +125,10 @@ class Health(_Model):
     sync: SyncStatus | None = Field(
         default=None, description="The Databricks sync, when it is configured."
     )
+    warnings: list[str] = Field(
+        description="What an operator should look at; empty when all is well. Names no "
+        "plugin (this endpoint needs no token): GET /plugins has the details."
+    )
 
 
 class CommandInfo(_Model):
@@ -146,8 +150,20 @@ class PluginInfo(_Model):
     commands: list[CommandInfo]
 
 
+class MissingPlugin(_Model):
+    name: str = Field(description="A plugin that queued jobs name but no plugin folder holds.")
+    queued_jobs: int = Field(
+        description="Its queued local jobs. They wait (they are never made dead) until the "
+        "plugin is installed again or `queue-service cancel --plugin NAME` cancels them."
+    )
+
+
 class PluginList(_Model):
     plugins: list[PluginInfo]
+    missing: list[MissingPlugin] = Field(
+        description="Plugins that are not installed but have queued jobs, by name. Empty "
+        "in a process that loads no plugins (it cannot tell)."
+    )
 
 
 class EnqueueRequest(_Model):

@@ -11,20 +11,21 @@ import random
 import signal
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from queue_service.api import ServiceState
+from queue_service.api import ServiceState, create_app
 from queue_service.api import plugins as plugin_routes
 from queue_service.config import ServiceConfig, parse_config
 from queue_service.plugins import load
 from queue_service.scheduler import Scheduler
 from queue_service.statuses import Status
 from queue_service.store import JobFilter, NewJob, SQLiteStore
+from queue_service.timeutil import format_ts, utcnow
 from queue_service.worker import Worker
 from tests.conftest import TokenFactory, assert_error, bearer
 from tests.processes import alive, read_pid
@@ -117,13 +118,31 @@ async def test_enqueue_with_an_empty_body_means_an_empty_payload(
 async def test_enqueue_options_max_attempts_and_run_after(
     client: httpx.AsyncClient, admin: dict[str, str], store: SQLiteStore
 ) -> None:
-    body = {"payload": {}, "max_attempts": 7, "run_after": "2030-01-01T00:30:00+01:00"}
+    later = (utcnow() + timedelta(days=30)).replace(minute=30, second=0, microsecond=0)
+    offset = later.astimezone(timezone(timedelta(hours=1))).isoformat()  # +01:00
+    body = {"payload": {}, "max_attempts": 7, "run_after": offset}
     response = await post_json(client, "/plugin/ok/poll", body, admin)
     assert response.status_code == 202, response.text
     job = await store.get_job(response.json()["job_id"])
     assert job is not None
     assert job.max_attempts == 7
-    assert job.run_after == "2029-12-31T23:30:00.000000Z"
+    assert job.run_after == format_ts(later)
+
+
+@pytest.mark.parametrize(("days", "accepted"), [(364, True), (366, False)])
+async def test_run_after_is_bounded_by_max_run_after_days(
+    client: httpx.AsyncClient, admin: dict[str, str], days: int, accepted: bool
+) -> None:
+    """A job (and its dedupe key) cannot be parked for years (default 365 days)."""
+    run_after = format_ts(utcnow() + timedelta(days=days))
+    body = {"payload": {}, "dedupe_key": "k", "run_after": run_after}
+    response = await post_json(client, "/plugin/ok/poll", body, admin)
+    if accepted:
+        assert response.status_code == 202, response.text
+    else:
+        error = assert_error(response, 400, "invalid_body", param="run_after")
+        assert "at most 365 days ahead" in error["error"]
+        assert "service.max_run_after_days" in error["error"]
 
 
 @pytest.mark.parametrize(
@@ -579,3 +598,41 @@ async def test_schedules_needs_jobs_ro(client: httpx.AsyncClient, make_token: To
     assert 'scope="jobs:ro"' in response.headers["www-authenticate"]
     ok = await client.get("/schedules", headers=bearer(await make_token("jobs:ro")))
     assert ok.status_code == 200
+
+
+async def test_plugins_and_healthz_report_plugins_that_are_gone(
+    client: httpx.AsyncClient, admin: dict[str, str], store: SQLiteStore
+) -> None:
+    """Queued jobs of a plugin no folder holds wait, and are reported, never made dead."""
+    health = (await client.get("/healthz")).json()
+    assert health["warnings"] == []
+    assert (await client.get("/plugins", headers=admin)).json()["missing"] == []
+    gone = [(await store.enqueue(NewJob("gone", "poll"))).job_id for _ in range(2)]
+    await store.enqueue(NewJob("ok", "poll"))  # installed: not missing
+    running = (await store.enqueue(NewJob("vanished", "poll"))).job_id
+    await store.set_status(running, Status.RUNNING)  # running, not waiting: not counted
+    listed = (await client.get("/plugins", headers=admin)).json()
+    assert listed["missing"] == [{"name": "gone", "queued_jobs": 2}]
+    health = (await client.get("/healthz")).json()
+    assert health["warnings"] == [
+        "1 plugin(s) with 2 queued job(s) are not installed; "
+        "see GET /plugins (missing) and queue-service cancel"
+    ]
+    assert "gone" not in str(health), "healthz needs no token: it names no plugin"
+    for job_id in gone:
+        job = await store.get_job(job_id)
+        assert job is not None and job.status is Status.QUEUED
+
+
+async def test_a_process_without_plugins_reports_none_missing(
+    store: SQLiteStore, make_token: TokenFactory
+) -> None:
+    await store.enqueue(NewJob("gone", "poll"))
+    state = ServiceState.for_store(store)  # an API-only process: no plugin folders
+    secret, _ = await state.tokens.create("reader", ["jobs:ro"])
+    transport = httpx.ASGITransport(app=create_app(state))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        listed = await c.get("/plugins", headers=bearer(secret))
+        health = await c.get("/healthz")
+    assert listed.json() == {"plugins": [], "missing": []}
+    assert health.json()["warnings"] == []

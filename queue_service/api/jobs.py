@@ -8,6 +8,7 @@ from starlette.responses import Response
 from queue_service import models
 from queue_service.api.operations import Context, Operation
 from queue_service.api.params import JOB_LIST_PARAMS
+from queue_service.api.plugins import missing_plugins
 from queue_service.api.responses import job_not_found, job_response, json_response, page_body
 from queue_service.api.sync_routes import sync_status
 from queue_service.store import JobFilter
@@ -21,12 +22,24 @@ async def health(request: Request, ctx: Context) -> Response:
         "uptime_seconds": ctx.state.uptime_seconds(),
         "queue_depth": depth,
         "writable": ctx.state.store.read_only is None,
+        "warnings": await _warnings(ctx),
     }
     databricks = ctx.state.config.databricks
     # `sync` is left out when not configured.
     if databricks and databricks.enabled:
         body["sync"] = (await sync_status(ctx.state)).model_dump()
     return json_response(body)
+
+
+async def _warnings(ctx: Context) -> list[str]:
+    missing = await missing_plugins(ctx)
+    if not missing:
+        return []
+    jobs = sum(missing.values())
+    return [
+        f"{len(missing)} plugin(s) with {jobs} queued job(s) are not installed; "
+        "see GET /plugins (missing) and queue-service cancel"
+    ]
 
 
 async def get_job(request: Request, ctx: Context) -> Response:

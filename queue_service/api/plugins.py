@@ -7,6 +7,7 @@ import asyncio
 import json
 import math
 import re
+from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -28,6 +29,7 @@ from queue_service.plugins import PluginLookupError, PluginUnavailable, UnknownC
 from queue_service.scopes import grants
 from queue_service.statuses import TERMINAL, Status
 from queue_service.store import Conflict, JobNotFound, NewJob
+from queue_service.timeutil import format_ts, utcnow
 
 #: How long POST /job/{id}/cancel waits for a running job's subprocess to stop.
 CANCEL_WAIT_SECONDS = 10.0
@@ -56,7 +58,20 @@ async def list_plugins(request: Request, ctx: Context) -> Response:
         }
         for p in ctx.state.registry.all()
     ]
-    return json_response({"plugins": plugins})
+    missing = [
+        {"name": name, "queued_jobs": n} for name, n in sorted((await missing_plugins(ctx)).items())
+    ]
+    return json_response({"plugins": plugins, "missing": missing})
+
+
+async def missing_plugins(ctx: Context) -> dict[str, int]:
+    """{plugin: queued local jobs} for plugins with queued jobs that no plugin folder holds
+    (from the exact counts). Empty when this process loads no plugins: it cannot tell."""
+    known = {p.name for p in ctx.state.registry.all()}
+    if not known:
+        return {}
+    waiting = await ctx.state.store.queued_by_plugin()
+    return {name: n for name, n in waiting.items() if name not in known}
 
 
 def _finite_float(text: str) -> float:
@@ -183,6 +198,21 @@ def parse_enqueue(body: Any) -> models.EnqueueRequest:
     return request
 
 
+def check_run_after(run_after: str | None, max_days: int) -> None:
+    """A job may wait at most `max_days` (service.max_run_after_days): a key or a slot is
+    never held for years by a job that will not run."""
+    if run_after is None:
+        return
+    latest = format_ts(utcnow() + timedelta(days=max_days))
+    if run_after > latest:
+        raise ApiError(
+            "invalid_body",
+            f"run_after: at most {max_days} days ahead (until {latest}); "
+            "the limit is service.max_run_after_days",
+            param="run_after",
+        )
+
+
 async def enqueue(request: Request, ctx: Context) -> Response:
     plugin_name = request.path_params["plugin"]
     command_name = request.path_params["command"]
@@ -197,6 +227,7 @@ async def enqueue(request: Request, ctx: Context) -> Response:
     if not grants(ctx.principal.scopes, needed):
         raise insufficient_scope(needed, f"command {command_name!r} is a {command.type} command")
     body = parse_enqueue(await read_json_body(request))
+    check_run_after(body.run_after, ctx.state.config.service.max_run_after_days)
     problem = command.validate_payload(body.payload)
     if problem is not None:
         raise ApiError(
