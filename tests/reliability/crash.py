@@ -13,12 +13,14 @@ import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 
 from queue_service.statuses import TERMINAL, Status
 from queue_service.store import NewJob
+from queue_service.timeutil import format_ts, utcnow
 from tests.conftest import free_port
 from tests.live_server import seed_database
 from tests.processes import (
@@ -300,7 +302,8 @@ def run_server_kills(
     headers = {"Authorization": f"Bearer {seeded.tokens['*']}"}
     # Jobs due far in the future: the server's worker leaves them queued.
     config = write_config(tmp, f'synchronous = "{synchronous}"\nworkers = 1\n')
-    body = {"payload": {}, "run_after": "2999-01-01T00:00:00Z"}
+    # (Within service.max_run_after_days, 365.)
+    body = {"payload": {}, "run_after": format_ts(utcnow() + timedelta(days=300))}
     acknowledged: list[str] = []
     procs = Processes(tmp)
     try:
