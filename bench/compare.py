@@ -301,8 +301,8 @@ def spawn_ceiling(tmp: Path, count: int, threads: int) -> dict[str, Any]:
 
     def run(i: int) -> bool:
         request = build_request(
-            "poll", job_id=f"bench-{i}", payload={"n": i}, config=plugin.config, state={},
-            deadline_at=deadline_at,
+            "poll", plugin_name=ECHO, job_id=f"bench-{i}", payload={"n": i},
+            config=plugin.config, state={}, deadline_at=deadline_at,
         )  # fmt: skip
         done = subprocess.run(
             [str(plugin.entrypoint)],

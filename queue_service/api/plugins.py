@@ -29,7 +29,7 @@ from queue_service.plugins import PluginLookupError, PluginUnavailable, UnknownC
 from queue_service.scopes import grants
 from queue_service.statuses import TERMINAL, Status
 from queue_service.store import Conflict, JobNotFound, NewJob
-from queue_service.timeutil import format_ts, utcnow
+from queue_service.timeutil import format_ts, now_ts, utcnow
 
 #: How long POST /job/{id}/cancel waits for a running job's subprocess to stop.
 CANCEL_WAIT_SECONDS = 10.0
@@ -248,7 +248,9 @@ async def enqueue(request: Request, ctx: Context) -> Response:
             run_after=body.run_after,
         )
     )
-    if ctx.state.worker is not None:
+    if ctx.state.worker is not None and (body.run_after is None or body.run_after <= now_ts()):
+        # A job due later is found by the worker's timer; waking it now would only cost
+        # a claim that finds nothing.
         ctx.state.worker.wake()
     status = Status.QUEUED
     if result.deduplicated:

@@ -24,15 +24,20 @@ _JSON_FIELDS = frozenset({"payload", "result", "events", "logs"})
 #: Every field of Job, read by name from a `SELECT *` / `RETURNING *` row of jobs: the
 #: dataclass is the one list of a job's fields.
 _JOB_FIELDS = tuple(f.name for f in fields(Job))
+_PLAIN_FIELDS = tuple(n for n in _JOB_FIELDS if n not in _JSON_FIELDS | {"status", "source"})
 
 
 def job_from_row(row: sqlite3.Row) -> Job:
-    values: dict[str, Any] = {name: row[name] for name in _JOB_FIELDS}
-    for name in _JSON_FIELDS:
-        values[name] = decode_json(values[name])
-    values["status"] = Status(values["status"])
-    values["source"] = Source(values["source"])
-    return Job(**values)
+    values = dict(zip(row.keys(), row, strict=True))
+    return Job(
+        **{name: values[name] for name in _PLAIN_FIELDS},
+        status=Status(values["status"]),
+        source=Source(values["source"]),
+        payload=decode_json(values["payload"]),
+        result=decode_json(values["result"]),
+        events=decode_json(values["events"]),
+        logs=decode_json(values["logs"]),
+    )
 
 
 def summary_from_row(row: sqlite3.Row) -> JobSummary:
