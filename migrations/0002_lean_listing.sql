@@ -9,8 +9,8 @@
 --   serve the selective status filters (queued, running, failed, ...); the happy path
 --   leaves them when the job succeeds;
 -- * counts kept exact in the same transaction, through a delta log: the triggers append
---   one row per change to job_count_deltas, and the store folds the log into job_counts
---   and the hourly rollups before each COMMIT (readers add any unfolded deltas, so the
+--   one row per change to job_count_deltas, and the store folds the log into job_counts,
+--   a per-(status, source) rollup and the hourly rollups before each COMMIT (readers add any unfolded deltas, so the
 --   totals stay exact even for writes made outside the store);
 -- * the legal transitions of local jobs as a table the status trigger checks, filled from
 --   the one vocabulary (queue_service/statuses.py; a test ties the two);
@@ -36,6 +36,13 @@ CREATE TABLE job_count_deltas (
     hour    TEXT    NOT NULL,  -- substr(created_at, 1, 13): 2026-11-23T15
     d       INTEGER NOT NULL
 );
+
+CREATE TABLE job_counts_status (
+    status TEXT    NOT NULL,
+    source TEXT    NOT NULL,
+    n      INTEGER NOT NULL,
+    PRIMARY KEY (status, source)
+) WITHOUT ROWID;
 
 CREATE TABLE job_counts_hour (
     status TEXT    NOT NULL,
@@ -72,6 +79,9 @@ CREATE TABLE job_counts_hour_plugin_command (
     n       INTEGER NOT NULL,
     PRIMARY KEY (status, source, plugin, command, hour)
 ) WITHOUT ROWID;
+
+INSERT INTO job_counts_status (status, source, n)
+SELECT status, source, COUNT(*) FROM jobs GROUP BY 1, 2;
 
 INSERT INTO job_counts_hour (status, source, hour, n)
 SELECT status, source, substr(created_at, 1, 13), COUNT(*) FROM jobs GROUP BY 1, 2, 3;

@@ -20,6 +20,7 @@ from queue_service.timeutil import now_ts
 #: The rollups the delta log is folded into, in one place.
 _FOLDS = (
     "fold_job_counts",
+    "fold_status",
     "fold_hour",
     "fold_hour_plugin",
     "fold_hour_command",

@@ -79,7 +79,7 @@ ORDER BY created_at DESC, seq DESC LIMIT :limit;
 
 -- name: counts_all
 SELECT status, source, NULL, NULL, SUM(n) FROM (
-    SELECT status, source, n FROM job_counts
+    SELECT status, source, n FROM job_counts_status
     UNION ALL
     SELECT status, source, d FROM job_count_deltas
 ) GROUP BY status, source;
@@ -103,7 +103,7 @@ SELECT status, source, plugin, command, d FROM job_count_deltas WHERE command = 
 
 -- name: count_every_job
 SELECT COALESCE(SUM(n), 0) FROM (
-    SELECT n FROM job_counts UNION ALL SELECT d FROM job_count_deltas
+    SELECT n FROM job_counts_status UNION ALL SELECT d FROM job_count_deltas
 );
 
 -- Totals with time bounds: whole hours strictly between :hour_after and :hour_before from
@@ -170,7 +170,7 @@ WHERE plugin = :plugin AND command = :command AND created_at > :lo AND created_a
 
 -- name: queue_depth
 SELECT COALESCE(SUM(n), 0) FROM (
-    SELECT n FROM job_counts WHERE status IN ('queued', 'running')
+    SELECT n FROM job_counts_status WHERE status IN ('queued', 'running')
     UNION ALL
     SELECT d FROM job_count_deltas WHERE status IN ('queued', 'running')
 );
@@ -185,6 +185,12 @@ INSERT INTO job_counts (plugin, command, status, source, n)
 SELECT plugin, command, status, source, SUM(d) FROM job_count_deltas
 GROUP BY plugin, command, status, source HAVING SUM(d) != 0
 ON CONFLICT (plugin, command, status, source) DO UPDATE SET n = n + excluded.n;
+
+-- name: fold_status
+INSERT INTO job_counts_status (status, source, n)
+SELECT status, source, SUM(d) FROM job_count_deltas
+GROUP BY status, source HAVING SUM(d) != 0
+ON CONFLICT (status, source) DO UPDATE SET n = n + excluded.n;
 
 -- name: fold_hour
 INSERT INTO job_counts_hour (status, source, hour, n)

@@ -48,6 +48,13 @@ CREATE TABLE job_count_deltas (
     d       INTEGER NOT NULL
 );
 
+CREATE TABLE job_counts_status (
+    status TEXT    NOT NULL,
+    source TEXT    NOT NULL,
+    n      INTEGER NOT NULL,
+    PRIMARY KEY (status, source)
+) WITHOUT ROWID;
+
 CREATE TABLE job_counts_hour (
     status TEXT    NOT NULL,
     source TEXT    NOT NULL,
