@@ -37,14 +37,15 @@ def _writer(path: Path, fail_commit: list[bool]) -> tuple[WriterThread, list[sql
     return writer, conns
 
 
+def insert(conn: sqlite3.Connection, v: int) -> int:
+    conn.execute("INSERT INTO t (v) VALUES (?)", (v,))
+    return v
+
+
 async def test_a_lost_group_is_retried_one_caller_at_a_time(tmp_path: Path) -> None:
     fail = [True]
     writer, conns = _writer(tmp_path / "w.db", fail)
     release = threading.Event()
-
-    def insert(conn: sqlite3.Connection, v: int) -> int:
-        conn.execute("INSERT INTO t (v) VALUES (?)", (v,))
-        return v
 
     try:
         # The thread waits in a first item while the next four queue up: they form one group.
@@ -68,10 +69,6 @@ async def test_waiting_callers_share_one_commit_and_a_failure_stays_its_own(
 ) -> None:
     writer, conns = _writer(tmp_path / "w.db", [])
     release = threading.Event()
-
-    def insert(conn: sqlite3.Connection, v: int) -> int:
-        conn.execute("INSERT INTO t (v) VALUES (?)", (v,))
-        return v
 
     try:
         gate = writer.submit(release.wait, 10, transactional=False)
