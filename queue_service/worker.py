@@ -240,11 +240,7 @@ class Worker:
         this is cheap at any table size. Each missing plugin is logged once per process.
         Only a process that loads plugins asks: an API-only process knows none.
         """
-        known = {p.name for p in self.registry.all()}
-        if not known:
-            return {}
-        waiting = await self.store.queued_by_plugin()
-        missing = {plugin: n for plugin, n in waiting.items() if plugin not in known}
+        missing = await self.registry.missing(self.store)
         for plugin in sorted(missing.keys() - self._reported_missing):
             log.warning(
                 "plugin %s is not installed: %d queued job(s) wait for it; install it, or "

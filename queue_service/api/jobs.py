@@ -8,7 +8,6 @@ from starlette.responses import Response
 from queue_service import models
 from queue_service.api.operations import Context, Operation
 from queue_service.api.params import JOB_LIST_PARAMS
-from queue_service.api.plugins import missing_plugins
 from queue_service.api.responses import job_not_found, job_response, json_response, page_body
 from queue_service.api.sync_routes import sync_status
 from queue_service.store import JobFilter
@@ -32,7 +31,7 @@ async def health(request: Request, ctx: Context) -> Response:
 
 
 async def _warnings(ctx: Context) -> list[str]:
-    missing = await missing_plugins(ctx)
+    missing = await ctx.state.registry.missing(ctx.state.store)
     if not missing:
         return []
     jobs = sum(missing.values())

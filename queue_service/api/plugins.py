@@ -59,19 +59,10 @@ async def list_plugins(request: Request, ctx: Context) -> Response:
         for p in ctx.state.registry.all()
     ]
     missing = [
-        {"name": name, "queued_jobs": n} for name, n in sorted((await missing_plugins(ctx)).items())
+        {"name": name, "queued_jobs": n}
+        for name, n in sorted((await ctx.state.registry.missing(ctx.state.store)).items())
     ]
     return json_response({"plugins": plugins, "missing": missing})
-
-
-async def missing_plugins(ctx: Context) -> dict[str, int]:
-    """{plugin: queued local jobs} for plugins with queued jobs that no plugin folder holds
-    (from the exact counts). Empty when this process loads no plugins: it cannot tell."""
-    known = {p.name for p in ctx.state.registry.all()}
-    if not known:
-        return {}
-    waiting = await ctx.state.store.queued_by_plugin()
-    return {name: n for name, n in waiting.items() if name not in known}
 
 
 def _finite_float(text: str) -> float:

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from queue_service.plugins.manifest import (
     MANIFEST_FILENAME,
@@ -35,6 +35,9 @@ from queue_service.plugins.manifest import (
     read_manifest,
 )
 from queue_service.plugins.trust import ownership_problem
+
+if TYPE_CHECKING:
+    from queue_service.store import Store
 
 log = logging.getLogger("queue_service.plugins")
 
@@ -141,6 +144,16 @@ class Registry:
         """Every discovered plugin, invalid ones and losing duplicates included,
         sorted by name and then by folder."""
         return self._all
+
+    async def missing(self, store: Store) -> dict[str, int]:
+        """{plugin: queued local jobs} for plugins that queued jobs name but no plugin folder
+        holds, from the store's exact counts (no table walk). Empty when no plugin was
+        discovered: such a process (API only) cannot tell what is missing."""
+        known = {p.name for p in self._all}
+        if not known:
+            return {}
+        waiting = await store.queued_by_plugin()
+        return {name: n for name, n in waiting.items() if name not in known}
 
     def valid(self) -> tuple[Plugin, ...]:
         """The usable plugins, sorted by name."""

@@ -171,8 +171,8 @@ class Database(Opening):
     async def _read_inline(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a read that is bounded by construction (index seeks that stop after a few
         rows) on the calling thread. A thread hop costs more than such a read, and under
-        load the GIL hand-offs between the loop and reader threads dominate: the polling
-        paths (token lookup, one job, a page without time bounds) run here."""
+        load the GIL hand-offs between the loop and reader threads dominate: every page
+        (a few index walks, totals from the counts and hourly rollups) runs here."""
         return self._in_read(fn, *args)
 
     async def _read_statement(self, fn: Callable[..., T], *args: Any) -> T:

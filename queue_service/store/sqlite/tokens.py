@@ -48,21 +48,10 @@ def create_first(
 ) -> Token | None:
     """A token only on a database that has never had one: revoked and expired rows stay, so
     revoking every token locks the API for good."""
-    now = now_ts()
     if conn.execute(q("count_all_tokens")).fetchone()[0]:
         return None
-    for suffix in range(1, 1000):
-        candidate = name if suffix == 1 else f"{name}-{suffix}"
-        try:
-            conn.execute(
-                q("insert_token"), _params(candidate, token_hash, scopes, now, None)
-            ).fetchall()
-        except sqlite3.IntegrityError:
-            continue
-        found = by_hash(conn, token_hash)
-        assert found is not None
-        return found[0]
-    raise Conflict(f"no free token name like {name!r}")
+    # No row at all, so the name cannot be taken.
+    return create(conn, name, token_hash, scopes, None)
 
 
 def by_hash(conn: sqlite3.Connection, token_hash: str) -> tuple[Token, str] | None:

@@ -194,6 +194,9 @@ def prune_finished(conn: sqlite3.Connection, before: str, limit: int) -> int:
     params = {"before": before, "limit": limit}
     deleted = int(conn.execute(q("prune_finished"), params).rowcount)
     conn.execute(q("prune_schedule_fires"), params)
-    for name in _EMPTY_COUNTS:
-        conn.execute(q(name))
+    if deleted < limit:
+        # The last batch of a pass (callers repeat while a batch is full): sweep the count
+        # rows that fell to zero once per pass, not once per batch of 500.
+        for name in _EMPTY_COUNTS:
+            conn.execute(q(name))
     return deleted
