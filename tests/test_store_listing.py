@@ -203,3 +203,62 @@ async def test_totals_include_writes_made_around_the_store(
     assert sorted(truth) == sorted(counted)
     folded = await store.list_jobs(JobFilter(statuses=(Status.FAILED,)))
     assert folded.total == unfolded.total
+
+
+async def test_counts_by_status_and_by_plugin_match_a_brute_force_count(
+    store: StoreUnderTest,
+) -> None:
+    jobs = _rows(seed=5, count=300)
+    await store.upsert_external_jobs(jobs)
+    # A local job moved on by the store itself, so the counts follow a transition too.
+    enqueued = await store.enqueue(NewJob("beta", "poll"))
+    await store.set_status(enqueued.job_id, Status.CANCELED)
+    everything = [
+        (j.plugin, j.command, j.status, j.source) for j in jobs if j.status is not None
+    ] + [("beta", "poll", Status.CANCELED, Source.LOCAL)]
+    rng = random.Random(13)
+    for _ in range(40):
+        f = _filters(rng, [format_ts(START)])  # time bounds are dropped below
+        f = JobFilter(plugin=f.plugin, command=f.command, statuses=f.statuses, sources=f.sources)
+        expected: dict[Status, int] = {}
+        for plugin, command, status, source in everything:
+            if (
+                (f.plugin is None or plugin == f.plugin)
+                and (f.command is None or command == f.command)
+                and (not f.statuses or status in f.statuses)
+                and (not f.sources or source in f.sources)
+            ):
+                expected[status] = expected.get(status, 0) + 1
+        assert await store.count_jobs_by_status(f) == expected, f
+    by_plugin: dict[str, dict[Status, int]] = {}
+    for plugin, _command, status, _source in everything:
+        by_plugin.setdefault(plugin, {})
+        by_plugin[plugin][status] = by_plugin[plugin].get(status, 0) + 1
+    assert await store.count_jobs_by_plugin() == by_plugin
+
+
+async def test_counts_by_status_refuse_time_bounds(store: StoreUnderTest) -> None:
+    with pytest.raises(ValueError, match="time bounds"):
+        await store.count_jobs_by_status(JobFilter(created_after=format_ts(START)))
+
+
+async def test_the_oldest_queued_job_is_the_first_created_still_queued(
+    store: StoreUnderTest,
+) -> None:
+    assert await store.oldest_queued_job() is None
+    first, second, third = await store.enqueue_many(
+        [NewJob("p", "a"), NewJob("p", "b"), NewJob("q", "c")]
+    )
+    oldest = await store.oldest_queued_job()
+    assert oldest is not None and oldest.job_id == first.job_id
+    assert oldest.status is Status.QUEUED
+    # Claimed (running) and finished jobs are not queued any more.
+    claimed = await store.claim_jobs("p", limit=1, owner="t", lease_seconds=30)
+    assert [j.job_id for j in claimed] == [first.job_id]
+    oldest = await store.oldest_queued_job()
+    assert oldest is not None and oldest.job_id == second.job_id
+    await store.cancel_job(second.job_id)
+    oldest = await store.oldest_queued_job()
+    assert oldest is not None and oldest.job_id == third.job_id
+    await store.cancel_job(third.job_id)
+    assert await store.oldest_queued_job() is None

@@ -22,6 +22,7 @@ from queue_service.store.types import (
     Job,
     JobFilter,
     JobPage,
+    JobSummary,
     Migration,
     NewJob,
     RecoveredJob,
@@ -83,6 +84,23 @@ class Store(Protocol):
 
     async def queue_depth(self) -> int:
         """Jobs that are queued or running."""
+        ...
+
+    async def count_jobs_by_status(self, filters: JobFilter) -> dict[Status, int]:
+        """Exact counts per status of the jobs matching `filters` (plugin, command,
+        statuses, sources), from the count rollups: no walk over the jobs. Statuses
+        without jobs are left out. Raises ValueError when `filters` has time bounds."""
+        ...
+
+    async def count_jobs_by_plugin(self) -> dict[str, dict[Status, int]]:
+        """Exact counts per plugin and status, every source together, from the count
+        rollups: no walk over the jobs. Plugins and statuses without jobs are left out."""
+        ...
+
+    async def oldest_queued_job(self) -> JobSummary | None:
+        """The queued job (any source) created first, ties broken by insertion order, or
+        None when nothing is queued. Jobs waiting for a later `run_after` count: they are
+        queued. One index seek."""
         ...
 
     async def set_status(

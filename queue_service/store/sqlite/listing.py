@@ -26,7 +26,7 @@ from typing import Any
 from queue_service.statuses import SOURCES, STATUSES, Status
 from queue_service.store.sqlite.rows import summary_from_row
 from queue_service.store.sqlite.sql import q
-from queue_service.store.types import Cursor, JobFilter, JobPage
+from queue_service.store.types import Cursor, JobFilter, JobPage, JobSummary
 
 #: Bounds outside any timestamp or hour: '' sorts first, '~' after every digit.
 _START, _END = "", "~"
@@ -163,3 +163,28 @@ def _bounded_total(conn: sqlite3.Connection, filters: JobFilter, base: dict[str,
 
 def _count(conn: sqlite3.Connection, name: str, params: dict[str, Any]) -> int:
     return int(conn.execute(q(name), params).fetchone()[0] or 0)
+
+
+def count_by_status(conn: sqlite3.Connection, filters: JobFilter) -> dict[Status, int]:
+    """Exact counts per status of the jobs matching `filters` (no time bounds)."""
+    if filters.created_after is not None or filters.created_before is not None:
+        raise ValueError("counts by status take no time bounds")
+    statuses = sorted({s.value for s in filters.statuses} or set(STATUSES))
+    sources = sorted({s.value for s in filters.sources} or set(SOURCES))
+    by_status: dict[Status, int] = {}
+    for status, _source, _plugin, _command, n in _counts(conn, filters, statuses, sources):
+        by_status[Status(status)] = by_status.get(Status(status), 0) + n
+    return by_status
+
+
+def count_by_plugin(conn: sqlite3.Connection) -> dict[str, dict[Status, int]]:
+    """Exact counts per plugin and status, from job_counts and the unfolded deltas."""
+    by_plugin: dict[str, dict[Status, int]] = {}
+    for plugin, status, n in conn.execute(q("counts_by_plugin")):
+        by_plugin.setdefault(plugin, {})[Status(status)] = int(n)
+    return by_plugin
+
+
+def oldest_queued(conn: sqlite3.Connection) -> JobSummary | None:
+    row = conn.execute(q("oldest_queued")).fetchone()
+    return None if row is None else summary_from_row(row)

@@ -175,6 +175,23 @@ SELECT COALESCE(SUM(n), 0) FROM (
     SELECT d FROM job_count_deltas WHERE status IN ('queued', 'running')
 );
 
+-- Counts for overviews (`queue-service status`, `jobs --watch`), from the rollups.
+
+-- name: counts_by_plugin
+SELECT plugin, status, SUM(n) FROM (
+    SELECT plugin, status, n FROM job_counts
+    UNION ALL
+    SELECT plugin, status, d FROM job_count_deltas
+) GROUP BY plugin, status HAVING SUM(n) != 0;
+
+-- name: oldest_queued
+-- One seek: the index is (status, created_at) and its rowid (seq) breaks ties.
+SELECT job_id, plugin, command, status, source, created_at, started_at, completed_at,
+       attempt, external_url, seq
+FROM jobs INDEXED BY jobs_by_status
+WHERE status = 'queued' AND status != 'succeeded'
+ORDER BY created_at, seq LIMIT 1;
+
 -- Folding the delta log into the counts, before each COMMIT of the store's writer.
 
 -- name: has_count_deltas

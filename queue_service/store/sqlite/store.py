@@ -25,6 +25,7 @@ from queue_service.store.types import (
     Job,
     JobFilter,
     JobPage,
+    JobSummary,
     NewJob,
     RecoveredJob,
     ScheduleState,
@@ -63,6 +64,15 @@ class SQLiteStore(Database):
 
     async def queue_depth(self) -> int:
         return await self._read_statement(lambda c: int(c.execute(q("queue_depth")).fetchone()[0]))
+
+    async def count_jobs_by_status(self, filters: JobFilter) -> dict[Status, int]:
+        return await self._read_statement(listing.count_by_status, filters)
+
+    async def count_jobs_by_plugin(self) -> dict[str, dict[Status, int]]:
+        return await self._read_statement(listing.count_by_plugin)
+
+    async def oldest_queued_job(self) -> JobSummary | None:
+        return await self._read_statement(listing.oldest_queued)
 
     async def set_status(
         self,
