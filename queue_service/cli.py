@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -38,6 +39,8 @@ from queue_service.timeutil import now_ts
 
 #: The exit status of a command line that cannot be parsed (argparse's too).
 EXIT_USAGE = 2
+#: The width `status` lays its tables out in when stdout is not a terminal.
+PIPED_WIDTH = 160
 
 
 def db_path(args: argparse.Namespace) -> str:
@@ -135,31 +138,73 @@ async def _token_revoke(store: Store, args: argparse.Namespace) -> int:
 # -- jobs ----------------------------------------------------------------
 
 
-async def _jobs(store: Store, args: argparse.Namespace) -> int:
-
+def job_filter(args: argparse.Namespace) -> JobFilter:
+    """The filters of `jobs` (and `jobs --watch`), parsed as GET /jobs parses them."""
     try:
-        filters = JobFilter(
+        return JobFilter(
             plugin=args.plugin,
             command=args.command,
             statuses=parse_statuses(args.status) if args.status else (),
             sources=parse_source(args.source) if args.source else (),
         )
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+
+
+async def _jobs(store: Store, args: argparse.Namespace) -> int:
+    from queue_service.terminal import JOB_COLUMNS, job_cells
+
+    filters = job_filter(args)
+    try:
         limit = parse_limit(str(args.limit))
         cursor = parse_cursor(args.cursor) if args.cursor else None
     except ValueError as exc:
         raise StartupError(str(exc)) from None
+    if args.watch:
+        return await _watch(store, filters, limit, args)
     page = await store.list_jobs(filters, limit=limit, cursor=cursor)
     next_cursor = encode_cursor(page.next_cursor) if page.next_cursor else None
     if args.json:
         print(to_json(page_body(page), indent=True).decode())
         return 0
-    rows = [
-        [j.job_id, j.plugin, j.command[:40], j.status, j.source, j.created_at[:19], str(j.attempt)]
-        for j in page.jobs
-    ]
-    print_table(["JOB_ID", "PLUGIN", "COMMAND", "STATUS", "SOURCE", "CREATED", "ATTEMPT"], rows)
+    print_table(JOB_COLUMNS, [job_cells(j) for j in page.jobs])
     print(f"\n{len(page.jobs)} of {page.total} matching jobs", end="")
     print(f"; next page: --cursor {next_cursor}" if next_cursor else "")
+    return 0
+
+
+async def _watch(store: Store, filters: JobFilter, limit: int, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from queue_service.terminal import watch_jobs
+
+    if args.cursor or args.json:
+        raise StartupError("--watch shows the newest jobs; it takes no --cursor or --json")
+    console = Console()
+    if not console.is_terminal:
+        raise StartupError(
+            "--watch redraws a terminal; in a script use `queue-service jobs --json` "
+            "or `queue-service status --json`"
+        )
+    return await watch_jobs(store, filters, limit=limit, interval=args.interval, console=console)
+
+
+async def _status(store: Store, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from queue_service.overview import gather_overview
+    from queue_service.terminal import status_view
+
+    path = config_path(args)
+    overview = await gather_overview(store, read_config(path) if path else None)
+    if args.json:
+        print(overview.model_dump_json(indent=2))
+        return 0
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Piped or redirected: no terminal width to fit, so tables are as wide as they need.
+        console = Console(width=PIPED_WIDTH)
+    console.print(status_view(overview))
     return 0
 
 
@@ -308,6 +353,17 @@ def port_number(text: str) -> int:
     return int(text)
 
 
+def interval_seconds(text: str) -> float:
+    """An argparse type: seconds between refreshes, 0.1 to 3600."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a number of seconds (0.1 to 3600)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="queue-service", description="A local job queue with a REST API."
@@ -387,8 +443,31 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--limit", type=int, default=50)
     jobs.add_argument("--cursor")
     jobs.add_argument("--json", action="store_true", help="print the API's JSON")
+    jobs.add_argument(
+        "--watch",
+        action="store_true",
+        help="a live table of the newest jobs, counts by status and queue depth (Ctrl-C quits)",
+    )
+    jobs.add_argument(
+        "--interval",
+        type=interval_seconds,
+        default=2.0,
+        help="seconds between --watch refreshes (default: 2)",
+    )
     _add_db(jobs)
     jobs.set_defaults(run=with_store(_jobs, must_exist=True))
+
+    status = commands.add_parser(
+        "status",
+        help="one-screen summary: counts by status and plugin, oldest queued job, running "
+        "jobs, schedules, Databricks sync health",
+    )
+    status.add_argument("--json", action="store_true", help="print the same data as JSON")
+    status.add_argument(
+        "--config", help="TOML config file, for schedules (default: $QUEUE_SERVICE_CONFIG)"
+    )
+    _add_db(status)
+    status.set_defaults(run=with_store(_status, must_exist=True))
 
     cancel = commands.add_parser(
         "cancel", help="cancel the queued jobs of a plugin (e.g. one that is not installed)"

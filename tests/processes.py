@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
+import re
+import select
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -44,6 +49,7 @@ class Processes:
     def __init__(self, logs: Path) -> None:
         self.logs = logs
         self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+        self.terminals: list[Terminal] = []
 
     def start(
         self, name: str, *args: str, cwd: Path = REPO, separate_stdout: bool = False
@@ -69,6 +75,32 @@ class Processes:
         self.procs.append((proc, log))
         return proc
 
+    def start_in_terminal(
+        self, *args: str, columns: int = 160, lines: int = 40
+    ) -> tuple[subprocess.Popen[bytes], Terminal]:
+        """`queue-service ARGS…` with a pseudo-terminal of `columns` x `lines` as its stdin,
+        stdout and stderr, as an operator's shell would run it."""
+        controller, attached = os.openpty()
+        fcntl.ioctl(attached, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
+        env = {k: v for k, v in ENV.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
+        env["TERM"] = "xterm-256color"
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "queue_service", *args],
+                stdin=attached,
+                stdout=attached,
+                stderr=attached,
+                cwd=REPO,
+                env=env,
+                start_new_session=True,  # its own session: the pty becomes its terminal
+            )
+        finally:
+            os.close(attached)
+        terminal = Terminal(controller, self.logs / f"terminal-{proc.pid}.log")
+        self.terminals.append(terminal)
+        self.procs.append((proc, terminal.log))
+        return proc, terminal
+
     def log_of(self, proc: subprocess.Popen[bytes]) -> str:
         for candidate, log in self.procs:
             if candidate is proc:
@@ -87,6 +119,60 @@ class Processes:
                 proc.send_signal(signal.SIGTERM)
         for proc, _ in self.procs:
             stop(proc)
+        for terminal in self.terminals:
+            terminal.close()
+
+
+#: Control sequences (colours, cursor moves) that a terminal interprets rather than shows.
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
+
+
+class Terminal:
+    """The controlling side of a pseudo-terminal: what the program wrote to it, as raw bytes
+    and as the text a person sees (control sequences removed)."""
+
+    def __init__(self, fd: int, log: Path) -> None:
+        self.fd = fd
+        self.raw = b""
+        self.log = log  # the same bytes, for Processes.tails()
+        log.write_bytes(b"")
+
+    @property
+    def text(self) -> str:
+        return _CONTROL.sub("", self.raw.decode("utf-8", errors="replace"))
+
+    def read(self, within: float = 0.05) -> bool:
+        """Take what the program wrote in the next `within` s; False once it closed the pty."""
+        ready, _, _ = select.select([self.fd], [], [], within)
+        if not ready:
+            return True
+        try:
+            chunk = os.read(self.fd, 65536)
+        except OSError:  # EIO: every process holding the pty has exited
+            return False
+        self.raw += chunk
+        with self.log.open("ab") as sink:
+            sink.write(chunk)
+        return bool(chunk)
+
+    def wait_for(self, what: str, check: Callable[[str], bool], within: float = 20) -> None:
+        """Read until `check(text written since this call)` holds; TimeoutError naming `what`
+        and showing the screen otherwise."""
+        start = len(self.raw)
+        deadline = time.monotonic() + within
+        while not check(_CONTROL.sub("", self.raw[start:].decode("utf-8", errors="replace"))):
+            if time.monotonic() > deadline or not self.read():
+                raise TimeoutError(f"waiting for {what}; the terminal shows:\n{self.text[-3000:]}")
+
+    def drain(self, within: float = 5) -> None:
+        """Read until the program closes the pty (it exited) or `within` s passed."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline and self.read():
+            pass
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
 
 
 def stop(proc: subprocess.Popen[bytes], within: float = 15) -> int:

@@ -25,6 +25,7 @@ from queue_service.api.params import (
 )
 from queue_service.api.responses import job_not_found, job_response, json_response
 from queue_service.errors import ApiError
+from queue_service.overview import schedule_infos
 from queue_service.plugins import PluginLookupError, PluginUnavailable, UnknownCommand
 from queue_service.scopes import grants
 from queue_service.statuses import TERMINAL, Status
@@ -285,31 +286,7 @@ async def cancel(request: Request, ctx: Context) -> Response:
 
 
 async def list_schedules(request: Request, ctx: Context) -> Response:
-    states = await ctx.state.store.get_schedule_states()
-    items = []
-    for key, plugin, spec in ctx.state.config.schedules():
-        state = states.get(key)
-        last_status = None
-        if state is not None and state.last_job_id:
-            last = await ctx.state.store.get_job(state.last_job_id)
-            last_status = last.status if last else None
-        items.append(
-            {
-                "schedule_id": spec.id,
-                "plugin": plugin,
-                "command": spec.command,
-                "every": spec.every,
-                "cron": spec.cron,
-                "timezone": spec.timezone,
-                "if_running": spec.if_running,
-                "catch_up": spec.catch_up,
-                "next_run_at": state.next_run_at if state else None,
-                "last_fired_at": state.last_fired_at if state else None,
-                "last_job_id": state.last_job_id if state else None,
-                "last_job_status": last_status,
-            }
-        )
-    return json_response({"schedules": items})
+    return json_response({"schedules": await schedule_infos(ctx.state.store, ctx.state.config)})
 
 
 OPERATIONS = (

@@ -8,21 +8,12 @@ from starlette.responses import Response
 from queue_service.api.operations import Context, Operation
 from queue_service.api.responses import json_response
 from queue_service.api.state import ServiceState
-from queue_service.databricks.status import SyncStatus, build_status
+from queue_service.databricks.status import SyncStatus, read_status
 
 
 async def sync_status(state: ServiceState) -> SyncStatus:
-    """The sync's status from the store, so any process can answer, not only the syncing one.
-
-    Workspaces are those configured now; with no [databricks] section, whatever the store
-    holds is shown (e.g. after a one-off `queue-service sync databricks --once`).
-    """
-    databricks = state.config.databricks
-    states = await state.store.get_sync_states()
-    if databricks is None:
-        return build_status(states, enabled=False)
-    names = [workspace.display_name for workspace in databricks.workspaces]
-    return build_status(states, enabled=databricks.enabled, workspaces=names or None)
+    """The sync's status for the service's configured workspaces (see `read_status`)."""
+    return await read_status(state.store, state.config.databricks)
 
 
 async def get_sync(request: Request, ctx: Context) -> Response:

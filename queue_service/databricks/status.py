@@ -8,11 +8,15 @@ sync keeps in ``SyncState.extra`` are named here.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from queue_service.store.types import SyncState
+
+if TYPE_CHECKING:
+    from queue_service.databricks.config import DatabricksConfig
+    from queue_service.store import Store
 
 #: SyncState.extra keys written by the sync worker.
 EXTRA_FAILURES = "consecutive_failures"
@@ -113,3 +117,17 @@ def build_status(
         ordered = [by_name.get(name, SyncState(workspace=name)) for name in workspaces]
     items = [workspace_status(s) for s in ordered]
     return SyncStatus(enabled=enabled, healthy=all(i.healthy for i in items), workspaces=items)
+
+
+async def read_status(store: Store, config: DatabricksConfig | None) -> SyncStatus:
+    """The sync's status from the store, so any process can answer, not only the syncing one.
+
+    Workspaces are those configured now; with no [databricks] section (`config` None),
+    whatever the store holds is shown (e.g. after a one-off `queue-service sync databricks
+    --once`).
+    """
+    states = await store.get_sync_states()
+    if config is None:
+        return build_status(states, enabled=False)
+    names = [workspace.display_name for workspace in config.workspaces]
+    return build_status(states, enabled=config.enabled, workspaces=names or None)
