@@ -181,10 +181,10 @@ async def _watch(store: Store, filters: JobFilter, limit: int, args: argparse.Na
     if args.cursor or args.json:
         raise StartupError("--watch shows the newest jobs; it takes no --cursor or --json")
     console = Console()
-    if not console.is_terminal:
+    if not console.is_terminal or console.is_dumb_terminal:
         raise StartupError(
-            "--watch redraws a terminal; in a script use `queue-service jobs --json` "
-            "or `queue-service status --json`"
+            "--watch redraws a terminal (TERM must not be dumb); in a script use "
+            "`queue-service jobs --json` or `queue-service status --json`"
         )
     return await watch_jobs(store, filters, limit=limit, interval=args.interval, console=console)
 

@@ -76,14 +76,14 @@ class Processes:
         return proc
 
     def start_in_terminal(
-        self, *args: str, columns: int = 160, lines: int = 40
+        self, *args: str, columns: int = 160, lines: int = 40, term: str = "xterm-256color"
     ) -> tuple[subprocess.Popen[bytes], Terminal]:
-        """`queue-service ARGS…` with a pseudo-terminal of `columns` x `lines` as its stdin,
-        stdout and stderr, as an operator's shell would run it."""
+        """`queue-service ARGS…` with a pseudo-terminal of `columns` x `lines` (of type
+        `term`) as its stdin, stdout and stderr, as an operator's shell would run it."""
         controller, attached = os.openpty()
         fcntl.ioctl(attached, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
         env = {k: v for k, v in ENV.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
-        env["TERM"] = "xterm-256color"
+        env["TERM"] = term
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "queue_service", *args],

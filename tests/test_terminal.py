@@ -74,6 +74,16 @@ def test_watch_fits_the_newest_jobs_to_a_short_terminal(
     assert proc.wait(timeout=15) == 0
 
 
+@pytest.mark.slow
+def test_watch_needs_a_terminal_that_can_redraw(processes: Processes, tmp_path: Path) -> None:
+    db = tmp_path / "dumb.db"
+    enqueue_many(db, [NewJob("echo", "poll")])
+    proc, terminal = processes.start_in_terminal("jobs", "--watch", "--db", str(db), term="dumb")
+    assert proc.wait(timeout=15) == 1
+    terminal.drain()
+    assert "TERM must not be dumb" in terminal.text and "Traceback" not in terminal.text
+
+
 def test_watch_needs_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = str(tmp_path / "n.db")
     assert run(capsys, "migrate", "--db", db)[0] == 0
