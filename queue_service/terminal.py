@@ -86,17 +86,18 @@ def _status_text(status: str) -> Text:
     return Text(status, style=STATUS_STYLES.get(Status(status), ""))
 
 
-def _table(*headers: str, title: str | None = None) -> Table:
+def _table(*headers: str) -> Table:
     """A table of one line per row: cells too wide for the terminal end in an ellipsis."""
-    table = Table(
-        box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False, show_edge=False
-    )
-    table.title_style = "bold"
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for header in headers:
         # Job ids are what an operator copies: never cut them short.
         wide = 36 if header == "JOB_ID" else None
         table.add_column(header, no_wrap=True, overflow="ellipsis", min_width=wide)
     return table
+
+
+def _titled(title: str, table: Table) -> Group:
+    return Group(Text(title, style="bold"), table)
 
 
 def _counts_line(counts: dict[Status, int], queue_depth: int) -> Text:
@@ -225,12 +226,12 @@ def _running_table(overview: Overview, now: datetime) -> RenderableType:
     title = f"Running: {running.total}"
     if running.total > len(running.jobs):
         title += f" (the newest {len(running.jobs)})"
-    table = _table("JOB_ID", "PLUGIN", "COMMAND", "FOR", "ATTEMPT", title=title)
+    table = _table("JOB_ID", "PLUGIN", "COMMAND", "FOR", "ATTEMPT")
     for job in running.jobs:
         table.add_row(
             job.job_id, job.plugin, job.command, _since(job.started_at, now), str(job.attempt)
         )
-    return table
+    return _titled(title, table)
 
 
 def _next_run(schedule: ScheduleInfo, now: datetime) -> Text:
@@ -249,7 +250,7 @@ def _schedules_table(schedules: Sequence[ScheduleInfo] | None, now: datetime) ->
         return Text("Schedules: unknown without a config file (--config)")
     if not schedules:
         return Text("Schedules: none configured")
-    table = _table("SCHEDULE", "TIMETABLE", "NEXT RUN", "LAST FIRED", "LAST JOB", title="Schedules")
+    table = _table("SCHEDULE", "TIMETABLE", "NEXT RUN", "LAST FIRED", "LAST JOB")
     for s in schedules:
         timetable = f"every {s.every}" if s.every else s.cron or ""
         if s.timezone != "UTC":
@@ -261,7 +262,7 @@ def _schedules_table(schedules: Sequence[ScheduleInfo] | None, now: datetime) ->
             _ago(s.last_fired_at, now),
             _status_text(s.last_job_status) if s.last_job_status else Text("-"),
         )
-    return table
+    return _titled("Schedules", table)
 
 
 def _sync_table(sync: SyncStatus, now: datetime) -> RenderableType:
@@ -269,14 +270,7 @@ def _sync_table(sync: SyncStatus, now: datetime) -> RenderableType:
         return Text("Databricks sync: not configured")
     state = "enabled" if sync.enabled else "not enabled in the config"
     health = "healthy" if sync.healthy else "UNHEALTHY"
-    table = _table(
-        "WORKSPACE",
-        "STATE",
-        "LAST SUCCESS",
-        "RUNS",
-        "LAST ERROR",
-        title=f"Databricks sync: {state}, {health}",
-    )
+    table = _table("WORKSPACE", "STATE", "LAST SUCCESS", "RUNS", "LAST ERROR")
     for w in sync.workspaces:
         error = f"{_ago(w.last_error_at, now, '')}: {w.last_error}" if w.last_error else "-"
         table.add_row(
@@ -286,7 +280,7 @@ def _sync_table(sync: SyncStatus, now: datetime) -> RenderableType:
             str(w.runs_ingested),
             error,
         )
-    return table
+    return _titled(f"Databricks sync: {state}, {health}", table)
 
 
 def status_view(overview: Overview) -> RenderableType:
@@ -305,6 +299,7 @@ def status_view(overview: Overview) -> RenderableType:
         Text(f"queue-service status at {overview.at[:19]} UTC", style="bold"),
         _counts_line(overview.counts_by_status, overview.queue_depth),
         _plugins_table(overview),
+        Text(""),
         waiting,
         Text(""),
         _running_table(overview, now),
