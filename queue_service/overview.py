@@ -101,12 +101,17 @@ async def gather_overview(
         at=format_ts(moment),
         queue_depth=await store.queue_depth(),
         counts_by_status={Status(s): counts.get(Status(s), 0) for s in STATUSES},
-        counts_by_plugin=dict(sorted((await store.count_jobs_by_plugin()).items())),
+        counts_by_plugin={
+            plugin: {Status(s): counts[Status(s)] for s in STATUSES if Status(s) in counts}
+            for plugin, counts in sorted((await store.count_jobs_by_plugin()).items())
+        },
         oldest_queued=None
         if oldest is None
         else OldestQueued(
             job=_summary(oldest),
-            age_seconds=max(0.0, (moment - parse_rfc3339(oldest.created_at)).total_seconds()),
+            age_seconds=round(
+                max(0.0, (moment - parse_rfc3339(oldest.created_at)).total_seconds()), 3
+            ),
         ),
         running=RunningJobs(total=running.total, jobs=[_summary(j) for j in running.jobs]),
         schedules=None

@@ -5,10 +5,13 @@
 - Its tables of scopes, statuses, aliases and error codes list exactly the vocabularies.
 - docs/CONFIGURATION.md has a table per section of the configuration model, listing exactly the
   keys that section accepts.
+- The Command line section of docs/API_REFERENCE.md has a section per command of
+  `queue-service`, naming each of its options.
 """
 
 from __future__ import annotations
 
+import argparse
 import re
 import types
 import typing
@@ -21,6 +24,7 @@ from pydantic import BaseModel
 
 from queue_service.api.app import CORE_OPERATIONS
 from queue_service.api.openapi import build_openapi
+from queue_service.cli import build_parser
 from queue_service.config import ServiceConfig
 from queue_service.errors import ERROR_CODES
 from queue_service.scopes import SCOPES
@@ -212,3 +216,45 @@ def test_readme_test_command_is_what_ci_runs() -> None:
         "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest"
     )
     assert command in readme and command in ci
+
+
+# -- the command line ----------------------------------------------------------
+
+
+def cli_commands() -> dict[str, argparse.ArgumentParser]:
+    """Every runnable command of `queue-service` by its words, e.g. `token create`."""
+    found: dict[str, argparse.ArgumentParser] = {}
+
+    def walk(parser: argparse.ArgumentParser, words: tuple[str, ...]) -> None:
+        subcommands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subcommands:
+            found[" ".join(words)] = parser
+        for action in subcommands:
+            for name, child in action.choices.items():
+                walk(child, (*words, name))
+
+    walk(build_parser(), ())
+    return found
+
+
+def test_the_command_line_is_walked() -> None:
+    assert {"serve", "jobs", "status", "token create", "sync databricks"} <= set(cli_commands())
+
+
+@pytest.mark.parametrize("command", sorted(cli_commands()))
+def test_every_command_and_option_is_documented(command: str) -> None:
+    """Each command has a `### `command …`` section under Command line naming every option."""
+    heads = [
+        s
+        for s in sections(section(REFERENCE, "Command line").whole)
+        if s.level == 3 and s.heading.strip("`").split()[: len(command.split())] == command.split()
+    ]
+    assert len(heads) == 1, f"API_REFERENCE.md has no section '### `{command}`' under Command line"
+    options = [
+        option
+        for action in cli_commands()[command]._actions
+        for option in action.option_strings
+        if option.startswith("--") and option != "--help"
+    ]
+    missing = [option for option in options if option not in heads[0].whole]
+    assert not missing, f"`{command}`: options not in its section: {missing}"
