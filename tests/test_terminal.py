@@ -16,13 +16,7 @@ from queue_service.statuses import STATUSES, Status
 from queue_service.store import NewJob, SQLiteStore, SyncState
 from queue_service.timeutil import format_ts, utcnow
 from tests.processes import Processes, enqueue_many, with_store
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
+from tests.test_cli import run
 
 # -- jobs --watch ----------------------------------------------------------
 
