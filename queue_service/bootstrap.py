@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from queue_service.config import CONFIG_ENV, ConfigError, ServiceConfig, load_config
 from queue_service.plugins import Registry
@@ -22,6 +23,7 @@ __all__ = [
     "DB_ENV",
     "DEFAULT_DB",
     "StartupError",
+    "display_db",
     "load_registry",
     "open_store",
     "read_config",
@@ -41,6 +43,18 @@ class StartupError(Exception):
 def resolve_db(given: str | None) -> str:
     """The database a command uses: `--db`, else $QUEUE_SERVICE_DB, else ./queue-service.db."""
     return str(given or os.environ.get(DB_ENV) or DEFAULT_DB)
+
+
+def display_db(db: str) -> str:
+    """`db` as it may be printed or logged: a URL's password is replaced by ***."""
+    if "://" not in db:
+        return db
+    parts = urlsplit(db)
+    if parts.password is None:
+        return db
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def resolve_config_path(given: str | None) -> str | None:

@@ -26,6 +26,7 @@ from queue_service.bootstrap import (
     DB_ENV,
     DEFAULT_DB,
     StartupError,
+    display_db,
     load_registry,
     open_store,
     read_config,
@@ -73,8 +74,46 @@ def with_store(
 
 async def _migrate(store: Store, args: argparse.Namespace) -> int:
     # open() already migrated; report where the schema stands.
-    print(f"{db_path(args)}: schema version {await store.schema_version()}")
+    print(f"{display_db(db_path(args))}: schema version {await store.schema_version()}")
     return 0
+
+
+# -- copy ----------------------------------------------------------------
+
+
+def _copy(args: argparse.Namespace) -> int:
+    from queue_service.store.portable import CopyError, TableCopy, copy_store
+
+    if args.batch < 1:
+        raise StartupError("--batch must be at least 1")
+
+    def progress(done: TableCopy) -> None:
+        if args.progress:
+            print(f"  {done.table}: {done.copied + done.skipped}/{done.source_rows}", flush=True)
+
+    async def main() -> int:
+        source = await open_store(args.source, must_exist=True)
+        try:
+            target = await open_store(args.target)
+            try:
+                report = await copy_store(
+                    source, target, merge=args.merge, batch=args.batch, progress=progress
+                )
+            except CopyError as exc:
+                raise StartupError(f"copy: {exc}") from None
+            finally:
+                await target.close()
+        finally:
+            await source.close()
+        print(f"copied {display_db(args.source)} -> {display_db(args.target)}")
+        for done in report.tables:
+            print(
+                f"{done.table:15} source {done.source_rows:>9}  copied {done.copied:>9}  "
+                f"skipped {done.skipped:>9}  target now {done.target_rows_after:>9}"
+            )
+        return 0
+
+    return asyncio.run(main())
 
 
 # -- tokens --------------------------------------------------------------
@@ -412,6 +451,23 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
     _add_db(migrate)
     migrate.set_defaults(run=with_store(_migrate))
+
+    copy = commands.add_parser(
+        "copy",
+        help="copy a whole store (jobs, attempts, token hashes, schedule, plugin and sync "
+        "state) into another, e.g. SQLite to PostgreSQL; counts are checked on both sides",
+    )
+    copy.add_argument("--from", dest="source", required=True, help="the store to read")
+    copy.add_argument("--to", dest="target", required=True, help="the store to write")
+    copy.add_argument(
+        "--merge",
+        action="store_true",
+        help="copy into a store that holds rows, skipping those it already has "
+        "(also finishes a copy that was cut short)",
+    )
+    copy.add_argument("--batch", type=int, default=1000, help="rows per transaction")
+    copy.add_argument("--progress", action="store_true", help="print progress per batch")
+    copy.set_defaults(run=_copy)
 
     token = commands.add_parser("token", help="manage bearer tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")

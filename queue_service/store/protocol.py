@@ -258,3 +258,24 @@ class Store(Protocol):
         ...
 
     async def set_schedule_next_run(self, schedule_key: str, next_run_at: str) -> None: ...
+
+    # -- the portable form (store/portable.py: `queue-service copy`) ------
+
+    async def portable_counts(self) -> dict[str, int]:
+        """Rows in each portable table (`portable.PORTABLE_TABLES`), by table name."""
+        ...
+
+    async def export_rows(
+        self, table: str, *, after: Any = None, limit: int = 1000
+    ) -> tuple[list[tuple[Any, ...]], Any]:
+        """Up to `limit` rows of portable table `table`, in the store's insertion order,
+        each a tuple of the table's portable columns; and the opaque cursor that continues
+        after them (None after the last page). `after=None` starts at the beginning."""
+        ...
+
+    async def import_rows(self, table: str, rows: Sequence[tuple[Any, ...]]) -> int:
+        """Insert portable rows into `table` in one transaction, skipping rows the store
+        already holds (by the table's identity or any unique key); returns how many were
+        inserted. Jobs get new internal sequence numbers in the order given, and the
+        counts behind `list_jobs` totals follow them in the same transaction."""
+        ...

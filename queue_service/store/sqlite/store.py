@@ -13,7 +13,7 @@ from typing import Any
 
 from queue_service.statuses import Source, Status
 from queue_service.store.sqlite import jobs as _jobs
-from queue_service.store.sqlite import listing, schedules, sync, tokens, work
+from queue_service.store.sqlite import listing, portable, schedules, sync, tokens, work
 from queue_service.store.sqlite.connection import Database
 from queue_service.store.sqlite.sql import q
 from queue_service.store.types import (
@@ -215,3 +215,18 @@ class SQLiteStore(Database):
 
     async def set_schedule_next_run(self, schedule_key: str, next_run_at: str) -> None:
         await self._write(schedules.set_next_run, schedule_key, next_run_at)
+
+    # -- the portable form -------------------------------------------------
+
+    async def portable_counts(self) -> dict[str, int]:
+        return await self._read(portable.counts)
+
+    async def export_rows(
+        self, table: str, *, after: Any = None, limit: int = 1000
+    ) -> tuple[list[tuple[Any, ...]], Any]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        return await self._read(portable.export_rows, table, after, limit)
+
+    async def import_rows(self, table: str, rows: Sequence[tuple[Any, ...]]) -> int:
+        return await self._write(portable.import_rows, table, list(rows))

@@ -1,0 +1,220 @@
+"""`copy_store` and `queue-service copy`: a whole store into another, counts checked."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from queue_service.cli import main
+from queue_service.statuses import AttemptStatus, Source, Status
+from queue_service.store import (
+    AttemptEnd,
+    ExternalJob,
+    JobFilter,
+    NewJob,
+    SQLiteStore,
+    Store,
+    SyncState,
+)
+from queue_service.store.portable import PORTABLE_TABLES, CopyError, copy_store
+from queue_service.timeutil import now_ts
+
+pytestmark = pytest.mark.anyio
+
+OWNER = "copy-test"
+
+
+@pytest.fixture
+async def target(tmp_path: Path) -> AsyncIterator[Store]:
+    s = SQLiteStore(tmp_path / "target.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def fill(store: Store, *, jobs: int = 25) -> dict[str, Status]:
+    """A store with something in every portable table; returns each job's final status."""
+    made = await store.enqueue_many(
+        [NewJob("p", f"c{i % 3}", {"i": i}, submitted_by="alice") for i in range(jobs)]
+    )
+    claimed = await store.claim_jobs("p", limit=4, owner=OWNER, lease_seconds=60)
+    for index, job in enumerate(claimed):
+        ok = index % 2 == 0
+        end = AttemptEnd(
+            status=Status.SUCCEEDED if ok else Status.FAILED,
+            attempt_status=AttemptStatus.SUCCEEDED if ok else AttemptStatus.FAILED,
+            result={"index": index} if ok else None,
+            error=None if ok else "boom",
+            exit_code=0 if ok else 1,
+            stderr_tail=None if ok else "Traceback: boom",
+            state_updates={"cursor": index} if ok else None,
+        )
+        await store.finish_attempt(
+            job.job_id, plugin="p", attempt=job.attempt, owner=OWNER, end=end
+        )
+    await store.cancel_job(made[-1].job_id, reason="not needed")
+    await store.create_token("ops", "ab" * 32, ["jobs:ro"], None)
+    await store.create_token("old", "cd" * 32, ["*"], None)
+    await store.revoke_token("old")
+    ts = now_ts()
+    await store.record_sync_page(
+        SyncState(workspace="prod", host="https://x", watermark_ms=123, runs_ingested=1),
+        [
+            ExternalJob(
+                job_id="databricks-prod-1",
+                plugin="databricks",
+                command="nightly",
+                status=Status.RUNNING,
+                status_if_new=Status.RUNNING,
+                external_id="1",
+                external_url="https://x/run/1",
+                created_at=ts,
+                started_at=ts,
+                completed_at=None,
+                attempt=1,
+                last_error=None,
+                result=None,
+            )
+        ],
+    )
+    await store.fire_schedule_slot(
+        "p:hourly", "2026-12-02T10:00Z", "2026-12-02T11:00Z", NewJob("p", "c0", {}), False
+    )
+    statuses = {r.job_id: Status.QUEUED for r in made}
+    for job_id in statuses:
+        found = await store.get_job(job_id)
+        assert found is not None
+        statuses[job_id] = found.status
+    return statuses
+
+
+async def test_copy_moves_every_table_and_keeps_order_totals_and_fields(
+    store: Store, target: Store
+) -> None:
+    await fill(store)
+    report = await copy_store(store, target, batch=7)
+
+    counts = await store.portable_counts()
+    assert await target.portable_counts() == counts
+    assert {t.table: t.copied for t in report.tables} == counts
+    assert all(counts[t.name] > 0 for t in PORTABLE_TABLES), counts
+
+    # Every job and its attempts, field for field; the pages in the same order.
+    source_page = await store.list_jobs(JobFilter(), limit=100)
+    target_page = await target.list_jobs(JobFilter(), limit=100)
+    assert [j.job_id for j in target_page.jobs] == [j.job_id for j in source_page.jobs]
+    assert target_page.total == source_page.total == counts["jobs"]
+    for summary in source_page.jobs:
+        assert await target.get_job(summary.job_id) == await store.get_job(summary.job_id)
+        assert await target.get_attempts(summary.job_id) == await store.get_attempts(summary.job_id)
+    # Totals come from the counts the target kept while the rows arrived.
+    for status in Status:
+        wanted = JobFilter(statuses=(status,))
+        assert (await target.list_jobs(wanted)).total == (await store.list_jobs(wanted)).total
+    assert (await target.list_jobs(JobFilter(sources=(Source.DATABRICKS,)))).total == 1
+    assert await target.queue_depth() == await store.queue_depth()
+
+    # Tokens (hashes only), schedule, sync and plugin state.
+    live = await target.token_by_hash("ab" * 32)
+    assert live is not None and live[0].name == "ops"
+    assert [t.name for t in await target.list_tokens()] == [
+        t.name for t in await store.list_tokens()
+    ]
+    assert await target.count_live_tokens() == 1
+    assert await target.get_schedule_states() == await store.get_schedule_states()
+    assert await target.get_sync_states() == await store.get_sync_states()
+    assert await target.get_plugin_state("p") == await store.get_plugin_state("p") != {}
+
+
+async def test_a_non_empty_target_is_refused_and_nothing_is_written(
+    store: Store, target: Store
+) -> None:
+    await fill(store, jobs=5)
+    await target.enqueue(NewJob("q", "x", {}))
+    before = await target.portable_counts()
+    with pytest.raises(CopyError, match=r"not empty \(jobs 1\).*--merge"):
+        await copy_store(store, target)
+    assert await target.portable_counts() == before
+
+
+async def test_merge_skips_what_the_target_holds_and_finishes_a_cut_short_copy(
+    store: Store, target: Store
+) -> None:
+    await fill(store, jobs=10)
+    # The first copy stops after one batch of jobs, as if the process died there.
+    rows, _ = await store.export_rows("jobs", limit=4)
+    assert await target.import_rows("jobs", rows) == 4
+    assert await target.import_rows("jobs", rows) == 0  # re-imported: all present
+
+    report = await copy_store(store, target, merge=True, batch=3)
+    jobs = next(t for t in report.tables if t.table == "jobs")
+    total = (await store.portable_counts())["jobs"]  # 10, the scheduled one and the run
+    assert (jobs.copied, jobs.skipped, jobs.target_rows_after) == (total - 4, 4, total)
+    assert await target.portable_counts() == await store.portable_counts()
+
+    # Merging again copies nothing and changes nothing.
+    again = await copy_store(store, target, merge=True)
+    assert again.copied == 0
+    assert await target.portable_counts() == await store.portable_counts()
+
+
+async def test_batch_must_be_positive(store: Store, target: Store) -> None:
+    with pytest.raises(ValueError, match="batch"):
+        await copy_store(store, target, batch=0)
+
+
+async def _fill_file(path: Path) -> dict[str, Status]:
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        return await fill(store, jobs=6)
+    finally:
+        await store.close()
+
+
+async def _statuses(path: Path, job_ids: list[str]) -> list[Status | None]:
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        return [job.status if (job := await store.get_job(i)) else None for i in job_ids]
+    finally:
+        await store.close()
+
+
+def test_cli_copy_reports_counts_and_refuses_a_missing_source(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source_path = tmp_path / "source.db"
+    statuses = asyncio.run(_fill_file(source_path))
+    target_path = tmp_path / "copy.db"
+
+    assert main(["copy", "--from", str(source_path), "--to", str(target_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"copied {source_path} -> {target_path}" in out
+    jobs_line = next(line for line in out.splitlines() if line.startswith("jobs "))
+    n = str(len(statuses) + 2)  # the scheduled job and the Databricks run too
+    expected = f"jobs source {n} copied {n} skipped 0 target now {n}"
+    assert jobs_line.split() == expected.split()
+    assert asyncio.run(_statuses(target_path, list(statuses))) == list(statuses.values())
+
+    # A second copy into the same target is refused, and says how to merge.
+    assert main(["copy", "--from", str(source_path), "--to", str(target_path)]) == 1
+    assert "--merge" in capsys.readouterr().err
+
+    missing = tmp_path / "nope.db"
+    assert main(["copy", "--from", str(missing), "--to", str(tmp_path / "x.db")]) == 1
+    assert "no database at" in capsys.readouterr().err
+    assert not missing.exists()
+
+
+def test_a_database_url_is_printed_without_its_password() -> None:
+    from queue_service.bootstrap import display_db
+
+    assert display_db("postgresql://qs:s3cret@db.example:5432/queue") == (
+        "postgresql://qs:***@db.example:5432/queue"
+    )
+    assert display_db("postgresql://qs@db.example/queue") == "postgresql://qs@db.example/queue"
+    assert display_db("/var/lib/qs.db") == "/var/lib/qs.db"
