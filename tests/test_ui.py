@@ -268,6 +268,14 @@ def test_a_status_only_token_gets_the_status_view(dashboard: Dashboard, page: Pa
     assert "bad gateway" not in page.evaluate("document.body.innerText")
 
 
+def test_an_unknown_job_says_not_found(dashboard: Dashboard, page: Page) -> None:
+    open_ui(page, dashboard, "job=no-such-job")
+    page.wait_for("!document.getElementById('notice').hidden", "the error notice")
+    assert text(page, "#notice") == "404 not_found: no job with id 'no-such-job'"
+    assert text(page, "#job-status") == "not found"
+    assert page.evaluate("document.getElementById('job-detail').hidden") is True
+
+
 def test_a_token_without_job_scopes_sees_why(dashboard: Dashboard, page: Page) -> None:
     open_ui(page, dashboard, token="plugins-only")
     page.wait_for("!document.getElementById('notice').hidden", "the error notice")

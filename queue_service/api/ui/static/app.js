@@ -224,11 +224,14 @@
   const paging = { key: null, cursors: [null], index: 0, next: null };
   let jobsHash = '';
   let shownPage = '';
-  const seen = new Map(); // job id -> the summary last listed, for a token that cannot read /job
 
   function fillFilterForm() {
     const form = $('filters');
     const filters = filtersFromFragment();
+    const source = form.elements.source;
+    if (filters.source && ![...source.options].some((o) => o.value === filters.source)) {
+      source.append(el('option', { value: filters.source }, filters.source)); // the server judges it
+    }
     for (const name of FILTERS) {
       form.elements[name].value = filters[name] || '';
       form.elements[name].classList.remove('invalid');
@@ -236,7 +239,6 @@
   }
 
   function jobRow(job) {
-    seen.set(job.job_id, job);
     return el(
       'tr',
       { 'data-job-id': job.job_id, 'data-status': job.status },
@@ -394,13 +396,8 @@
       if (!isCurrent()) return;
       shownJob = '';
       showNotice(failure);
-      const known = seen.get(jobId);
-      if (failure.status === 403 && known) {
-        renderJob(known, 'This token may not read this job; the line below is from the jobs list.');
-      } else {
-        renderJob({ job_id: jobId, status: 'unknown' }, null);
-        $('job-fields').replaceChildren();
-      }
+      renderJob({ job_id: jobId, status: failure.status === 404 ? 'not found' : 'unknown' }, null);
+      $('job-fields').replaceChildren();
       return;
     }
     if (!isCurrent()) return;
