@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_the_wheel_ships_migrations_and_queries(tmp_path: Path) -> None:
+def test_the_wheel_ships_migrations_queries_and_the_dashboard(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
         check=True,
@@ -28,4 +28,6 @@ def test_the_wheel_ships_migrations_and_queries(tmp_path: Path) -> None:
         assert f"queue_service/migrations/{name}" in names
     for name in ("queries.sql", "work.sql", "sync.sql", "schedules.sql", "schema.sql"):
         assert f"queue_service/store/sqlite/{name}" in names
+    for name in ("index.html", "app.js", "app.css"):
+        assert f"queue_service/api/ui/static/{name}" in names
     assert any(n.endswith("entry_points.txt") for n in names)

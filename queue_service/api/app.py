@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from queue_service.api import jobs, plugins, sync_routes
+from queue_service.api import jobs, plugins, sync_routes, ui
 from queue_service.api.openapi import build_openapi
 from queue_service.api.operations import Context, Operation, endpoint
 from queue_service.api.state import ServiceState
@@ -268,7 +268,7 @@ def create_app(state: ServiceState, extra_operations: Sequence[Operation] = ()) 
     operations: list[Operation] = [*CORE_OPERATIONS, *extra_operations]
     openapi_body = json.dumps(build_openapi(operations), separators=(",", ":")).encode()
     app = Starlette(
-        routes=_routes(operations),
+        routes=[*_routes(operations), *ui.routes()],
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,
