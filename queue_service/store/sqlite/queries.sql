@@ -175,6 +175,14 @@ SELECT COALESCE(SUM(n), 0) FROM (
     SELECT d FROM job_count_deltas WHERE status IN ('queued', 'running')
 );
 
+-- name: job_counts
+-- Every (plugin, command, source, status) with jobs: job_counts plus unfolded deltas.
+SELECT plugin, command, source, status, SUM(n) FROM (
+    SELECT plugin, command, source, status, n FROM job_counts
+    UNION ALL
+    SELECT plugin, command, source, status, d FROM job_count_deltas
+) GROUP BY plugin, command, source, status HAVING SUM(n) > 0;
+
 -- Folding the delta log into the counts, before each COMMIT of the store's writer.
 
 -- name: has_count_deltas

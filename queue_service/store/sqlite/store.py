@@ -23,6 +23,7 @@ from queue_service.store.types import (
     ExternalJob,
     FireResult,
     Job,
+    JobCount,
     JobFilter,
     JobPage,
     NewJob,
@@ -63,6 +64,14 @@ class SQLiteStore(Database):
 
     async def queue_depth(self) -> int:
         return await self._read_statement(lambda c: int(c.execute(q("queue_depth")).fetchone()[0]))
+
+    async def job_counts(self) -> list[JobCount]:
+        # One statement over the counts (bounded by the number of keys): inline.
+        return await self._read_statement(_jobs.job_counts)
+
+    async def oldest_queued_by_plugin(self) -> dict[str, str]:
+        # A count read plus one index seek per plugin, in one snapshot.
+        return await self._read_inline(work.oldest_queued_by_plugin)
 
     async def set_status(
         self,
