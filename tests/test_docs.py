@@ -5,6 +5,7 @@
 - Its tables of scopes, statuses, aliases and error codes list exactly the vocabularies.
 - docs/CONFIGURATION.md has a table per section of the configuration model, listing exactly the
   keys that section accepts.
+- docs/METRICS.md lists exactly the metrics GET /metrics exposes, each with its type.
 """
 
 from __future__ import annotations
@@ -19,12 +20,17 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from queue_service.api import ServiceState
 from queue_service.api.app import CORE_OPERATIONS
+from queue_service.api.metrics import ServiceMetrics
 from queue_service.api.openapi import build_openapi
-from queue_service.config import ServiceConfig
+from queue_service.config import ServiceConfig, parse_config
 from queue_service.errors import ERROR_CODES
+from queue_service.plugins import Registry
 from queue_service.scopes import SCOPES
 from queue_service.statuses import ALIASES, STATUSES
+from queue_service.store import SQLiteStore
+from queue_service.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENT = build_openapi(CORE_OPERATIONS)
@@ -212,3 +218,22 @@ def test_readme_test_command_is_what_ci_runs() -> None:
         "python3 -m venv .venv && .venv/bin/pip install -e '.[test]' && .venv/bin/python -m pytest"
     )
     assert command in readme and command in ci
+
+
+# -- METRICS.md --------------------------------------------------------------
+
+METRICS = (ROOT / "docs" / "METRICS.md").read_text()
+
+
+@pytest.mark.anyio
+async def test_metrics_md_lists_every_metric_with_its_type(store: SQLiteStore) -> None:
+    # Every family present: a worker in the process and a configured Databricks sync.
+    config = parse_config({"databricks": {"workspaces": [{"name": "prod"}]}})
+    state = ServiceState.for_store(store, config=config)
+    state.worker = Worker(store, Registry(()), config)
+    body = (await ServiceMetrics(state).render()).decode()
+    exposed = dict(re.findall(r"^# TYPE (\S+) (\S+)$", body, re.MULTILINE))
+    rows = re.findall(r"^\| `(queue_service_\w+)` \| (\w+) \|", METRICS, re.MULTILINE)
+    assert rows, "METRICS.md has no metric table"
+    assert dict(rows) == exposed
+    assert "[METRICS.md](METRICS.md)" in section(REFERENCE, "`GET /metrics`").own
