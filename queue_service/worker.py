@@ -24,10 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
-from prometheus_client import Histogram
-from prometheus_client.metrics_core import Metric
-
 from queue_service.config import ServiceConfig
+from queue_service.histograms import Histogram
 from queue_service.plugins import Registry
 from queue_service.plugins.runner import KILL_GRACE, AttemptOutcome, OutcomeKind, run_command
 from queue_service.plugins.state import state_cap_problem
@@ -103,28 +101,24 @@ DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0
 
 class WorkerTimings:
     """How long this worker's attempts took to start and to run, as Prometheus
-    histograms in no registry: GET /metrics of the process running the worker exposes
-    them (queue_service/api/metrics.py)."""
+    histograms: GET /metrics of the process running the worker exposes them
+    (queue_service/api/metrics.py)."""
 
     def __init__(self) -> None:
         self.claim_to_start = Histogram(
             "queue_service_job_claim_to_start_seconds",
             "Seconds from a job's claim to its plugin process running, per attempt.",
             ["plugin"],
-            registry=None,
-            buckets=CLAIM_TO_START_BUCKETS,
+            CLAIM_TO_START_BUCKETS,
         )
         self.duration = Histogram(
             "queue_service_job_duration_seconds",
             "Seconds an attempt ran, from its plugin process starting (or its claim, when "
             "no process started) to its end, by how the attempt ended.",
             ["plugin", "command", "outcome"],
-            registry=None,
-            buckets=DURATION_BUCKETS,
+            DURATION_BUCKETS,
         )
-
-    def collect(self) -> list[Metric]:
-        return [*self.claim_to_start.collect(), *self.duration.collect()]
+        self.histograms = (self.claim_to_start, self.duration)
 
 
 @dataclass(slots=True)
@@ -353,9 +347,7 @@ class Worker:
 
         def spawned(_pid: int) -> None:
             running.spawned = time.perf_counter()
-            self.timings.claim_to_start.labels(job.plugin).observe(
-                running.spawned - running.claimed
-            )
+            self.timings.claim_to_start.observe((job.plugin,), running.spawned - running.claimed)
 
         running.run = asyncio.create_task(
             run_command(
@@ -441,7 +433,7 @@ class Worker:
         start = running.claimed if running.spawned is None else running.spawned
         elapsed = time.perf_counter() - start
         job = running.job
-        self.timings.duration.labels(job.plugin, job.command, outcome.value).observe(elapsed)
+        self.timings.duration.observe((job.plugin, job.command, outcome.value), elapsed)
 
     async def _heartbeat(self) -> None:
         # Jobs being stopped (canceled, shutdown) keep their lease too: terminating a

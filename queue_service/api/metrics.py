@@ -5,27 +5,27 @@ Each app has its own registry (never prometheus_client's global one), holding:
 - StoreCollector: job counts, queue depth, the oldest queued job per plugin and the
   Databricks sync, read from the store at scrape time. Those reads are bounded by the
   number of count keys, plugins and workspaces, never by the number of jobs;
-- ProcessCollector: what this process counted itself: failed authentications, and the
-  claim-to-start and duration histograms of the worker it runs (`serve`). A worker started
-  apart (`queue-service worker`) keeps its own and has no HTTP server: its attempts are
-  not in these histograms (the job counts, read from the store, include every process).
+- ProcessCollector and WorkerCollector: what this process counted itself: failed
+  authentications, and the claim-to-start and duration histograms of the worker it runs
+  (`serve`). A worker started apart (`queue-service worker`) keeps its own and has no HTTP
+  server: its attempts are not in these histograms (the job counts, read from the store,
+  include every process).
+
+The histograms are queue_service.histograms (cheap to scrape); a scrape writes the text
+format itself (text_format), which tests/test_metrics.py checks against prometheus_client's
+generate_latest on the same registry.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    Metric,
-)
-from prometheus_client.utils import floatToGoString
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
@@ -35,6 +35,12 @@ from queue_service.api.operations import Context, Operation
 from queue_service.api.state import ServiceState
 from queue_service.api.sync_routes import sync_status
 from queue_service.auth import AUTH_FAILURE_REASONS
+from queue_service.histograms import (
+    Histogram,
+    escape_help,
+    format_number,
+    label_text,
+)
 from queue_service.statuses import STATUSES, Status
 from queue_service.store import JobCount
 from queue_service.timeutil import parse_rfc3339, utcnow
@@ -44,6 +50,9 @@ UNMATCHED_ROUTE = "unmatched"
 #: Methods labelled as themselves; any other method token is labelled "other".
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _ACTIVE = (Status.QUEUED, Status.RUNNING)
+_JOBS = "queue_service_jobs"
+_JOBS_HELP = "Jobs by plugin, command, source and status (exact, from the store's counts)."
+_JOBS_LABELS = ("plugin", "command", "source", "status")
 #: Upper bounds (seconds) of the HTTP duration buckets: fine below the 10 ms target.
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
@@ -61,7 +70,8 @@ class StoreSnapshot:
 
 class StoreCollector:
     """Families read from the store. `refresh()` (async) reads; `collect()` (what the
-    registry calls, synchronously) turns the last reading into families."""
+    registry calls, synchronously) turns the last reading into families, and `text()`
+    into the text format."""
 
     def __init__(self, state: ServiceState) -> None:
         self.state = state
@@ -78,25 +88,41 @@ class StoreCollector:
             sync = [w.model_dump() for w in (await sync_status(self.state)).workspaces]
         self.snapshot = StoreSnapshot(read_at, counts, oldest, sync)
 
-    def collect(self) -> Iterable[Metric]:
-        snapshot = self.snapshot
-        jobs = GaugeMetricFamily(
-            "queue_service_jobs",
-            "Jobs by plugin, command, source and status (exact, from the store's counts).",
-            labels=["plugin", "command", "source", "status"],
-        )
+    def _jobs(self) -> tuple[dict[tuple[str, str, str], dict[str, int]], int]:
+        """The counts by (plugin, command, source), then by status; and the queue depth."""
         found: dict[tuple[str, str, str], dict[str, int]] = {}
         depth = 0
-        for row in snapshot.counts:
+        for row in self.snapshot.counts:
             found.setdefault((row.plugin, row.command, row.source.value), {})[row.status] = row.n
             if row.status in _ACTIVE:
                 depth += row.n
+        return found, depth
+
+    def collect(self) -> Iterable[Metric]:
+        found, depth = self._jobs()
+        jobs = GaugeMetricFamily(_JOBS, _JOBS_HELP, labels=_JOBS_LABELS)
         # Every status of a (plugin, command, source) that has jobs, 0 included: a series
         # that vanishes when it reaches 0 would read as "no data" rather than as 0.
         for (plugin, command, source), by_status in found.items():
             for status in STATUSES:
                 jobs.add_metric([plugin, command, source, status], by_status.get(status, 0))
         yield jobs
+        yield from self._others(depth)
+
+    def text(self) -> str:
+        """What collect() gives, in the text format: the job counts, the largest family,
+        written directly (one line per series, no Sample objects)."""
+        found, depth = self._jobs()
+        out = [f"# HELP {_JOBS} {_JOBS_HELP}\n# TYPE {_JOBS} gauge\n"]
+        for (plugin, command, source), by_status in found.items():
+            labels = label_text(_JOBS_LABELS[:3], (plugin, command, source))
+            for status in STATUSES:
+                out.append(f'{_JOBS}{{{labels},status="{status}"}} {by_status.get(status, 0)}\n')
+        out.append(text_format(self._others(depth)))
+        return "".join(out)
+
+    def _others(self, depth: int) -> Iterable[Metric]:
+        snapshot = self.snapshot
         yield GaugeMetricFamily(
             "queue_service_queue_depth",
             "Jobs queued or running, of either source (as queue_depth in GET /healthz).",
@@ -156,7 +182,7 @@ def _sync_families(workspaces: list[dict[str, Any]], now: float) -> Iterable[Met
 
 
 class ProcessCollector:
-    """What this process counted: failed authentications, and its worker's timings."""
+    """What this process counted itself: failed authentications (and its version)."""
 
     def __init__(self, state: ServiceState) -> None:
         self.state = state
@@ -176,71 +202,89 @@ class ProcessCollector:
         )
         info.add_metric([self.state.version], 1)
         yield info
+
+
+class WorkerCollector:
+    """The histograms of the worker running in this process, if one does."""
+
+    def __init__(self, state: ServiceState) -> None:
+        self.state = state
+
+    def histograms(self) -> tuple[Histogram, ...]:
         worker = self.state.worker
-        if worker is not None:
-            yield from worker.timings.collect()
+        return () if worker is None else worker.timings.histograms
+
+    def collect(self) -> Iterable[Metric]:
+        for histogram in self.histograms():
+            yield from histogram.collect()
 
 
 class ServiceMetrics:
     """An app's registry and collectors."""
 
     def __init__(self, state: ServiceState) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
         self.http_duration = Histogram(
             "queue_service_http_request_duration_seconds",
             "Seconds from a request's arrival to the end of its response, by route template.",
             ["method", "route", "status"],
-            registry=self.registry,
-            buckets=HTTP_BUCKETS,
+            HTTP_BUCKETS,
         )
         self.store_collector = StoreCollector(state)
-        self.registry.register(self.store_collector)
-        self.registry.register(ProcessCollector(state))
+        self.process_collector = ProcessCollector(state)
+        self.worker_collector = WorkerCollector(state)
+        #: Every collector, for prometheus_client's own encoders.
+        self.registry = CollectorRegistry(auto_describe=False)
+        for collector in (
+            self.http_duration,
+            self.store_collector,
+            self.process_collector,
+            self.worker_collector,
+        ):
+            self.registry.register(collector)
 
     async def render(self) -> bytes:
-        """The exposition body, read from the store now."""
+        """The exposition body (what generate_latest(self.registry) says, faster), with
+        the store read now."""
         await self.store_collector.refresh()
         # Synchronous from here: no other scrape can replace the snapshot meanwhile.
-        return text_format(self.registry.collect())
+        histograms = (self.http_duration, *self.worker_collector.histograms())
+        return "".join(
+            [
+                self.store_collector.text(),
+                text_format(self.process_collector.collect()),
+                *(histogram.text() for histogram in histograms),
+            ]
+        ).encode()
 
 
 #: The Prometheus text format, version 0.0.4: what every Prometheus server accepts.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _TEXT_TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram"}
-#: prometheus_client's number format (Go's, as Prometheus writes them: 1e+06, +Inf, NaN).
-_number: Callable[[float], str] = floatToGoString
 
 
-def text_format(families: Iterable[Metric]) -> bytes:
+def text_format(families: Iterable[Metric]) -> str:
     """`families` in the Prometheus text format 0.0.4, as prometheus_client's
     generate_latest writes them, less the optional `_created` samples.
 
     generate_latest checks and escapes every label name of every line (about 25 µs a line
-    in prometheus-client 0.26): the ~600 job series of a 1M-job store would take 15 ms.
-    Names here are this module's constants (valid by construction); only label values,
-    which come from the store, need escaping. tests/test_metrics.py checks the two agree.
+    in prometheus-client 0.26: 15 ms for the ~600 job series of the 1M-job fixture). Names
+    here are this module's constants, valid by construction; only label values, which come
+    from the store, need escaping. tests/test_metrics.py checks that both agree.
     """
     out: list[str] = []
     for family in families:
         kind = _TEXT_TYPES[family.type]
         name = f"{family.name}_total" if kind == "counter" else family.name
-        help_text = family.documentation.replace("\\", "\\\\").replace("\n", "\\n")
-        out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+        out.append(f"# HELP {name} {escape_help(family.documentation)}\n# TYPE {name} {kind}\n")
         for sample in family.samples:
             if sample.name.endswith("_created"):
                 continue
             if sample.labels:
-                pairs = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels.items())
-                out.append(f"{sample.name}{{{pairs}}} {_number(sample.value)}\n")
+                pairs = label_text(list(sample.labels), list(sample.labels.values()))
+                out.append(f"{sample.name}{{{pairs}}} {format_number(sample.value)}\n")
             else:
-                out.append(f"{sample.name} {_number(sample.value)}\n")
-    return "".join(out).encode()
-
-
-def _escape(value: str) -> str:
-    if "\\" in value or "\n" in value or '"' in value:
-        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-    return value
+                out.append(f"{sample.name} {format_number(sample.value)}\n")
+    return "".join(out)
 
 
 class HttpMetricsMiddleware:
@@ -271,7 +315,7 @@ class HttpMetricsMiddleware:
         finally:
             method = scope["method"] if scope["method"] in HTTP_METHODS else "other"
             route = self._route(scope, path, root_path)
-            self.histogram.labels(method, route, str(status)).observe(time.perf_counter() - started)
+            self.histogram.observe((method, route, str(status)), time.perf_counter() - started)
 
     def _route(self, scope: Scope, path: str, root_path: str) -> str:
         routes = scope["app"].routes
