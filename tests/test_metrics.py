@@ -153,7 +153,7 @@ async def test_job_counts_queue_depth_and_oldest_queued_match_the_store(
         if plugin == "echo" and status == Status.QUEUED
         if (job := await store.get_job(job_id)) is not None
     ]
-    earliest = min(parse_rfc3339(job.run_after or "") for job in queued_echo)
+    earliest = min(parse_rfc3339(job.run_after) for job in queued_echo if job.run_after)
     assert 0 <= oldest[labels(plugin="echo")] <= (scraped_at - earliest).total_seconds()
 
 
