@@ -16,6 +16,7 @@ import re
 import secrets
 import time
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -45,12 +46,28 @@ def hash_token(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-class AuthError(Exception):
-    """Why a request is not authenticated. `missing` distinguishes the bare 401."""
+#: Why authentication failed, as counted by TokenService.failures (and /metrics).
+AUTH_FAILURE_REASONS = (
+    "missing",
+    "malformed",
+    "unknown",
+    "revoked",
+    "expired",
+    "insufficient_scope",
+)
 
-    def __init__(self, message: str, *, missing: bool = False) -> None:
+
+class AuthError(Exception):
+    """Why a request is not authenticated: `reason` is one of AUTH_FAILURE_REASONS
+    (`missing` is the bare 401, without a token)."""
+
+    def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
-        self.missing = missing
+        self.reason = reason
+
+    @property
+    def missing(self) -> bool:
+        return self.reason == "missing"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +83,12 @@ def parse_authorization(header: str | None) -> str:
     """The bearer credential from an Authorization header, or AuthError."""
     if header is None or not header.strip():
         raise AuthError(
-            "this endpoint needs a bearer token: send 'Authorization: Bearer qs_…'", missing=True
+            "this endpoint needs a bearer token: send 'Authorization: Bearer qs_…'",
+            reason="missing",
         )
     match = _BEARER.match(header.strip())
     if not match:
-        raise AuthError("the Authorization header must be 'Bearer <token>'")
+        raise AuthError("the Authorization header must be 'Bearer <token>'", reason="malformed")
     return match.group(1)
 
 
@@ -112,6 +130,13 @@ class TokenService:
         self.store = store
         self._last_touch: dict[int, float] = {}
         self._pending: set[asyncio.Task[None]] = set()
+        #: Failed authentications since start, by reason (AUTH_FAILURE_REASONS).
+        self.failures: Counter[str] = Counter()
+
+    def record_failure(self, reason: str) -> None:
+        """Count a failed authentication (verify counts its own; callers that refuse a
+        valid token for its scope count `insufficient_scope`)."""
+        self.failures[reason] += 1
 
     async def create(
         self, name: str, scopes: list[str] | tuple[str, ...], expires_in: str | None = None
@@ -131,19 +156,27 @@ class TokenService:
         return None if token is None else (secret, token)
 
     async def verify(self, header: str | None) -> Principal:
-        """Authenticate an Authorization header value; raise AuthError when it fails."""
+        """Authenticate an Authorization header value; raise AuthError (counted in
+        `failures`) when it fails."""
+        try:
+            return await self._verify(header)
+        except AuthError as exc:
+            self.record_failure(exc.reason)
+            raise
+
+    async def _verify(self, header: str | None) -> Principal:
         secret = parse_authorization(header)
         if not _TOKEN_SHAPE.match(secret):
-            raise AuthError("the bearer token is not a queue-service token")
+            raise AuthError("the bearer token is not a queue-service token", reason="malformed")
         presented = hash_token(secret)
         found = await self.store.token_by_hash(presented)
         if found is None or not hmac.compare_digest(found[1], presented):
-            raise AuthError("the bearer token is unknown")
+            raise AuthError("the bearer token is unknown", reason="unknown")
         token = found[0]
         if token.revoked_at is not None:
-            raise AuthError("the bearer token has been revoked")
+            raise AuthError("the bearer token has been revoked", reason="revoked")
         if token.expires_at is not None and token.expires_at <= now_ts():
-            raise AuthError("the bearer token has expired")
+            raise AuthError("the bearer token has expired", reason="expired")
         await self._maybe_touch(token.token_id)
         return Principal(name=token.name, scopes=token.scopes, token_id=token.token_id)
 

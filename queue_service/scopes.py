@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 #: Every scope a token may hold. `*` covers all.
-SCOPES: tuple[str, ...] = ("*", "jobs:rw", "jobs:ro", "jobs:status:ro", "plugin:rw", "plugin:ro")
+SCOPES: tuple[str, ...] = (
+    "*",
+    "jobs:rw",
+    "jobs:ro",
+    "jobs:status:ro",
+    "plugin:rw",
+    "plugin:ro",
+    "metrics:ro",
+)
 
 #: What each scope grants beyond itself.
 _IMPLIES: dict[str, frozenset[str]] = {
@@ -13,6 +21,8 @@ _IMPLIES: dict[str, frozenset[str]] = {
     "jobs:status:ro": frozenset({"jobs:status:ro"}),
     "plugin:rw": frozenset({"plugin:rw", "plugin:ro"}),
     "plugin:ro": frozenset({"plugin:ro"}),
+    # Prometheus scraping GET /metrics: counts and timings, never a job's content.
+    "metrics:ro": frozenset({"metrics:ro"}),
 }
 
 

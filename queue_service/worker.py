@@ -18,12 +18,14 @@ import logging
 import os
 import random
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from queue_service.config import ServiceConfig
+from queue_service.histograms import Histogram
 from queue_service.plugins import Registry
 from queue_service.plugins.runner import KILL_GRACE, AttemptOutcome, OutcomeKind, run_command
 from queue_service.plugins.state import state_cap_problem
@@ -90,10 +92,43 @@ def new_owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+#: Upper bounds (seconds) of the claim-to-start buckets: the worker's own overhead
+#: between a claim and the plugin process running (reading the plugin's state, spawning).
+CLAIM_TO_START_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+#: Upper bounds (seconds) of the attempt duration buckets: from a second to an hour.
+DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+class WorkerTimings:
+    """How long this worker's attempts took to start and to run, as Prometheus
+    histograms: GET /metrics of the process running the worker exposes them
+    (queue_service/api/metrics.py)."""
+
+    def __init__(self) -> None:
+        self.claim_to_start = Histogram(
+            "queue_service_job_claim_to_start_seconds",
+            "Seconds from a job's claim to its plugin process running, per attempt.",
+            ["plugin"],
+            CLAIM_TO_START_BUCKETS,
+        )
+        self.duration = Histogram(
+            "queue_service_job_duration_seconds",
+            "Seconds an attempt ran, from its plugin process starting (or its claim, when "
+            "no process started) to its end, by how the attempt ended.",
+            ["plugin", "command", "outcome"],
+            DURATION_BUCKETS,
+        )
+        self.histograms = (self.claim_to_start, self.duration)
+
+
 @dataclass(slots=True)
 class _Running:
     job: Job
     task: asyncio.Task[None]
+    #: time.perf_counter() when the claim returned, and when the plugin process started
+    #: (not the loop's clock: uvloop's counts whole milliseconds).
+    claimed: float
+    spawned: float | None = None
     #: Why the worker is stopping this job early: "canceled", "shutdown" or "lease_lost".
     abort: str | None = None
     run: asyncio.Task[AttemptOutcome] | None = field(default=None)
@@ -132,6 +167,7 @@ class Worker:
         self._stopping = False
         self._background: list[asyncio.Task[None]] = []
         self._reported_missing: set[str] = set()
+        self.timings = WorkerTimings()
 
     # -- public ----------------------------------------------------------
 
@@ -279,8 +315,11 @@ class Worker:
                 concurrency=cap,
                 now=self.clock(),
             )
+            claimed_at = time.perf_counter()
             for job in jobs:
-                running = _Running(job=job, task=asyncio.create_task(self._run_job(job)))
+                running = _Running(
+                    job=job, task=asyncio.create_task(self._run_job(job)), claimed=claimed_at
+                )
                 self._running[job.job_id] = running
             claimed += len(jobs)
         return claimed
@@ -305,6 +344,11 @@ class Worker:
             return
         settings = self.config.plugin(job.plugin)
         state = await self.store.get_plugin_state(job.plugin)
+
+        def spawned(_pid: int) -> None:
+            running.spawned = time.perf_counter()
+            self.timings.claim_to_start.observe((job.plugin,), running.spawned - running.claimed)
+
         running.run = asyncio.create_task(
             run_command(
                 plugin,
@@ -316,6 +360,7 @@ class Worker:
                 kill_grace=self.kill_grace,
                 secrets=settings.secrets,
                 env_passthrough=self.config.service.plugin_env_passthrough,
+                on_spawn=spawned,
             )
         )
         if running.abort is not None:  # canceled between claim and start
@@ -330,6 +375,7 @@ class Worker:
         held = [(job.job_id, job.attempt)]
         if outcome is None:
             if running.abort == "canceled":
+                self._observe_duration(running, AttemptStatus.CANCELED)
                 end = AttemptEnd(
                     status=Status.CANCELED,
                     attempt_status=AttemptStatus.CANCELED,
@@ -359,6 +405,7 @@ class Worker:
         end = decide_end(
             job, outcome, backoff_seconds=settings.backoff_seconds, now=self.clock(), rng=self.rng
         )
+        self._observe_duration(running, end.attempt_status)
         status = await self.store.finish_attempt(
             job.job_id, plugin=job.plugin, attempt=job.attempt, owner=self.owner, end=end
         )
@@ -381,6 +428,12 @@ class Worker:
             log.info(
                 "job %s: attempt %d ended; job %s (requested)", job.job_id, job.attempt, status
             )
+
+    def _observe_duration(self, running: _Running, outcome: AttemptStatus) -> None:
+        start = running.claimed if running.spawned is None else running.spawned
+        elapsed = time.perf_counter() - start
+        job = running.job
+        self.timings.duration.observe((job.plugin, job.command, outcome.value), elapsed)
 
     async def _heartbeat(self) -> None:
         # Jobs being stopped (canceled, shutdown) keep their lease too: terminating a

@@ -260,6 +260,7 @@ async def test_every_response_validates_against_the_openapi_document(
         await call("list_plugins", "/plugins", headers=plugin_ro)
         await call("list_schedules", "/schedules", headers=admin)
         await call("sync_status", "/sync", headers=admin)
+        await call("get_metrics", "/metrics", headers=admin)
         for dedupe in ("new", "new"):  # 202, then 200 deduplicated
             await call("enqueue", "/plugin/ok/poll", headers=admin, json={"dedupe_key": dedupe})
         await call("cancel_job", f"/job/{ids['queued']}/cancel", headers=admin)  # 200

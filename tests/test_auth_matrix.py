@@ -55,33 +55,37 @@ OK, CREATED, DENIED = 200, 202, 403
 MATRIX: dict[tuple[str, str], dict[str, int | tuple[int, str]]] = {
     ("GET", "/jobs"): {
         "*": OK, "jobs:rw": OK, "jobs:ro": OK, "jobs:status:ro": OK,
-        "plugin:rw": DENIED, "plugin:ro": DENIED,
+        "plugin:rw": DENIED, "plugin:ro": DENIED, "metrics:ro": DENIED,
     },
     ("GET", "/job/{job_id}"): {
         "*": (OK, "detail"), "jobs:rw": (OK, "detail"), "jobs:ro": (OK, "detail"),
-        "jobs:status:ro": (OK, "status"), "plugin:rw": DENIED, "plugin:ro": DENIED,
+        "jobs:status:ro": (OK, "status"), "plugin:rw": DENIED, "plugin:ro": DENIED, "metrics:ro": DENIED,
     },
     ("POST", "/job/{job_id}/cancel"): {
         "*": (OK, "detail"), "jobs:rw": (OK, "detail"), "jobs:ro": DENIED,
-        "jobs:status:ro": DENIED, "plugin:rw": DENIED, "plugin:ro": DENIED,
+        "jobs:status:ro": DENIED, "plugin:rw": DENIED, "plugin:ro": DENIED, "metrics:ro": DENIED,
     },
     ("GET", "/plugins"): {scope: OK for scope in SCOPES},
     # echo.poll is a read command, echo.handle a write command.
     ("POST", "/plugin/{plugin}/{command}"): {
         "*": CREATED, "jobs:rw": DENIED, "jobs:ro": DENIED, "jobs:status:ro": DENIED,
-        "plugin:rw": CREATED, "plugin:ro": CREATED,
+        "plugin:rw": CREATED, "plugin:ro": CREATED, "metrics:ro": DENIED,
     },
     ("POST", "/plugin/echo/handle"): {
         "*": CREATED, "jobs:rw": DENIED, "jobs:ro": DENIED, "jobs:status:ro": DENIED,
-        "plugin:rw": CREATED, "plugin:ro": DENIED,
+        "plugin:rw": CREATED, "plugin:ro": DENIED, "metrics:ro": DENIED,
     },
     ("GET", "/schedules"): {
         "*": OK, "jobs:rw": OK, "jobs:ro": OK, "jobs:status:ro": DENIED,
-        "plugin:rw": DENIED, "plugin:ro": DENIED,
+        "plugin:rw": DENIED, "plugin:ro": DENIED, "metrics:ro": DENIED,
     },
     ("GET", "/sync"): {
         "*": OK, "jobs:rw": OK, "jobs:ro": OK, "jobs:status:ro": DENIED,
-        "plugin:rw": DENIED, "plugin:ro": DENIED,
+        "plugin:rw": DENIED, "plugin:ro": DENIED, "metrics:ro": DENIED,
+    },
+    ("GET", "/metrics"): {
+        "*": OK, "jobs:rw": DENIED, "jobs:ro": DENIED, "jobs:status:ro": DENIED,
+        "plugin:rw": DENIED, "plugin:ro": DENIED, "metrics:ro": OK,
     },
 }  # fmt: skip
 
@@ -242,6 +246,10 @@ async def test_scope_matrix(
         assert_error(response, 403, "insufficient_scope")
         return
     assert response.status_code == status, response.text
+    if path == "/metrics":  # the Prometheus text format, not JSON
+        assert response.headers["content-type"].startswith("text/plain"), response.headers
+        assert "queue_service_jobs" in response.text
+        return
     answer = response.json()
     if view == "detail":
         assert DETAIL_ONLY <= set(answer), answer

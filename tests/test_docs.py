@@ -7,6 +7,7 @@
   keys that section accepts.
 - The Command line section of docs/API_REFERENCE.md has a section per command of
   `queue-service`, naming each of its options.
+- docs/METRICS.md lists exactly the metrics GET /metrics exposes, each with its type.
 """
 
 from __future__ import annotations
@@ -22,13 +23,18 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from queue_service.api import ServiceState
 from queue_service.api.app import CORE_OPERATIONS
+from queue_service.api.metrics import ServiceMetrics
 from queue_service.api.openapi import build_openapi
 from queue_service.cli import build_parser
-from queue_service.config import ServiceConfig
+from queue_service.config import ServiceConfig, parse_config
 from queue_service.errors import ERROR_CODES
+from queue_service.plugins import Registry
 from queue_service.scopes import SCOPES
 from queue_service.statuses import ALIASES, STATUSES
+from queue_service.store import SQLiteStore
+from queue_service.worker import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENT = build_openapi(CORE_OPERATIONS)
@@ -258,3 +264,20 @@ def test_every_command_and_option_is_documented(command: str) -> None:
     ]
     missing = [option for option in options if option not in heads[0].whole]
     assert not missing, f"`{command}`: options not in its section: {missing}"
+# -- METRICS.md --------------------------------------------------------------
+
+METRICS = (ROOT / "docs" / "METRICS.md").read_text()
+
+
+@pytest.mark.anyio
+async def test_metrics_md_lists_every_metric_with_its_type(store: SQLiteStore) -> None:
+    # Every family present: a worker in the process and a configured Databricks sync.
+    config = parse_config({"databricks": {"workspaces": [{"name": "prod"}]}})
+    state = ServiceState.for_store(store, config=config)
+    state.worker = Worker(store, Registry(()), config)
+    body = (await ServiceMetrics(state).render()).decode()
+    exposed = dict(re.findall(r"^# TYPE (\S+) (\S+)$", body, re.MULTILINE))
+    rows = re.findall(r"^\| `(queue_service_\w+)` \| (\w+) \|", METRICS, re.MULTILINE)
+    assert rows, "METRICS.md has no metric table"
+    assert dict(rows) == exposed
+    assert "[METRICS.md](METRICS.md)" in section(REFERENCE, "`GET /metrics`").own

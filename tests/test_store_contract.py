@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,12 +14,15 @@ import pytest
 from queue_service.statuses import LOCAL_TRANSITIONS, Source, Status
 from queue_service.store import (
     Conflict,
+    ExternalJob,
     IllegalTransition,
+    JobCount,
     JobFilter,
     JobNotFound,
     NewJob,
     SQLiteStore,
 )
+from queue_service.timeutil import format_ts, utcnow
 
 pytestmark = pytest.mark.anyio
 
@@ -336,3 +341,79 @@ async def test_new_job_ids_are_uuid7_in_time_order(store: SQLiteStore) -> None:
         parsed = uuid.UUID(job_id)
         assert parsed.version == 7 and parsed.variant == uuid.RFC_4122 and str(parsed) == job_id
     assert first[:13] < second[:13]  # the millisecond prefix orders them
+
+
+async def test_job_counts_are_exact_per_plugin_command_source_and_status(
+    store: SQLiteStore,
+) -> None:
+    assert await store.job_counts() == []
+    made: dict[str, tuple[str, str, Status]] = {}
+    for plugin, command in [("a", "poll")] * 3 + [("a", "handle"), ("b", "poll")]:
+        job_id = (await store.enqueue(NewJob(plugin, command))).job_id
+        made[job_id] = (plugin, command, Status.QUEUED)
+    [claimed] = await store.claim_jobs("a", limit=1, owner="w", lease_seconds=60)
+    made[claimed.job_id] = (*made[claimed.job_id][:2], Status.RUNNING)
+    b_job = next(i for i, (plugin, *_) in made.items() if plugin == "b")
+    await store.cancel_job(b_job)
+    made[b_job] = ("b", "poll", Status.CANCELED)
+    # Every job of a key left it: the key is gone, not listed with 0.
+    rows = await store.job_counts()
+    assert all(isinstance(row, JobCount) and row.n > 0 for row in rows)
+    expected = Counter((p, c, Source.LOCAL, s) for p, c, s in made.values())
+    assert Counter({(r.plugin, r.command, r.source, r.status): r.n for r in rows}) == expected
+    assert len(rows) == len(expected)
+    # The same numbers as a listing's exact totals.
+    for row in rows:
+        filters = JobFilter(
+            plugin=row.plugin, command=row.command, statuses=(row.status,), sources=(row.source,)
+        )
+        assert (await store.list_jobs(filters, limit=1)).total == row.n
+    assert await store.queue_depth() == sum(
+        r.n for r in rows if r.status in (Status.QUEUED, Status.RUNNING)
+    )
+
+
+async def test_oldest_queued_by_plugin_is_the_earliest_run_after_of_queued_local_jobs(
+    store: SQLiteStore,
+) -> None:
+    assert await store.oldest_queued_by_plugin() == {}
+    now = utcnow()
+    later, much_later = (format_ts(now + timedelta(hours=h)) for h in (1, 2))
+    first = (await store.enqueue(NewJob("a", "poll"))).job_id
+    await store.enqueue(NewJob("a", "other"))
+    await store.enqueue(NewJob("b", "poll", run_after=much_later))
+    await store.enqueue(NewJob("b", "poll", run_after=later))
+    claimed = (await store.enqueue(NewJob("c", "poll"))).job_id
+    assert [
+        j.job_id for j in await store.claim_jobs("c", limit=1, owner="w", lease_seconds=60)
+    ] == [claimed]
+    await store.upsert_external_jobs(
+        [
+            ExternalJob(
+                job_id="databricks:w:1",
+                plugin="databricks",
+                command="etl",
+                status=Status.QUEUED,
+                status_if_new=Status.QUEUED,
+                external_id="1",
+                external_url=None,
+                created_at=format_ts(now - timedelta(days=1)),
+                started_at=None,
+                completed_at=None,
+                attempt=1,
+                last_error=None,
+                result={},
+            )
+        ]
+    )
+    first_job = await store.get_job(first)
+    assert first_job is not None
+    # a: its first job waited longest; b: the earlier of two future starts; c: none queued;
+    # a queued Databricks run waits in Databricks, not for a worker.
+    assert await store.oldest_queued_by_plugin() == {"a": first_job.run_after, "b": later}
+    await store.cancel_job(first)
+    remaining = await store.list_jobs(JobFilter(plugin="a", statuses=(Status.QUEUED,)))
+    [left] = remaining.jobs
+    left_job = await store.get_job(left.job_id)
+    assert left_job is not None
+    assert (await store.oldest_queued_by_plugin())["a"] == left_job.run_after

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from queue_service.api import jobs, plugins, sync_routes, ui
+from queue_service.api import jobs, metrics, plugins, sync_routes, ui
 from queue_service.api.openapi import build_openapi
 from queue_service.api.operations import Context, Operation, endpoint
 from queue_service.api.state import ServiceState
@@ -60,6 +60,7 @@ CORE_OPERATIONS: tuple[Operation, ...] = (
     OPENAPI_OPERATION,
     *plugins.OPERATIONS,
     *sync_routes.OPERATIONS,
+    *metrics.OPERATIONS,
 )
 
 
@@ -284,6 +285,9 @@ def create_app(state: ServiceState, extra_operations: Sequence[Operation] = ()) 
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(AmbiguousRequestMiddleware)
     app.add_middleware(ConcurrencyLimitMiddleware)
+    # Outermost, so that the answers of the middlewares above are timed too.
+    app.state.metrics = metrics.ServiceMetrics(state)
+    app.add_middleware(metrics.HttpMetricsMiddleware, metrics=app.state.metrics)
     return app
 
 

@@ -69,6 +69,7 @@ async def authenticate(request: Request, state: ServiceState, scope: str) -> Pri
             headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
         ) from None
     if scope != ANY_SCOPE and not grants(principal.scopes, scope):
+        state.tokens.record_failure("insufficient_scope")
         raise insufficient_scope(scope)
     return principal
 

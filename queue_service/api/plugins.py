@@ -217,6 +217,7 @@ async def enqueue(request: Request, ctx: Context) -> Response:
     assert ctx.principal is not None
     needed = "plugin:rw" if str(command.type) == "write" else "plugin:ro"
     if not grants(ctx.principal.scopes, needed):
+        ctx.state.tokens.record_failure("insufficient_scope")
         raise insufficient_scope(needed, f"command {command_name!r} is a {command.type} command")
     body = parse_enqueue(await read_json_body(request))
     check_run_after(body.run_after, ctx.state.config.service.max_run_after_days)

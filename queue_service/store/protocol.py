@@ -20,6 +20,7 @@ from queue_service.store.types import (
     ExternalJob,
     FireResult,
     Job,
+    JobCount,
     JobFilter,
     JobPage,
     JobSummary,
@@ -101,6 +102,18 @@ class Store(Protocol):
         """The queued job (any source) created first, ties broken by insertion order, or
         None when nothing is queued. Jobs waiting for a later `run_after` count: they are
         queued. One index seek."""
+    async def job_counts(self) -> list[JobCount]:
+        """How many jobs there are per (plugin, command, source, status), for every such
+        key with at least one job (no row with n <= 0), in no particular order. Exact, as
+        `list_jobs` totals are, and read from the counts the store keeps, never by walking
+        the jobs: the cost grows with the number of keys, not of jobs."""
+        ...
+
+    async def oldest_queued_by_plugin(self) -> dict[str, str]:
+        """For each plugin with queued local jobs: the earliest `run_after` among them,
+        i.e. when the longest-waiting one became claimable (it may lie in the future when
+        every queued job of the plugin waits for a retry backoff or a later start). One
+        index seek per plugin, whatever the number of jobs."""
         ...
 
     async def set_status(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from queue_service.statuses import AttemptStatus, Source, Status
 
@@ -143,6 +143,16 @@ class UpsertCounts:
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
+
+
+class JobCount(NamedTuple):
+    """How many jobs have one (plugin, command, source, status): a row of the exact counts."""
+
+    plugin: str
+    command: str
+    source: Source
+    status: Status
+    n: int
 
 
 @dataclass(slots=True)

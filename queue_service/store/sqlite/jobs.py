@@ -14,7 +14,7 @@ from queue_service.statuses import Source, Status, allowed_predecessors
 from queue_service.store.errors import IllegalTransition, JobNotFound
 from queue_service.store.sqlite.rows import encode_json, job_from_row
 from queue_service.store.sqlite.sql import q
-from queue_service.store.types import EnqueueResult, Job, NewJob
+from queue_service.store.types import EnqueueResult, Job, JobCount, NewJob
 from queue_service.timeutil import now_ts
 
 #: The rollups the delta log is folded into, in one place.
@@ -120,6 +120,18 @@ def set_status(
     if row is None:
         raise IllegalTransition(job_id, current["status"], status.value)
     return Status(row[0])
+
+
+_SOURCES = {source.value: source for source in Source}
+_STATUSES = {status.value: status for status in Status}
+
+
+def job_counts(conn: sqlite3.Connection) -> list[JobCount]:
+    # Dict lookups: calling the enums costs more than the query on a few hundred rows.
+    return [
+        JobCount(plugin, command, _SOURCES[source], _STATUSES[status], int(n))
+        for plugin, command, source, status, n in conn.execute(q("job_counts"))
+    ]
 
 
 def get_attempts(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:

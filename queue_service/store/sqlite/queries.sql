@@ -191,6 +191,13 @@ SELECT job_id, plugin, command, status, source, created_at, started_at, complete
 FROM jobs INDEXED BY jobs_by_status
 WHERE status = 'queued' AND status != 'succeeded'
 ORDER BY created_at, seq LIMIT 1;
+-- name: job_counts
+-- Every (plugin, command, source, status) with jobs: job_counts plus unfolded deltas.
+SELECT plugin, command, source, status, SUM(n) FROM (
+    SELECT plugin, command, source, status, n FROM job_counts
+    UNION ALL
+    SELECT plugin, command, source, status, d FROM job_count_deltas
+) GROUP BY plugin, command, source, status HAVING SUM(n) > 0;
 
 -- Folding the delta log into the counts, before each COMMIT of the store's writer.
 

@@ -23,6 +23,7 @@ from queue_service.store.types import (
     ExternalJob,
     FireResult,
     Job,
+    JobCount,
     JobFilter,
     JobPage,
     JobSummary,
@@ -73,6 +74,13 @@ class SQLiteStore(Database):
 
     async def oldest_queued_job(self) -> JobSummary | None:
         return await self._read_statement(listing.oldest_queued)
+    async def job_counts(self) -> list[JobCount]:
+        # One statement over the counts (bounded by the number of keys): inline.
+        return await self._read_statement(_jobs.job_counts)
+
+    async def oldest_queued_by_plugin(self) -> dict[str, str]:
+        # A count read plus one index seek per plugin, in one snapshot.
+        return await self._read_inline(work.oldest_queued_by_plugin)
 
     async def set_status(
         self,

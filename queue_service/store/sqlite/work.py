@@ -167,6 +167,16 @@ def queued_by_plugin(conn: sqlite3.Connection) -> dict[str, int]:
     return {plugin: int(n) for plugin, n in conn.execute(q("queued_by_plugin"))}
 
 
+def oldest_queued_by_plugin(conn: sqlite3.Connection) -> dict[str, str]:
+    """Plugins come from the exact counts, then one claim-index seek each."""
+    oldest: dict[str, str] = {}
+    for plugin in queued_by_plugin(conn):
+        row = conn.execute(q("oldest_queued_run_after"), {"plugin": plugin}).fetchone()
+        if row is not None:
+            oldest[plugin] = row[0]
+    return oldest
+
+
 def cancel_queued(
     conn: sqlite3.Connection, plugin: str, command: str | None, reason: str, limit: int
 ) -> list[str]:

@@ -162,6 +162,12 @@ SELECT plugin, SUM(n) FROM (
     SELECT plugin, d FROM job_count_deltas WHERE status = 'queued' AND source = 'local'
 ) GROUP BY plugin HAVING SUM(n) > 0;
 
+-- name: oldest_queued_run_after
+-- One seek in the claim index: the earliest run_after of the plugin's queued local jobs.
+SELECT run_after FROM jobs INDEXED BY jobs_claimable
+WHERE status = 'queued' AND plugin = :plugin AND source = 'local'
+ORDER BY run_after LIMIT 1;
+
 -- name: cancel_queued_batch
 -- Bulk cancel by filter (an operator's explicit choice, e.g. for a plugin that is gone).
 UPDATE jobs SET status = 'canceled', completed_at = :now, last_error = :reason
