@@ -35,7 +35,7 @@ OPERATIONS = (
     Operation(
         method="GET",
         path="/",
-        operation_id="index",
+        operation_id="get_index",
         summary="Where to start: links to the OpenAPI document, MCP and health",
         description="The service's name and version, and links to `/openapi.json`, `/mcp` "
         "and `/healthz`. Holds no job data.",

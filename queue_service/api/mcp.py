@@ -149,7 +149,9 @@ def build_tools(operations: list[Operation]) -> dict[str, Tool]:
                 required.append(parameter["name"])
         body_params: list[str] = []
         if "requestBody" in entry:
-            body = _inline(entry["requestBody"]["content"]["application/json"]["schema"], components)
+            body = _inline(
+                entry["requestBody"]["content"]["application/json"]["schema"], components
+            )
             for name, schema in body["properties"].items():
                 properties[name] = schema
                 body_params.append(name)
@@ -370,7 +372,7 @@ def tool_result(response: Response) -> mcp_types.CallToolResult:
     """A route's JSON answer as a tool result: the object as structured content and as text,
     or, for an error status, a tool error whose text is the canonical error body."""
     text = bytes(response.body).decode()
-    content = [mcp_types.TextContent(type="text", text=text)]
+    content: list[mcp_types.ContentBlock] = [mcp_types.TextContent(type="text", text=text)]
     if response.status_code >= 400:
         return mcp_types.CallToolResult(content=content, is_error=True)
     return mcp_types.CallToolResult(content=content, structured_content=json.loads(text))
@@ -436,7 +438,8 @@ class McpTools:
             visible = [t.name for t in self.tools.values() if t.allows(caller.principal)]
             raise MCPError(
                 INVALID_PARAMS,
-                f"unknown tool {params.name[:MAX_ECHO]!r}; this token's tools: {', '.join(visible)}",
+                f"unknown tool {params.name[:MAX_ECHO]!r}; "
+                f"this token's tools: {', '.join(visible)}",
             )
         if not tool.allows(caller.principal):
             assert tool.scope is not None
