@@ -360,3 +360,15 @@ def test_the_status_schema_accepts_what_the_route_accepts() -> None:
         jsonschema.validate("fail", status)
     with pytest.raises(ValueError, match="unknown status"):
         rest_param.parse("fail")
+
+
+def test_mcp_without_a_token_says_how_to_make_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from queue_service.cli import main
+
+    monkeypatch.delenv("QS_TOKEN", raising=False)
+    assert main(["mcp", "--db", str(tmp_path / "none.db")]) == 1
+    error = capsys.readouterr().err
+    assert "set QS_TOKEN" in error and "--scope jobs:status:ro" in error
+    assert not (tmp_path / "none.db").exists()

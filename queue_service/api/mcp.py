@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import inspect
 import json
 import logging
@@ -37,7 +38,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from queue_service.api.openapi import build_openapi
+from queue_service.api.openapi import _scope_text, build_openapi
 from queue_service.api.operations import (
     ANY_SCOPE,
     Operation,
@@ -193,12 +194,8 @@ def build_tools(operations: list[Operation]) -> dict[str, Tool]:
 
 
 def _description(operation: Operation, scope: str | None, hint: str) -> str:
-    if scope is None:
-        needs = "Needs no token."
-    elif scope == ANY_SCOPE:
-        needs = "Needs any valid token."
-    else:
-        needs = f"Needs scope `{scope}` or one that includes it."
+    # The scope sentence in the OpenAPI document's words, for the tool's own scope.
+    needs = _scope_text(dataclasses.replace(operation, scope=scope)).strip()
     parts = [f"{operation.summary}.", operation.description, hint, needs]
     return " ".join(part for part in parts if part)
 
