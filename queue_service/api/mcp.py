@@ -20,7 +20,6 @@ import copy
 import dataclasses
 import inspect
 import json
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,10 +48,8 @@ from queue_service.api.operations import (
 from queue_service.api.params import MAX_ECHO
 from queue_service.api.state import ServiceState
 from queue_service.auth import AuthError, Principal
-from queue_service.errors import ApiError, error_body
+from queue_service.errors import ApiError
 from queue_service.scopes import grants
-
-log = logging.getLogger("queue_service.api.mcp")
 
 #: Where the MCP endpoint is served.
 MCP_PATH = "/mcp"
@@ -375,13 +372,6 @@ def tool_result(response: Response) -> mcp_types.CallToolResult:
     return mcp_types.CallToolResult(content=content, structured_content=json.loads(text))
 
 
-def tool_error(error: ApiError) -> mcp_types.CallToolResult:
-    text = error_body(error.code, error.message, param=error.param, allowed=error.allowed)
-    return mcp_types.CallToolResult(
-        content=[mcp_types.TextContent(type="text", text=text.decode())], is_error=True
-    )
-
-
 # -- the server --------------------------------------------------------------------------------
 
 
@@ -440,11 +430,11 @@ class McpTools:
             )
         if not tool.allows(caller.principal):
             assert tool.scope is not None
-            return tool_error(insufficient_scope(tool.scope))
+            return tool_result(insufficient_scope(tool.scope).response())
         try:
             request = route_request(tool, params.arguments or {}, self.app, caller.authorization)
         except ApiError as exc:
-            return tool_error(exc)
+            return tool_result(exc.response())
         return tool_result(await call_route(tool, request, self.app))
 
 
