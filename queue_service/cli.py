@@ -375,6 +375,21 @@ def _worker(args: argparse.Namespace) -> int:
     return work(db=db_path(args), config_path=config_path(args), log_level=args.log_level)
 
 
+def _mcp(args: argparse.Namespace) -> int:
+    from queue_service.server import TOKEN_ENV, mcp_stdio
+
+    token = args.token or os.environ.get(TOKEN_ENV)
+    if not token:
+        raise StartupError(
+            f"queue-service mcp needs a token: set {TOKEN_ENV} (or pass --token, which other "
+            "users can see in the process list). The narrowest that reads jobs: "
+            "queue-service token create --name agent --scope jobs:status:ro"
+        )
+    return mcp_stdio(
+        db=db_path(args), config_path=config_path(args), token=token, log_level=args.log_level
+    )
+
+
 # -- parser --------------------------------------------------------------
 
 
@@ -426,6 +441,18 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--config", help="TOML config file (default: $QUEUE_SERVICE_CONFIG)")
     worker.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     worker.set_defaults(run=_worker)
+
+    mcp = commands.add_parser(
+        "mcp",
+        help="serve MCP over stdin/stdout for a local agent host (token from $QS_TOKEN)",
+    )
+    _add_db(mcp)
+    mcp.add_argument("--config", help="TOML config file (default: $QUEUE_SERVICE_CONFIG)")
+    mcp.add_argument(
+        "--token", help="the bearer token whose scopes the tools get (default: $QS_TOKEN)"
+    )
+    mcp.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"])
+    mcp.set_defaults(run=_mcp)
 
     enqueue = commands.add_parser("enqueue", help="enqueue a plugin command; prints the job id")
     enqueue.add_argument("plugin")

@@ -61,6 +61,10 @@ def configure(level: str = "INFO", stream: object = None) -> None:
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # The MCP SDK logs the end of every stateless request at info ("Terminating session:
+    # None"): noise beside the access log line, so only at debug.
+    if root.level > logging.DEBUG:
+        logging.getLogger("mcp.server.streamable_http").setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)
         logger.handlers.clear()

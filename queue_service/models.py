@@ -131,6 +131,25 @@ class Health(_Model):
     )
 
 
+class IndexLinks(_Model):
+    openapi: str = Field(description="The OpenAPI 3.1 document of the REST API.")
+    mcp: str = Field(description="The MCP endpoint (streamable HTTP; bearer token).")
+    health: str = Field(description="Liveness, version and queue depth (no token).")
+
+
+class ServiceIndex(_Model):
+    """What `GET /` answers: where to go next. Holds no data, so it needs no token."""
+
+    name: str
+    version: str
+    description: str
+    links: IndexLinks = Field(description="Routes of this server, relative to its base URL.")
+    docs: dict[str, str] = Field(
+        description="The documentation, by topic: paths in the project's source tree and "
+        "source distribution (they are not served over HTTP)."
+    )
+
+
 class CommandInfo(_Model):
     name: str
     type: str = Field(description="read (needs plugin:ro) or write (needs plugin:rw).")

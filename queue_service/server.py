@@ -21,6 +21,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from queue_service import logsetup
 from queue_service.api import ServiceState, create_app
+from queue_service.api.mcp import serve_stdio
+from queue_service.auth import AuthError
 from queue_service.bootstrap import StartupError, load_registry, open_store, read_config
 from queue_service.errors import error_body
 from queue_service.http_limits import KEEP_ALIVE_TIMEOUT_S, RequestDeadlines
@@ -28,6 +30,9 @@ from queue_service.scheduler import Scheduler, check_schedules
 from queue_service.worker import Worker
 
 log = logging.getLogger("queue_service.server")
+
+#: The environment variable a command reads its bearer token from (as the README's curl does).
+TOKEN_ENV = "QS_TOKEN"  # noqa: S105 - the name of a variable, not a secret
 
 
 #: The largest request head (request line and headers) read; beyond it the answer is 400.
@@ -201,11 +206,13 @@ def start_roles(state: ServiceState, stop: asyncio.Event) -> list[asyncio.Task[N
     return [asyncio.create_task(role) for role in roles]
 
 
-async def open_service(db: str, config_path: str | None, *, writes: bool = False) -> ServiceState:
+async def open_service(
+    db: str, config_path: str | None, *, writes: bool = False, must_exist: bool = False
+) -> ServiceState:
     """The config, the store and the plugins. With `writes`, a read-only database is
-    refused (StartupError) before anything else happens."""
+    refused (StartupError) before anything else happens; with `must_exist`, a missing one."""
     config = read_config(config_path)
-    store = await open_store(db, synchronous=config.service.synchronous)
+    store = await open_store(db, must_exist=must_exist, synchronous=config.service.synchronous)
     if writes and store.read_only is not None:
         await store.close()
         raise StartupError(f"{db}: {store.read_only}; a worker needs to write")
@@ -323,6 +330,29 @@ async def run_worker(*, db: str, config_path: str | None) -> int:
         await state.store.close()
 
 
+async def run_mcp_stdio(*, db: str, config_path: str | None, token: str) -> int:
+    """MCP over stdin/stdout for a local agent host, as the holder of `token`, until stdin
+    closes. It runs no worker: the jobs it enqueues are run by `serve` or `worker`."""
+    state = await open_service(db, config_path, must_exist=True)
+    try:
+        try:
+            principal = await state.tokens.verify(f"Bearer {token}")
+        except AuthError as exc:
+            raise StartupError(f"the token (--token or ${TOKEN_ENV}) is refused: {exc}") from None
+        log.info(
+            "queue-service %s serving MCP on stdio for token %r (scopes %s) on %s",
+            state.version,
+            principal.name,
+            ",".join(principal.scopes),
+            db,
+        )
+        await serve_stdio(create_app(state), token)
+        return 0
+    finally:
+        await state.tokens.flush()
+        await state.store.close()
+
+
 @contextlib.contextmanager
 def _quiet_signals() -> Any:
     """uvicorn re-raises the signal that stopped it once it is done; with the default
@@ -352,3 +382,7 @@ def serve(*, db: str, host: str, port: int, config_path: str | None, log_level: 
 
 def work(*, db: str, config_path: str | None, log_level: str) -> int:
     return _main(run_worker(db=db, config_path=config_path), log_level)
+
+
+def mcp_stdio(*, db: str, config_path: str | None, token: str, log_level: str) -> int:
+    return _main(run_mcp_stdio(db=db, config_path=config_path, token=token), log_level)

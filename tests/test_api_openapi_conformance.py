@@ -43,6 +43,8 @@ DOCUMENT_URI = "urn:queue-service:openapi"
 UNREACHABLE = {
     ("openapi", 500): "serves a document built at start-up; nothing in it can fail",
     ("openapi", 503): "touches no store; only the concurrency limit answers 503 there",
+    ("get_index", 500): "answers fixed links and the version; nothing in it can fail",
+    ("get_index", 503): "touches no store; only the concurrency limit answers 503 there",
 }
 
 

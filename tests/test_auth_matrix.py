@@ -373,6 +373,19 @@ def test_no_token_reaches_any_log_line(debug_server: LiveServer) -> None:
             json={"payload": {"leaked": tokens["jobs:ro"]}},
             headers=bearer(tokens["plugin:ro"]),
         )
+        # MCP: every token at /mcp, listing its tools and calling one with a token as the
+        # argument (the SDK's own debug logging sees the messages).
+        for secret in [*secrets, unknown]:
+            for message in (
+                {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}},
+                {
+                    "jsonrpc": "2.0",
+                    "id": 2,
+                    "method": "tools/call",
+                    "params": {"name": "get_job", "arguments": {"job_id": secret}},
+                },
+            ):
+                http.post("/mcp", json=message, headers=bearer(secret))
     # A request uvicorn cannot parse, carrying a token.
     import socket
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from queue_service.api import ServiceState
 from queue_service.api.app import CORE_OPERATIONS
+from queue_service.api.mcp import TOOL_SPECS
 from queue_service.api.metrics import ServiceMetrics
 from queue_service.api.openapi import build_openapi
 from queue_service.cli import build_parser
@@ -145,6 +146,10 @@ def test_the_scope_table_lists_every_scope() -> None:
 def test_the_status_tables_list_every_status_and_alias() -> None:
     assert table_keys(section(REFERENCE, "Statuses").own) == [list(STATUSES)]
     assert table_keys(section(REFERENCE, "Aliases").own) == [list(ALIASES)]
+
+
+def test_the_mcp_tool_table_lists_every_tool() -> None:
+    assert table_keys(section(REFERENCE, "Tools").own) == [[spec.name for spec in TOOL_SPECS]]
 
 
 def test_the_error_code_table_lists_every_code() -> None:

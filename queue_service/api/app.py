@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from queue_service.api import jobs, metrics, plugins, sync_routes, ui
+from queue_service.api import index, jobs, mcp, metrics, plugins, sync_routes, ui
 from queue_service.api.openapi import build_openapi
 from queue_service.api.operations import Context, Operation, endpoint
 from queue_service.api.state import ServiceState
@@ -56,6 +56,7 @@ OPENAPI_OPERATION = Operation(
 )
 
 CORE_OPERATIONS: tuple[Operation, ...] = (
+    *index.OPERATIONS,
     *jobs.OPERATIONS,
     OPENAPI_OPERATION,
     *plugins.OPERATIONS,
@@ -269,7 +270,8 @@ def create_app(state: ServiceState, extra_operations: Sequence[Operation] = ()) 
     operations: list[Operation] = [*CORE_OPERATIONS, *extra_operations]
     openapi_body = json.dumps(build_openapi(operations), separators=(",", ":")).encode()
     app = Starlette(
-        routes=[*_routes(operations), *ui.routes()],
+        routes=[*_routes(operations), mcp.route(), *ui.routes()],
+        lifespan=mcp.lifespan,
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,
@@ -282,6 +284,7 @@ def create_app(state: ServiceState, extra_operations: Sequence[Operation] = ()) 
     app.state.service = state
     app.state.operations = operations
     app.state.openapi_body = openapi_body
+    app.state.mcp = mcp.McpHttp(app)
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(AmbiguousRequestMiddleware)
     app.add_middleware(ConcurrencyLimitMiddleware)
