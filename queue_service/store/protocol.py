@@ -57,7 +57,10 @@ class Store(Protocol):
 
     async def enqueue(self, job: NewJob) -> EnqueueResult:
         """Insert a queued job. With a dedupe_key that matches a queued or running job of
-        the same plugin and command, return that job instead (deduplicated=True)."""
+        the same plugin and command, return that job instead (deduplicated=True).
+
+        Every field of `job` is stored, `submitted_by_token` included (Job returns it and
+        JobFilter.submitted_by_token lists by it)."""
         ...
 
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
@@ -78,6 +81,11 @@ class Store(Protocol):
 
         Order is (created_at, seq) descending, so keyset paging with `cursor` never skips
         or repeats a job, even while jobs are added. Raises ValueError when limit < 1.
+
+        `filters.submitted_by_token` keeps only the jobs whose NewJob.submitted_by_token
+        was that id (jobs without one never match); it combines with every other filter,
+        and the total stays exact. Its cost may grow with that token's own jobs, never with
+        the whole table (SQLite: the partial index jobs_by_submitter, migration 0004).
         """
         ...
 
