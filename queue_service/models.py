@@ -196,7 +196,8 @@ class EnqueueRequest(_Model):
     run_after: Annotated[str, WithJsonSchema(TIMESTAMP_SCHEMA)] | None = Field(
         default=None,
         description="RFC 3339 time before which the job is not run, e.g. 2026-11-23T15:46:40Z "
-        "(at most 9 fraction digits). Default: now.",
+        "(at most 9 fraction digits), at most service.max_run_after_days (default 365) days "
+        "ahead: a later one is a 400. Default: now.",
     )
 
 

@@ -195,7 +195,10 @@ def check_run_after(run_after: str | None, max_days: int) -> None:
     never held for years by a job that will not run."""
     if run_after is None:
         return
-    latest = format_ts(utcnow() + timedelta(days=max_days))
+    try:
+        latest = format_ts(utcnow() + timedelta(days=max_days))
+    except OverflowError:  # a limit past year 9999: no time the store holds is beyond it
+        return
     if run_after > latest:
         raise ApiError(
             "invalid_body",
