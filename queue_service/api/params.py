@@ -112,6 +112,15 @@ def words_schema(
     return {"type": "string", "anyOf": branches}
 
 
+def exact_pattern(schema: dict[str, Any]) -> str | None:
+    """The pattern that admits exactly what a parameter's parser accepts: the schema's own
+    `pattern`, or that of the last branch of a words_schema (its enums are subsets of it)."""
+    if "pattern" in schema:
+        return str(schema["pattern"])
+    branches = schema.get("anyOf", [])
+    return str(branches[-1]["pattern"]) if branches and "pattern" in branches[-1] else None
+
+
 @dataclass(frozen=True, slots=True)
 class QueryParam:
     """A documented query parameter and the function that parses its text."""
