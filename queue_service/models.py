@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from queue_service.databricks.status import SyncStatus
+from queue_service.errors import ERROR_CODES
 from queue_service.statuses import Source, Status
 
 Timestamp = str
@@ -36,7 +37,10 @@ class ErrorBody(_Model):
     """The canonical error body of every non-2xx response."""
 
     error: str = Field(description="What went wrong, in words a person can act on.")
-    code: str = Field(description="A stable machine code, e.g. invalid_parameter.")
+    code: Annotated[str, WithJsonSchema({"type": "string", "enum": list(ERROR_CODES)})] = Field(
+        description="A stable machine code: one of the enum, each always sent with the same "
+        "HTTP status (queue_service/errors.py)."
+    )
     param: str | None = Field(
         default=None, description="The parameter at fault, for parameter errors."
     )
@@ -211,7 +215,8 @@ class EnqueueRequest(_Model):
     run_after: Annotated[str, WithJsonSchema(TIMESTAMP_SCHEMA)] | None = Field(
         default=None,
         description="RFC 3339 time before which the job is not run, e.g. 2026-11-23T15:46:40Z "
-        "(at most 9 fraction digits). Default: now.",
+        "(at most 9 fraction digits), at most service.max_run_after_days (default 365) days "
+        "ahead: a later one is a 400. Default: now.",
     )
 
 

@@ -163,14 +163,21 @@ def read_rss_kib(pid: int | str = "self") -> int:
 
 
 def start_server(
-    tmp: Path, *, log_level: str = "info", preset_tokens: dict[str, str] | None = None
+    tmp: Path,
+    *,
+    log_level: str = "info",
+    preset_tokens: dict[str, str] | None = None,
+    service_settings: str = "",
 ) -> LiveServer:
-    """Seed a database under `tmp`, start `queue-service serve` on a free port, wait for it."""
+    """Seed a database under `tmp`, start `queue-service serve` on a free port, wait for it.
+    `service_settings`: more TOML lines for the [service] table."""
     tmp.mkdir(parents=True, exist_ok=True)
     db = tmp / "live.db"
     seeded = asyncio.run(seed_database(db, preset_tokens))
     config = tmp / "config.toml"
-    config.write_text(f'[service]\nplugin_dirs = ["{PLUGIN_DIR}"]\nworkers = 1\n')
+    config.write_text(
+        f'[service]\nplugin_dirs = ["{PLUGIN_DIR}"]\nworkers = 1\n{service_settings}\n'
+    )
     port = free_port()
     processes = Processes(tmp)
     proc = processes.start(

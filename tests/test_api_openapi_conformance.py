@@ -41,10 +41,10 @@ pytestmark = pytest.mark.anyio
 DOCUMENT_URI = "urn:queue-service:openapi"
 #: (operation id, status) pairs no request can provoke, and why.
 UNREACHABLE = {
-    ("openapi", 500): "serves a document built at start-up; nothing in it can fail",
-    ("openapi", 503): "touches no store; only the concurrency limit answers 503 there",
     ("get_index", 500): "answers fixed links and the version; nothing in it can fail",
     ("get_index", 503): "touches no store; only the concurrency limit answers 503 there",
+    ("get_openapi", 500): "serves a document built from the registry; nothing in it can fail",
+    ("get_openapi", 503): "touches no store; only the concurrency limit answers 503 there",
 }
 
 
@@ -247,8 +247,8 @@ async def test_every_response_validates_against_the_openapi_document(
 
         job = f"/job/{ids['finished']}"
         # Successes, with every view of every kind of job.
-        await call("health", "/healthz")
-        await call("openapi", "/openapi.json")
+        await call("get_health", "/healthz")
+        await call("get_openapi", "/openapi.json")
         for headers in (admin, status_only):
             for role in ("queued", "finished", "running", "databricks"):
                 await call("get_job", f"/job/{ids[role]}", headers=headers)
@@ -264,7 +264,21 @@ async def test_every_response_validates_against_the_openapi_document(
         await call("sync_status", "/sync", headers=admin)
         await call("get_metrics", "/metrics", headers=admin)
         for dedupe in ("new", "new"):  # 202, then 200 deduplicated
-            await call("enqueue", "/plugin/ok/poll", headers=admin, json={"dedupe_key": dedupe})
+            await call("enqueue_job", "/plugin/ok/poll", headers=admin, json={"dedupe_key": dedupe})
+        # Each installed command's own operation: 202, then 200 with the same key, with the
+        # example the document gives for it.
+        per_command = {
+            op_id: (path, spec)
+            for op_id, (path, _, spec) in checker.operations.items()
+            if "{" not in path and path.startswith("/plugin/")
+        }
+        assert "/plugin/ok/poll" in {path for path, _ in per_command.values()}
+        for op_id, (path, spec) in per_command.items():
+            body = spec["requestBody"]["content"]["application/json"]["example"]
+            for _ in range(2):
+                await call(op_id, path, headers=admin, json={**body, "dedupe_key": "doc"})
+            text_plain = {**admin, "content-type": "text/plain"}
+            await call(op_id, path, headers=text_plain, content=b"{}")  # 415
         await call("cancel_job", f"/job/{ids['queued']}/cancel", headers=admin)  # 200
         await call("cancel_job", f"/job/{ids['running']}/cancel", headers=admin)  # 202
 
@@ -272,12 +286,12 @@ async def test_every_response_validates_against_the_openapi_document(
         await call("get_job", "/job/nope", headers=admin)  # 404
         await call("cancel_job", "/job/nope/cancel", headers=admin)  # 404
         await call("cancel_job", f"{job}/cancel", headers=admin)  # 409: finished
-        await call("enqueue", "/plugin/nope/poll", headers=admin)  # 404
-        await call("enqueue", "/plugin/no_commands/poll", headers=admin)  # 409: invalid
-        await call("enqueue", "/plugin/ok/handle", headers=plugin_ro)  # 403: a write command
-        await call("enqueue", "/plugin/ok/poll", headers=admin, content=b"[")  # 400
+        await call("enqueue_job", "/plugin/nope/poll", headers=admin)  # 404
+        await call("enqueue_job", "/plugin/no_commands/poll", headers=admin)  # 409: invalid
+        await call("enqueue_job", "/plugin/ok/handle", headers=plugin_ro)  # 403: a write command
+        await call("enqueue_job", "/plugin/ok/poll", headers=admin, content=b"[")  # 400
         await call(
-            "enqueue",
+            "enqueue_job",
             "/plugin/ok/poll",
             headers={**admin, "content-type": "text/plain"},
             content=b"{}",

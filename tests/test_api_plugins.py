@@ -21,6 +21,7 @@ import pytest
 from queue_service.api import ServiceState, create_app
 from queue_service.api import plugins as plugin_routes
 from queue_service.config import ServiceConfig, parse_config
+from queue_service.errors import ApiError
 from queue_service.plugins import load
 from queue_service.scheduler import Scheduler
 from queue_service.statuses import Status
@@ -143,6 +144,15 @@ async def test_run_after_is_bounded_by_max_run_after_days(
         error = assert_error(response, 400, "invalid_body", param="run_after")
         assert "at most 365 days ahead" in error["error"]
         assert "service.max_run_after_days" in error["error"]
+
+
+def test_a_limit_past_year_9999_bounds_nothing() -> None:
+    """A huge max_run_after_days is no limit at all, not an overflow (a 500)."""
+    from queue_service.api.plugins import check_run_after
+
+    check_run_after("9999-12-31T23:59:59.999999Z", 4_000_000)
+    with pytest.raises(ApiError):
+        check_run_after("9999-12-31T23:59:59.999999Z", 365)
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,12 @@ PROTECTED = sorted(
     for op in CORE_OPERATIONS
     if op.path == path and op.method == method.upper()
 )
+#: Routes any token may call for its own jobs, which answer 404, never 403.
+OWN_JOBS_ONLY = {
+    (op.method, op.path)
+    for op in CORE_OPERATIONS
+    if op.own_jobs and not any(p.name == "mine" for p in op.query)
+}
 OPEN = sorted(
     (method.upper(), path)
     for path, ops in DOCUMENT["paths"].items()
@@ -51,7 +57,7 @@ DETAIL_ONLY = {"payload", "result", "last_error", "submitted_by", "events", "log
 
 # -- the matrix: route -> expected status per scope ---------------------------------------------
 # "detail"/"status" after a 200 say which view of a job the answer is.
-OK, CREATED, DENIED = 200, 202, 403
+OK, CREATED, DENIED, NOT_FOUND = 200, 202, 403, 404
 MATRIX: dict[tuple[str, str], dict[str, int | tuple[int, str]]] = {
     ("GET", "/jobs"): {
         "*": OK, "jobs:rw": OK, "jobs:ro": OK, "jobs:status:ro": OK,
@@ -59,7 +65,9 @@ MATRIX: dict[tuple[str, str], dict[str, int | tuple[int, str]]] = {
     },
     ("GET", "/job/{job_id}"): {
         "*": (OK, "detail"), "jobs:rw": (OK, "detail"), "jobs:ro": (OK, "detail"),
-        "jobs:status:ro": (OK, "status"), "plugin:rw": DENIED, "plugin:ro": DENIED, "metrics:ro": DENIED,
+        # Not their own job (no token enqueued it): as if it did not exist.
+        "jobs:status:ro": (OK, "status"), "plugin:rw": NOT_FOUND, "plugin:ro": NOT_FOUND,
+        "metrics:ro": NOT_FOUND,
     },
     ("POST", "/job/{job_id}/cancel"): {
         "*": (OK, "detail"), "jobs:rw": (OK, "detail"), "jobs:ro": DENIED,
@@ -123,7 +131,10 @@ def test_the_document_declares_the_bearer_scheme_on_exactly_the_protected_routes
         assert "WWW-Authenticate" in spec["responses"]["401"]["headers"]
         if scope != "any":
             assert f"`{scope}`" in spec["description"], (method, path)
+        if "403" in spec["responses"]:
             assert "WWW-Authenticate" in spec["responses"]["403"]["headers"]
+        else:  # any token will do, or another token's job is a 404 instead
+            assert scope == "any" or (method, path) in OWN_JOBS_ONLY, (method, path)
     assert ("GET", "/healthz") in OPEN and ("GET", "/openapi.json") in OPEN
 
 
@@ -194,6 +205,9 @@ async def test_rfc6750_challenges(
     response = await client.request(
         method, concrete, json=body, headers=bearer(await make_token(outsider))
     )
+    if (method, path) in OWN_JOBS_ONLY:
+        assert_error(response, 404, "not_found")  # not its own job
+        return
     assert_error(response, 403, "insufficient_scope")
     challenge = response.headers["www-authenticate"]
     assert challenge.startswith(f'{REALM}, error="insufficient_scope", scope="'), challenge
@@ -244,6 +258,9 @@ async def test_scope_matrix(
     )
     if status == DENIED:
         assert_error(response, 403, "insufficient_scope")
+        return
+    if status == NOT_FOUND:
+        assert_error(response, 404, "not_found")
         return
     assert response.status_code == status, response.text
     if path == "/metrics":  # the Prometheus text format, not JSON

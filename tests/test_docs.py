@@ -269,6 +269,8 @@ def test_every_command_and_option_is_documented(command: str) -> None:
     ]
     missing = [option for option in options if option not in heads[0].whole]
     assert not missing, f"`{command}`: options not in its section: {missing}"
+
+
 # -- METRICS.md --------------------------------------------------------------
 
 METRICS = (ROOT / "docs" / "METRICS.md").read_text()

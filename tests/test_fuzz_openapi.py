@@ -33,11 +33,12 @@ from schemathesis import GenerationMode
 
 from queue_service.api.app import CORE_OPERATIONS
 from queue_service.api.openapi import build_openapi
-from queue_service.api.params import MAX_TEXT, QueryParam
+from queue_service.api.params import MAX_TEXT, QueryParam, exact_pattern
 from queue_service.auth import new_secret
 from queue_service.models import TIMESTAMP_PATTERN
+from queue_service.plugins import load
 from queue_service.statuses import Status
-from tests.live_server import LiveServer, start_server
+from tests.live_server import PLUGIN_DIR, LiveServer, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -71,15 +72,21 @@ ECHO_COMMANDS = ("poll", "handle", "health")
 _TOKEN = new_secret()
 
 
+#: The live server's plugins: the document has an operation per command of theirs.
+REGISTRY = load([PLUGIN_DIR])
+
+
 def _load_schema() -> Any:
-    """The document the server serves (the `live` fixture asserts so), built from the same
-    operation registry, loaded eagerly: schemathesis's fixture-based lazy loader does not
-    support pytest 9.2's node ids, while the eager one does."""
+    """The document the server serves (the `live` fixture asserts so, but for its `servers`
+    URL, which names the server's port), built from the same operation registry and plugins,
+    loaded eagerly: schemathesis's fixture-based lazy loader does not support pytest 9.2's
+    node ids, while the eager one does."""
     config = schemathesis.Config(seed=SEED)
     config.projects.override.generation.update(
         max_examples=EXAMPLES, modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
     )
-    loaded = schemathesis.openapi.from_dict(build_openapi(CORE_OPERATIONS), config=config)
+    document = build_openapi(CORE_OPERATIONS, REGISTRY)
+    loaded = schemathesis.openapi.from_dict(document, config=config)
 
     @loaded.hook
     def flatmap_path_parameters(
@@ -125,9 +132,19 @@ schema = _load_schema()
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = start_server(tmp_path_factory.mktemp("fuzz"), preset_tokens={"*": _TOKEN})
+    # run_after may be any time the schema admits: the document cannot state a bound that
+    # moves with the clock (max_run_after_days, in words in its description), so the fuzzed
+    # server lifts it past year 9999. tests/test_api_plugins.py covers the bound itself.
+    server = start_server(
+        tmp_path_factory.mktemp("fuzz"),
+        preset_tokens={"*": _TOKEN},
+        service_settings="max_run_after_days = 4000000",
+    )
     served = httpx.get(f"{server.base}/openapi.json").json()
-    assert served == schema.raw_schema, "the fuzzed document must be the served one"
+    assert served["servers"][0]["url"] == server.base
+    assert {**served, "servers": schema.raw_schema["servers"]} == schema.raw_schema, (
+        "the fuzzed document must be the served one"
+    )
     jobs = server.seeded.jobs
     _REAL_IDS["get_job"] = server.seeded.all_job_ids
     # Not the running job: nothing holds it, so a cancel would wait out its 10 s budget.
@@ -192,11 +209,12 @@ def test_no_check_is_disabled_and_every_operation_is_fuzzed(live: LiveServer) ->
 
 # -- the document says exactly what the server accepts (regressions found by fuzzing) ----------
 
+
 PATTERNED = [
     pytest.param(spec, id=f"{op.path} {spec.name}")
     for op in CORE_OPERATIONS
     for spec in op.query
-    if "pattern" in spec.schema and "format" not in spec.schema
+    if exact_pattern(spec.schema) and "format" not in spec.schema
 ]
 
 
@@ -204,7 +222,7 @@ def _schema_admits(schema: dict[str, Any], value: str) -> bool:
     if not schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", 10**9):
         return False
     # ECMA-262 `$` never matches before a trailing newline; fullmatch is the same test.
-    return re.fullmatch(schema["pattern"], value) is not None
+    return re.fullmatch(str(exact_pattern(schema)), value) is not None
 
 
 def _server_admits(spec: QueryParam, value: str) -> bool:
@@ -223,7 +241,7 @@ def test_every_patterned_parameter_accepts_exactly_its_pattern(
 ) -> None:
     """Python's `re` and JSON Schema's regexes differ (`$` before a newline, `\\d` and case
     folding of non-ASCII letters); the server must agree with the document, not with `re`."""
-    valid = data.draw(st.from_regex(spec.schema["pattern"], fullmatch=True))
+    valid = data.draw(st.from_regex(str(exact_pattern(spec.schema)), fullmatch=True))
     for value in (
         valid,
         valid + "\n",

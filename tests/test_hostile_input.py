@@ -27,6 +27,7 @@ from queue_service import models
 from queue_service.api import ServiceState, create_app
 from queue_service.api.app import CORE_OPERATIONS, MAX_BODY_BYTES
 from queue_service.api.operations import Operation
+from queue_service.api.params import exact_pattern
 from queue_service.config import parse_config
 from queue_service.plugins import load
 from queue_service.store import NewJob, SQLiteStore
@@ -66,12 +67,15 @@ def _valid_for(op: Operation, name: str, value: str) -> bool:
     """Whether the parameter's own schema admits `value` (the free-text filters admit SQL
     metacharacters and unicode: those must be served, and must match nothing)."""
     spec = next((p for p in op.query if p.name == name), None)
+    if spec is not None and spec.schema.get("type") == "boolean":
+        return value in ("true", "false")  # `true` lists the admin's own jobs: none
     if spec is None or spec.schema.get("type") != "string" or "format" in spec.schema:
         return False
     schema = spec.schema
     if not schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", 10**9):
         return False
-    return re.fullmatch(schema["pattern"], value) is not None
+    pattern = exact_pattern(schema)
+    return pattern is not None and re.fullmatch(pattern, value) is not None
 
 
 @pytest.fixture

@@ -48,8 +48,9 @@ TOOLS_BY_SCOPE = {
     "jobs:rw": {"list_jobs", "get_job", "cancel_job", "sync_status"},
     "jobs:ro": {"list_jobs", "get_job", "sync_status"},
     "jobs:status:ro": {"list_jobs", "get_job"},
-    "plugin:rw": {"enqueue_job", "list_plugins"},
-    "plugin:ro": {"enqueue_job", "list_plugins"},
+    # Their own jobs only (issue 11, own-job reads).
+    "plugin:rw": {"enqueue_job", "list_plugins", "list_jobs", "get_job"},
+    "plugin:ro": {"enqueue_job", "list_plugins", "list_jobs", "get_job"},
     "metrics:ro": set(),
 }
 

@@ -45,7 +45,14 @@ async def test_synchronous_full_is_configurable(db_path: Path) -> None:
 
 async def test_enqueue_then_get_round_trips_every_field(store: SQLiteStore) -> None:
     result = await store.enqueue(
-        NewJob("echo", "poll", {"n": 1, "nested": [1, "x"]}, max_attempts=3, submitted_by="alice")
+        NewJob(
+            "echo",
+            "poll",
+            {"n": 1, "nested": [1, "x"]},
+            max_attempts=3,
+            submitted_by="alice",
+            submitted_by_token=7,
+        )
     )
     assert not result.deduplicated
     job = await store.get_job(result.job_id)
@@ -58,6 +65,7 @@ async def test_enqueue_then_get_round_trips_every_field(store: SQLiteStore) -> N
     )
     assert job.payload == {"n": 1, "nested": [1, "x"]}
     assert job.max_attempts == 3 and job.attempt == 0 and job.submitted_by == "alice"
+    assert job.submitted_by_token == 7
     assert job.started_at is None and job.completed_at is None and job.result is None
     assert len(job.created_at) == 27 and job.created_at.endswith("Z")
     assert job.run_after == job.created_at

@@ -37,8 +37,14 @@ async def target(tmp_path: Path) -> AsyncIterator[Store]:
 
 async def fill(store: Store, *, jobs: int = 25) -> dict[str, Status]:
     """A store with something in every portable table; returns each job's final status."""
+    alice = await store.create_token("alice", "ef" * 32, ["plugin:rw"], None)
     made = await store.enqueue_many(
-        [NewJob("p", f"c{i % 3}", {"i": i}, submitted_by="alice") for i in range(jobs)]
+        [
+            NewJob(
+                "p", f"c{i % 3}", {"i": i}, submitted_by="alice", submitted_by_token=alice.token_id
+            )
+            for i in range(jobs)
+        ]
     )
     claimed = await store.claim_jobs("p", limit=4, owner=OWNER, lease_seconds=60)
     for index, job in enumerate(claimed):
@@ -123,7 +129,12 @@ async def test_copy_moves_every_table_and_keeps_order_totals_and_fields(
     assert [t.name for t in await target.list_tokens()] == [
         t.name for t in await store.list_tokens()
     ]
-    assert await target.count_live_tokens() == 1
+    assert await target.count_live_tokens() == 2
+    # Own-job reads still find a token's jobs: token ids travel with the jobs.
+    alice = await target.token_by_hash("ef" * 32)
+    assert alice is not None
+    mine = JobFilter(submitted_by_token=alice[0].token_id)
+    assert (await target.list_jobs(mine)).total == (await store.list_jobs(mine)).total > 0
     assert await target.get_schedule_states() == await store.get_schedule_states()
     assert await target.get_sync_states() == await store.get_sync_states()
     assert await target.get_plugin_state("p") == await store.get_plugin_state("p") != {}

@@ -7,6 +7,7 @@ off-by-one bound shows as a difference.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sqlite3
 from datetime import datetime, timedelta
@@ -16,7 +17,7 @@ import pytest
 
 from queue_service.statuses import Source, Status
 from queue_service.store import Cursor, ExternalJob, JobFilter, NewJob
-from queue_service.store.types import JobSummary
+from queue_service.store.types import Job, JobSummary
 from queue_service.timeutil import format_ts
 
 from .conftest import StoreUnderTest
@@ -71,7 +72,7 @@ def _rows(seed: int, count: int) -> list[ExternalJob]:
     return jobs
 
 
-def _matches(job: ExternalJob, f: JobFilter) -> bool:
+def _matches(job: ExternalJob | Job, f: JobFilter) -> bool:
     return (
         (f.plugin is None or job.plugin == f.plugin)
         and (f.command is None or job.command == f.command)
@@ -262,3 +263,73 @@ async def test_the_oldest_queued_job_is_the_first_created_still_queued(
     assert oldest is not None and oldest.job_id == third.job_id
     await store.cancel_job(third.job_id)
     assert await store.oldest_queued_job() is None
+
+
+async def test_own_jobs_pages_and_totals_match_a_brute_force_filter(
+    store: StoreUnderTest,
+) -> None:
+    """JobFilter.submitted_by_token (GET /jobs?mine=true) beside every other filter: local
+    jobs of three tokens and of none, in several statuses, among Databricks rows."""
+    await store.upsert_external_jobs(_rows(seed=5, count=150))
+    rng = random.Random(13)
+    tokens = [1, 2, 3, None]
+    for i in range(240):
+        plugin = rng.choice(sorted(PLUGINS))
+        await store.enqueue(
+            NewJob(
+                plugin,
+                rng.choice(PLUGINS[plugin]),
+                {"i": i},
+                submitted_by="someone",
+                submitted_by_token=rng.choice(tokens),
+            )
+        )
+    # Some jobs run, some are canceled: statuses beyond queued.
+    for plugin in PLUGINS:
+        await store.claim_jobs(plugin, limit=15, owner="w", lease_seconds=60)
+    everything = []
+    cursor = None
+    while True:
+        page = await store.list_jobs(JobFilter(), limit=200, cursor=cursor)
+        everything += page.jobs
+        if (cursor := page.next_cursor) is None:
+            break
+    jobs = {}
+    for summary in everything:
+        job = await store.get_job(summary.job_id)
+        assert job is not None
+        if job.status is Status.QUEUED and rng.random() < 0.2:
+            await store.cancel_job(job.job_id)
+            job = await store.get_job(job.job_id)
+            assert job is not None
+        jobs[job.job_id] = job
+    assert {j.status for j in jobs.values() if j.submitted_by_token} >= {
+        Status.QUEUED,
+        Status.RUNNING,
+        Status.CANCELED,
+    }
+    times = sorted({j.created_at for j in jobs.values()})
+    checked = 0
+    for _ in range(120):
+        f = _filters(rng, times)
+        # Fewer narrowing filters than in the test above: own jobs are local and recent.
+        f = dataclasses.replace(
+            f,
+            submitted_by_token=rng.choice([1, 2, 3, 99]),
+            statuses=f.statuses if rng.random() < 0.5 else (),
+            sources=f.sources if rng.random() < 0.3 else (),
+            plugin=f.plugin if rng.random() < 0.5 else None,
+            created_after=f.created_after if rng.random() < 0.5 else None,
+            created_before=f.created_before if rng.random() < 0.3 else None,
+        )
+        expected = [
+            j.job_id
+            for j in sorted(jobs.values(), key=lambda j: (j.created_at, j.seq), reverse=True)
+            if j.submitted_by_token == f.submitted_by_token and _matches(j, f)
+        ]
+        limit = rng.choice([1, 7, 50])
+        seen = await _all_pages(store, f, limit)
+        assert [j.job_id for j in seen] == expected, f
+        assert (await store.list_jobs(f, limit=limit)).total == len(expected), f
+        checked += bool(expected)
+    assert checked > 30

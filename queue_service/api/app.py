@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Iterable, Sequence
 
@@ -14,8 +13,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from queue_service.api import index, jobs, mcp, metrics, plugins, sync_routes, ui
-from queue_service.api.openapi import build_openapi
+from queue_service.api import examples, index, jobs, mcp, metrics, plugins, sync_routes, ui
+from queue_service.api.openapi import OpenApiCache, base_url
 from queue_service.api.operations import Context, Operation, endpoint
 from queue_service.api.state import ServiceState
 from queue_service.errors import ApiError, error_response
@@ -40,18 +39,26 @@ MAX_IN_FLIGHT = 512
 
 
 async def _openapi(request: Request, ctx: Context) -> Response:
-    return Response(request.app.state.openapi_body, media_type="application/json")
+    cache: OpenApiCache = request.app.state.openapi
+    body = cache.body(ctx.state.registry, base_url(request.scope))
+    return Response(body, media_type="application/json")
 
 
 OPENAPI_OPERATION = Operation(
     method="GET",
     path="/openapi.json",
-    operation_id="openapi",
+    operation_id="get_openapi",
     summary="This OpenAPI 3.1 document",
-    description="Generated from the same models that shape the responses.",
+    description=(
+        "Generated from the same models that shape the responses, with one operation per "
+        "installed plugin command. `servers` holds the absolute URL the request reached "
+        "(scheme from X-Forwarded-Proto only behind a proxy in "
+        "service.forwarded_allow_ips, host from the Host header)."
+    ),
     handler=_openapi,
     scope=None,
     responses={200: (None, "The OpenAPI document.")},
+    examples={200: examples.OPENAPI},
     tags=("service",),
 )
 
@@ -268,7 +275,6 @@ async def _internal(request: Request, exc: Exception) -> Response:
 def create_app(state: ServiceState, extra_operations: Sequence[Operation] = ()) -> Starlette:
     """The ASGI app for `state`. The caller owns the store's lifecycle."""
     operations: list[Operation] = [*CORE_OPERATIONS, *extra_operations]
-    openapi_body = json.dumps(build_openapi(operations), separators=(",", ":")).encode()
     app = Starlette(
         routes=[*_routes(operations), mcp.route(), *ui.routes()],
         lifespan=mcp.lifespan,
@@ -283,7 +289,7 @@ def create_app(state: ServiceState, extra_operations: Sequence[Operation] = ()) 
     app.router.redirect_slashes = False
     app.state.service = state
     app.state.operations = operations
-    app.state.openapi_body = openapi_body
+    app.state.openapi = OpenApiCache(operations)
     app.state.mcp = mcp.McpHttp(app)
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(AmbiguousRequestMiddleware)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
 
-from queue_service import models
+from queue_service import __version__, models
 from queue_service.api.operations import Context, Operation
 from queue_service.api.responses import json_response
 
@@ -19,16 +21,20 @@ DOCS = {
 }
 
 
-async def index(request: Request, ctx: Context) -> Response:
-    body = models.ServiceIndex(
+def index_body(version: str) -> dict[str, Any]:
+    """The index of a service at `version` (also the document's example of it)."""
+    return models.ServiceIndex(
         name="queue-service",
-        version=ctx.state.version,
+        version=version,
         description="A local job queue: plugin jobs and Databricks runs in one store, "
         "over a REST API (see openapi) and MCP (see mcp), with scoped bearer tokens.",
         links=models.IndexLinks(openapi="/openapi.json", mcp="/mcp", health="/healthz"),
         docs=DOCS,
-    )
-    return json_response(body.model_dump())
+    ).model_dump()
+
+
+async def index(request: Request, ctx: Context) -> Response:
+    return json_response(index_body(ctx.state.version))
 
 
 OPERATIONS = (
@@ -42,6 +48,7 @@ OPERATIONS = (
         handler=index,
         scope=None,
         responses={200: (models.ServiceIndex, "The index.")},
+        examples={200: index_body(__version__)},
         tags=("service",),
     ),
 )

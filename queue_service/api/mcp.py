@@ -37,7 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
-from queue_service.api.openapi import _scope_text, build_openapi
+from queue_service.api.openapi import build_openapi, scope_sentence
 from queue_service.api.operations import (
     ANY_SCOPE,
     Operation,
@@ -78,11 +78,19 @@ class ToolSpec:
     scope: str | None = None
     #: A sentence for the agent, after the route's own description.
     hint: str = ""
+    #: Other scopes that show the tool: those that may enqueue also see the job reads, for
+    #: the jobs they enqueued themselves (the route answers them about those only).
+    also: tuple[str, ...] = ()
 
+
+_OWN_JOBS = (
+    "A token without a jobs scope that may enqueue reads the jobs it enqueued itself: "
+    "list_jobs with mine=true, get_job on their ids."
+)
 
 TOOL_SPECS: tuple[ToolSpec, ...] = (
-    ToolSpec("list_jobs", "GET", "/jobs"),
-    ToolSpec("get_job", "GET", "/job/{job_id}"),
+    ToolSpec("list_jobs", "GET", "/jobs", hint=_OWN_JOBS, also=("plugin:ro",)),
+    ToolSpec("get_job", "GET", "/job/{job_id}", hint=_OWN_JOBS, also=("plugin:ro",)),
     ToolSpec(
         "enqueue_job",
         "POST",
@@ -106,6 +114,7 @@ class Tool:
     operation: Operation
     #: The scope the caller needs; None or ANY_SCOPE for any token.
     scope: str | None
+    also: tuple[str, ...]
     path_params: tuple[str, ...]
     query_params: tuple[str, ...]
     body_params: tuple[str, ...]
@@ -116,7 +125,9 @@ class Tool:
         return self.definition.name
 
     def allows(self, principal: Principal) -> bool:
-        return self.scope in (None, ANY_SCOPE) or grants(principal.scopes, self.scope)
+        if self.scope in (None, ANY_SCOPE):
+            return True
+        return any(grants(principal.scopes, s) for s in (self.scope, *self.also) if s)
 
 
 # -- tools from the OpenAPI document -----------------------------------------------------------
@@ -182,6 +193,7 @@ def build_tools(operations: list[Operation]) -> dict[str, Tool]:
             definition=definition,
             operation=operation,
             scope=scope,
+            also=spec.also,
             path_params=tuple(located["path"]),
             query_params=tuple(located["query"]),
             body_params=tuple(body_params),
@@ -192,7 +204,7 @@ def build_tools(operations: list[Operation]) -> dict[str, Tool]:
 
 def _description(operation: Operation, scope: str | None, hint: str) -> str:
     # The scope sentence in the OpenAPI document's words, for the tool's own scope.
-    needs = _scope_text(dataclasses.replace(operation, scope=scope)).strip()
+    needs = scope_sentence(dataclasses.replace(operation, scope=scope)).strip()
     parts = [f"{operation.summary}.", operation.description, hint, needs]
     return " ".join(part for part in parts if part)
 

@@ -54,6 +54,15 @@ class Operation:
     responses: dict[int, tuple[Any, str]] = field(default_factory=dict)
     request_body: type[BaseModel] | None = None
     tags: tuple[str, ...] = ()
+    #: status -> an example body of that response (the document shows it).
+    examples: dict[int, Any] = field(default_factory=dict)
+    #: An example request body.
+    request_example: Any = None
+    #: The one sentence on what token it needs, when the default wording would not say it.
+    scope_text: str | None = None
+    #: Any valid token may call it for the jobs it enqueued itself; `scope` is what the
+    #: operation needs for every other job, and the handler checks it (api/jobs.py).
+    own_jobs: bool = False
 
 
 async def authenticate(request: Request, state: ServiceState, scope: str) -> Principal:
@@ -96,7 +105,7 @@ def insufficient_scope(scope: str, why: str = "") -> ApiError:
 
 def endpoint(operation: Operation) -> Callable[[Request], Awaitable[Response]]:
     """Wrap a handler with authentication and query parsing."""
-    scope = operation.scope
+    scope = ANY_SCOPE if operation.own_jobs else operation.scope
     parse_query = QueryParser(operation.query)
     handler = operation.handler
 

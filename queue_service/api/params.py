@@ -11,7 +11,15 @@ from urllib.parse import unquote
 
 from queue_service.errors import ApiError
 from queue_service.models import TIMESTAMP_SCHEMA
-from queue_service.statuses import SOURCES, STATUS_WORDS, Source, Status, UnknownStatus
+from queue_service.statuses import (
+    ALIASES,
+    SOURCES,
+    STATUS_WORDS,
+    STATUSES,
+    Source,
+    Status,
+    UnknownStatus,
+)
 from queue_service.statuses import normalize_status as _normalize_status
 from queue_service.store import Cursor
 
@@ -49,6 +57,26 @@ _MAX_MICROS = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _EPOCH) 
 )
 
 
+#: Every path parameter: (description, example). The OpenAPI document describes each path
+#: parameter from here, and refuses to build when one is missing.
+PATH_PARAMS: dict[str, tuple[str, str]] = {
+    "job_id": (
+        "The job's id, as enqueueing answered it (a UUID for local jobs, "
+        "`databricks:<workspace>:<run id>` for Databricks runs).",
+        "0f6c1a52-5d43-4a8e-9b1f-2f4c7e2d9a10",
+    ),
+    "plugin": (
+        "An installed plugin's name; GET /plugins lists them, and each command also has "
+        "its own operation in this document.",
+        "echo",
+    ),
+    "command": (
+        "One of the plugin's commands; its `input_schema` (GET /plugins) constrains the payload.",
+        "poll",
+    ),
+}
+
+
 def case_insensitive_pattern(words: Sequence[str], *, as_list: bool = False) -> str:
     """A JSON-Schema regex for one of `words` (or a comma-separated list of them),
     in any case, with surrounding spaces allowed: exactly what the parser accepts."""
@@ -58,6 +86,39 @@ def case_insensitive_pattern(words: Sequence[str], *, as_list: bool = False) -> 
     )
     item = f" *({alternatives}) *"
     return f"^{item}(,{item})*$" if as_list else f"^{item}$"
+
+
+def words_schema(
+    names: Sequence[str], aliases: dict[str, str] | None = None, *, as_list: bool = False
+) -> dict[str, Any]:
+    """The schema of a parameter naming one of `names`: an `enum` of the names (what a tool
+    converter or a model reads), an `enum` of the aliases apart, and, as the last branch,
+    the exact pattern the server accepts (any case, spaces around items, comma lists), so
+    the schema admits exactly what the parser does. Converters that drop `pattern` keep
+    the enums."""
+    branches: list[dict[str, Any]] = [{"title": "name", "enum": list(names)}]
+    if aliases:
+        mapping = ", ".join(f"{alias}={name}" for alias, name in aliases.items())
+        branches.append({"title": "alias", "enum": list(aliases), "description": mapping})
+    words = [*names, *(aliases or {})]
+    branches.append(
+        {
+            "title": "any case" + (" or list" if as_list else ""),
+            "pattern": case_insensitive_pattern(words, as_list=as_list),
+            "description": "The same words in any case with spaces around them"
+            + ("; a comma-separated list means any of them." if as_list else "."),
+        }
+    )
+    return {"type": "string", "anyOf": branches}
+
+
+def exact_pattern(schema: dict[str, Any]) -> str | None:
+    """The pattern that admits exactly what a parameter's parser accepts: the schema's own
+    `pattern`, or that of the last branch of a words_schema (its enums are subsets of it)."""
+    if "pattern" in schema:
+        return str(schema["pattern"])
+    branches = schema.get("anyOf", [])
+    return str(branches[-1]["pattern"]) if branches and "pattern" in branches[-1] else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +342,13 @@ def parse_timestamp(text: str) -> str:
     return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
+def parse_bool(text: str) -> bool:
+    """`true` or `false`, exactly (as JSON writes them)."""
+    if text not in ("true", "false"):
+        raise ValueError(f"must be true or false, got {text[:40]!r}")
+    return text == "true"
+
+
 def parse_limit(text: str) -> int:
     """A decimal integer from 1 to MAX_LIMIT; leading zeros are fine, signs and spaces not."""
     significant = text.lstrip("0")
@@ -326,9 +394,10 @@ JOB_LIST_PARAMS: tuple[QueryParam, ...] = (
     ),
     QueryParam(
         "status",
-        "A status or alias (pending=queued, ok=succeeded, error=failed); a comma-separated "
-        "list means any of them. Case and surrounding spaces are ignored.",
-        {"type": "string", "pattern": case_insensitive_pattern(STATUS_WORDS, as_list=True)},
+        f"A status ({', '.join(STATUSES)}) or an alias (pending=queued, ok=succeeded, "
+        "error=failed); a comma-separated list means any of them, e.g. `failed,timed_out`. "
+        "Case and surrounding spaces are ignored.",
+        words_schema(STATUSES, {a: str(s) for a, s in ALIASES.items()}, as_list=True),
         parse_statuses,
         default=(),
         allowed=STATUS_WORDS,
@@ -336,7 +405,7 @@ JOB_LIST_PARAMS: tuple[QueryParam, ...] = (
     QueryParam(
         "source",
         "Where the job came from: `local` (plugins) or `databricks` (synced runs).",
-        {"type": "string", "pattern": case_insensitive_pattern(SOURCES)},
+        words_schema(SOURCES),
         parse_source,
         default=(),
         allowed=SOURCES,
@@ -366,5 +435,14 @@ JOB_LIST_PARAMS: tuple[QueryParam, ...] = (
         "Opaque position from a previous page's `next_cursor`.",
         {"type": "string", "pattern": CURSOR_PATTERN},
         parse_cursor,
+    ),
+    QueryParam(
+        "mine",
+        "`true`: only the jobs this token enqueued (any valid token may ask for those); "
+        "`false` (the default): every job, which needs `jobs:status:ro`.",
+        {"type": "boolean", "default": False},
+        parse_bool,
+        default=False,
+        allowed=("true", "false"),
     ),
 )

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from queue_service import models
+from queue_service.api import examples
 from queue_service.api.operations import ANY_SCOPE, Context, Operation, insufficient_scope
 from queue_service.api.params import (
     MAX_ECHO,
@@ -195,7 +196,10 @@ def check_run_after(run_after: str | None, max_days: int) -> None:
     never held for years by a job that will not run."""
     if run_after is None:
         return
-    latest = format_ts(utcnow() + timedelta(days=max_days))
+    try:
+        latest = format_ts(utcnow() + timedelta(days=max_days))
+    except OverflowError:  # a limit past year 9999: no time the store holds is beyond it
+        return
     if run_after > latest:
         raise ApiError(
             "invalid_body",
@@ -237,6 +241,7 @@ async def enqueue(request: Request, ctx: Context) -> Response:
             payload=body.payload,
             max_attempts=body.max_attempts or settings.max_attempts,
             submitted_by=ctx.principal.name,
+            submitted_by_token=ctx.principal.token_id,
             dedupe_key=body.dedupe_key,
             run_after=body.run_after,
         )
@@ -300,27 +305,39 @@ OPERATIONS = (
         handler=list_plugins,
         scope=ANY_SCOPE,
         responses={200: (models.PluginList, "The plugins.")},
+        examples={200: examples.PLUGIN_LIST},
         tags=("plugins",),
     ),
     Operation(
         method="POST",
         path="/plugin/{plugin}/{command}",
-        operation_id="enqueue",
+        operation_id="enqueue_job",
         summary="Enqueue a plugin command (ductile-compatible)",
         description=(
-            "Needs `plugin:rw`, or `plugin:ro` for commands of type read. The payload is "
-            "checked against the command's input_schema. Answers 202 with the new job, or 200 "
-            "with the existing one when an active job has the same dedupe_key."
+            "The payload is checked against the command's input_schema (GET /plugins, or "
+            "the command's own operation in this document). Answers 202 with the new job, "
+            "or 200 with the existing one when an active job of this token has the same "
+            "dedupe_key. The token may then poll GET /job/{job_id} whatever its scopes."
         ),
         handler=enqueue,
         scope="plugin:ro",
+        scope_text=(
+            "Needs scope `plugin:rw` (or `plugin:ro` for commands of type read), or a scope "
+            "that includes it."
+        ),
         responses={
             202: (models.EnqueueResponse, "Queued."),
             200: (models.EnqueueResponse, "Deduplicated: an active job has this dedupe_key."),
             404: (models.ErrorBody, "Unknown plugin or command."),
             409: (models.ErrorBody, "The plugin is installed but invalid."),
         },
+        examples={
+            202: examples.enqueued("echo", "poll"),
+            200: examples.enqueued("echo", "poll", deduplicated=True),
+            409: {"error": "plugin 'broken' is invalid: no commands", "code": "conflict"},
+        },
         request_body=models.EnqueueRequest,
+        request_example=examples.ENQUEUE_REQUEST,
         tags=("plugins",),
     ),
     Operation(
@@ -342,6 +359,10 @@ OPERATIONS = (
             404: (models.ErrorBody, "No job has this id."),
             409: (models.ErrorBody, "The job already finished."),
         },
+        examples={
+            200: examples.CANCELED_JOB,
+            202: {**examples.JOB_STATUS_VIEW, "status": "running"},
+        },
         tags=("jobs",),
     ),
     Operation(
@@ -353,6 +374,7 @@ OPERATIONS = (
         handler=list_schedules,
         scope="jobs:ro",
         responses={200: (models.ScheduleList, "The schedules.")},
+        examples={200: examples.SCHEDULE_LIST},
         tags=("plugins",),
     ),
 )

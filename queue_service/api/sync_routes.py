@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from queue_service.api import examples
 from queue_service.api.operations import Context, Operation
 from queue_service.api.responses import json_response
 from queue_service.api.state import ServiceState
@@ -33,6 +34,7 @@ OPERATIONS = (
         handler=get_sync,
         scope="jobs:ro",
         responses={200: (SyncStatus, "The sync's state.")},
+        examples={200: examples.SYNC_STATUS},
         tags=("databricks",),
     ),
 )

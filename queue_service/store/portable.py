@@ -9,7 +9,8 @@ What is copied: jobs (with their ids, statuses, payloads, results and timestamps
 attempts, tokens (hashes only: a secret is never stored anywhere), plugin state, schedule
 state and fired slots, and Databricks sync state. What is not: the count rollups, which every
 backend keeps from the jobs themselves, and internal sequence numbers, which the target gives
-anew in the source's order (so "newest first" and keyset paging keep the same order).
+anew in the source's order (so "newest first" and keyset paging keep the same order). Token
+ids are kept: a job's `submitted_by_token` names its token by id (own-job reads).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ _JOB_COLUMNS = (
     "attempt",
     "max_attempts",
     "submitted_by",
+    "submitted_by_token",
     "external_id",
     "external_url",
     "dedupe_key",
@@ -96,6 +98,7 @@ PORTABLE_TABLES: tuple[PortableTable, ...] = (
     PortableTable(
         "tokens",
         (
+            "token_id",
             "name",
             "token_hash",
             "scopes",

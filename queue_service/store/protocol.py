@@ -59,7 +59,10 @@ class Store(Protocol):
 
     async def enqueue(self, job: NewJob) -> EnqueueResult:
         """Insert a queued job. With a dedupe_key that matches a queued or running job of
-        the same plugin and command, return that job instead (deduplicated=True)."""
+        the same plugin and command, return that job instead (deduplicated=True).
+
+        Every field of `job` is stored, `submitted_by_token` included (Job returns it and
+        JobFilter.submitted_by_token lists by it)."""
         ...
 
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
@@ -80,6 +83,11 @@ class Store(Protocol):
 
         Order is (created_at, seq) descending, so keyset paging with `cursor` never skips
         or repeats a job, even while jobs are added. Raises ValueError when limit < 1.
+
+        `filters.submitted_by_token` keeps only the jobs whose NewJob.submitted_by_token
+        was that id (jobs without one never match); it combines with every other filter,
+        and the total stays exact. Its cost may grow with that token's own jobs, never with
+        the whole table (SQLite: the partial index jobs_by_submitter, migration 0004).
         """
         ...
 
@@ -102,6 +110,7 @@ class Store(Protocol):
         """The queued job (any source) created first, ties broken by insertion order, or
         None when nothing is queued. Jobs waiting for a later `run_after` count: they are
         queued. One index seek."""
+
     async def job_counts(self) -> list[JobCount]:
         """How many jobs there are per (plugin, command, source, status), for every such
         key with at least one job (no row with n <= 0), in no particular order. Exact, as

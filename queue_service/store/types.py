@@ -29,6 +29,9 @@ class NewJob:
     payload: JSON = None
     max_attempts: int = 4
     submitted_by: str | None = None
+    #: The id of the token that enqueued it (None for the CLI, the scheduler, ...): that
+    #: token may read the job's status view whatever its scopes.
+    submitted_by_token: int | None = None
     dedupe_key: str | None = None
     run_after: str | None = None  # fixed-width UTC text; None means now
     schedule_id: str | None = None
@@ -68,6 +71,8 @@ class Job:
     dedupe_key: str | None
     schedule_id: str | None
     seq: int
+    #: The id of the token that enqueued it; None when no token did.
+    submitted_by_token: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +102,8 @@ class JobFilter:
     sources: tuple[Source, ...] = ()
     created_after: str | None = None  # exclusive, fixed-width UTC text
     created_before: str | None = None  # exclusive
+    #: Only jobs enqueued by the token with this id (NewJob.submitted_by_token).
+    submitted_by_token: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

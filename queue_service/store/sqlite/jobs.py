@@ -76,6 +76,7 @@ def insert_jobs(conn: sqlite3.Connection, jobs: list[NewJob]) -> list[EnqueueRes
             "payload": encode_json(job.payload),
             "max_attempts": job.max_attempts,
             "submitted_by": job.submitted_by,
+            "submitted_by_token": job.submitted_by_token,
             "dedupe_key": job.dedupe_key,
             "schedule_id": job.schedule_id,
             "created_at": now,

@@ -11,6 +11,10 @@ walk also checks every filter on the row, so the choice below is only about spee
   jobs_by_time, checking the rest on the row, unless the matching jobs are too rare among
   the rows walked: then one jobs_by_plugin_command walk per matching (plugin, command).
 
+A filter on the submitting token (GET /jobs?mine=true) walks that token's entries in
+jobs_by_submitter alone and counts them there: its cost grows with the token's own jobs, not
+with the table, and the store's read time budget bounds it.
+
 Totals are exact: without time bounds, the sum of job_counts; with them, whole hours from
 the hourly rollups and the two partial hours at the edges counted in an index.
 """
@@ -75,9 +79,12 @@ def list_jobs(
 ) -> JobPage:
     statuses = sorted({s.value for s in filters.statuses} or set(STATUSES))
     sources = sorted({s.value for s in filters.sources} or set(SOURCES))
-    counts = _counts(conn, filters, statuses, sources)
-    if not counts:
-        return JobPage(jobs=[], total=0, next_cursor=None)
+    if filters.submitted_by_token is not None:
+        counts: list[CountRow] = []
+    else:
+        counts = _counts(conn, filters, statuses, sources)
+        if not counts:
+            return JobPage(jobs=[], total=0, next_cursor=None)
     base: dict[str, Any] = {
         "after": filters.created_after or _START,
         "before": filters.created_before or _END,
@@ -88,7 +95,10 @@ def list_jobs(
         "command": filters.command,
         **_padded("s", statuses, 7),
         **_padded("src", sources, 2),
+        "token": filters.submitted_by_token,
     }
+    if filters.submitted_by_token is not None:
+        return _own_jobs(conn, filters, base, limit)
     walks = [
         conn.execute(q(name), {**base, **params}) for name, params in _walks(conn, filters, counts)
     ]
@@ -104,6 +114,18 @@ def list_jobs(
         total = sum(n for *_, n in counts)
     else:
         total = _bounded_total(conn, filters, base)
+    return JobPage(jobs=jobs, total=total, next_cursor=next_cursor)
+
+
+def _own_jobs(
+    conn: sqlite3.Connection, filters: JobFilter, base: dict[str, Any], limit: int
+) -> JobPage:
+    """The jobs one token enqueued: one walk and one count over jobs_by_submitter."""
+    rows = conn.execute(q("walk_submitter"), base).fetchall()
+    jobs = [summary_from_row(r) for r in rows[:limit]]
+    next_cursor = Cursor(jobs[-1].created_at, jobs[-1].seq) if len(rows) > limit else None
+    only_time = not (filters.plugin or filters.command or filters.statuses or filters.sources)
+    total = _count(conn, "count_submitter_by_time" if only_time else "count_submitter", base)
     return JobPage(jobs=jobs, total=total, next_cursor=next_cursor)
 
 

@@ -5,9 +5,10 @@
 -- A job whose dedupe_key its submitter already uses on a queued or running job of the same
 -- plugin and command is not inserted (rowcount 0); find_active_dedupe then names that job.
 INSERT INTO jobs (job_id, plugin, command, status, source, payload, attempt, max_attempts,
-                  submitted_by, dedupe_key, schedule_id, created_at, run_after)
+                  submitted_by, submitted_by_token, dedupe_key, schedule_id, created_at,
+                  run_after)
 VALUES (:job_id, :plugin, :command, 'queued', 'local', :payload, 0, :max_attempts,
-        :submitted_by, :dedupe_key, :schedule_id, :created_at, :run_after)
+        :submitted_by, :submitted_by_token, :dedupe_key, :schedule_id, :created_at, :run_after)
 ON CONFLICT (plugin, command, ifnull(submitted_by, ''), dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running')
     DO NOTHING;
@@ -72,6 +73,32 @@ WHERE status = :status AND status != 'succeeded' AND plugin = :plugin AND comman
   AND (created_at, seq) < (:cursor_created, :cursor_seq)
   AND source IN (:src0, :src1)
 ORDER BY created_at DESC, seq DESC LIMIT :limit;
+
+-- name: walk_submitter
+-- One token's own jobs (GET /jobs?mine=true), every other filter checked on the row.
+SELECT job_id, plugin, command, status, source, created_at, started_at, completed_at,
+       attempt, external_url, seq
+FROM jobs INDEXED BY jobs_by_submitter
+WHERE submitted_by_token = :token AND submitted_by_token IS NOT NULL
+  AND created_at > :after AND created_at < :before
+  AND (created_at, seq) < (:cursor_created, :cursor_seq)
+  AND status IN (:s0, :s1, :s2, :s3, :s4, :s5, :s6) AND source IN (:src0, :src1)
+  AND plugin = COALESCE(:plugin, plugin) AND command = COALESCE(:command, command)
+ORDER BY created_at DESC, seq DESC LIMIT :limit;
+
+-- name: count_submitter
+-- The exact total of walk_submitter's filter: the token's index entries, and their rows.
+SELECT COUNT(*) FROM jobs INDEXED BY jobs_by_submitter
+WHERE submitted_by_token = :token AND submitted_by_token IS NOT NULL
+  AND created_at > :after AND created_at < :before
+  AND status IN (:s0, :s1, :s2, :s3, :s4, :s5, :s6) AND source IN (:src0, :src1)
+  AND plugin = COALESCE(:plugin, plugin) AND command = COALESCE(:command, command);
+
+-- name: count_submitter_by_time
+-- The same with no filter beyond the time bounds: counted in the index alone.
+SELECT COUNT(*) FROM jobs INDEXED BY jobs_by_submitter
+WHERE submitted_by_token = :token AND submitted_by_token IS NOT NULL
+  AND created_at > :after AND created_at < :before;
 
 -- Exact counts from job_counts plus any deltas not yet folded (none outside a write
 -- transaction, unless something wrote around the store). The rows of one key may come

@@ -28,7 +28,8 @@ CREATE TABLE jobs (
     lease_expires_at TEXT,
     lease_owner      TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0
-);
+, submitted_by_token INTEGER);  -- by 0004's ALTER TABLE, hence the layout: the enqueuing token's id
+
 
 CREATE TABLE job_counts (
     plugin  TEXT    NOT NULL,
@@ -186,6 +187,9 @@ CREATE INDEX jobs_finished ON jobs (completed_at)
 CREATE INDEX job_attempts_by_job ON job_attempts (job_id, attempt);
 
 CREATE UNIQUE INDEX tokens_live_name ON tokens (name) WHERE revoked_at IS NULL;
+
+CREATE INDEX jobs_by_submitter ON jobs (submitted_by_token, created_at)
+    WHERE submitted_by_token IS NOT NULL;
 
 CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs
 BEGIN

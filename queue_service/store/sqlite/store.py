@@ -74,6 +74,7 @@ class SQLiteStore(Database):
 
     async def oldest_queued_job(self) -> JobSummary | None:
         return await self._read_statement(listing.oldest_queued)
+
     async def job_counts(self) -> list[JobCount]:
         # One statement over the counts (bounded by the number of keys): inline.
         return await self._read_statement(_jobs.job_counts)
