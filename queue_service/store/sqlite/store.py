@@ -12,8 +12,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from queue_service.statuses import Source, Status
-from queue_service.store.sqlite import jobs as _jobs
 from queue_service.store.sqlite import alerts, listing, schedules, sync, tokens, work
+from queue_service.store.sqlite import jobs as _jobs
 from queue_service.store.sqlite.connection import Database
 from queue_service.store.sqlite.sql import q
 from queue_service.store.types import (
