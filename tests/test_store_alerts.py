@@ -5,12 +5,14 @@ of the `store` fixture."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
 from queue_service.statuses import AttemptStatus, Status
 from queue_service.store import (
+    AlertDelivery,
     AlertEventKind,
     AlertRoute,
     DeliveryStatus,
@@ -26,9 +28,8 @@ pytestmark = pytest.mark.anyio
 FAILURES = ("failed", "timed_out", "dead")
 
 
-def route(**kwargs: object) -> AlertRoute:
-    fields: dict[str, object] = {"alert": "ops", "statuses": FAILURES, **kwargs}
-    return AlertRoute(**fields)  # type: ignore[arg-type]
+def route(**kwargs: Any) -> AlertRoute:
+    return AlertRoute(**{"alert": "ops", "statuses": FAILURES, **kwargs})
 
 
 async def fail_job(store: SQLiteStore, plugin: str = "echo", command: str = "poll") -> str:
@@ -41,13 +42,11 @@ async def fail_job(store: SQLiteStore, plugin: str = "echo", command: str = "pol
     return job_id
 
 
-async def claim(store: SQLiteStore, alert: str = "ops", *, owner: str = "a", **kw: object):  # type: ignore[no-untyped-def]
+async def claim(
+    store: SQLiteStore, alert: str = "ops", *, owner: str = "a", now: datetime | None = None
+) -> list[AlertDelivery]:
     return await store.claim_alert_deliveries(
-        alert,
-        owner=owner,
-        lease_seconds=kw.pop("lease_seconds", 30),  # type: ignore[arg-type]
-        limit=kw.pop("limit", 10),  # type: ignore[arg-type]
-        **kw,  # type: ignore[arg-type]
+        alert, owner=owner, lease_seconds=30, limit=10, now=now
     )
 
 

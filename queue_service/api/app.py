@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from queue_service.api import jobs, plugins, sync_routes
+from queue_service.api import alert_routes, jobs, plugins, sync_routes
 from queue_service.api.openapi import build_openapi
 from queue_service.api.operations import Context, Operation, endpoint
 from queue_service.api.state import ServiceState
@@ -60,6 +60,7 @@ CORE_OPERATIONS: tuple[Operation, ...] = (
     OPENAPI_OPERATION,
     *plugins.OPERATIONS,
     *sync_routes.OPERATIONS,
+    *alert_routes.OPERATIONS,
 )
 
 
