@@ -353,15 +353,10 @@ def _interpolate_plugins(
     problems: list[str] = []
     filled_plugins: dict[str, Any] = {}
     for name, section in plugins.items():
-        if isinstance(section, dict):
-            section = dict(section)
-            for table in ("config", "secrets"):
-                if table in section:
-                    section[table], found = interpolate_env(
-                        section[table], environ, f"plugins.{name}.{table}"
-                    )
-                    problems += found
-        filled_plugins[name] = section
+        filled_plugins[name], found = _interpolate_keys(
+            section, ("config", "secrets"), environ, f"plugins.{name}"
+        )
+        problems += found
     return {**data, "plugins": filled_plugins}, problems
 
 
@@ -376,16 +371,26 @@ def _interpolate_alerts(
     problems: list[str] = []
     filled_alerts: list[Any] = []
     for index, entry in enumerate(alerts):
-        if isinstance(entry, dict):
-            entry = dict(entry)
-            for key in ("url", "headers"):
-                if key in entry:
-                    entry[key], found = interpolate_env(
-                        entry[key], environ, f"alerts[{index}].{key}"
-                    )
-                    problems += found
-        filled_alerts.append(entry)
+        filled, found = _interpolate_keys(entry, ("url", "headers"), environ, f"alerts[{index}]")
+        filled_alerts.append(filled)
+        problems += found
     return {**data, "alerts": filled_alerts}, problems
+
+
+def _interpolate_keys(
+    section: Any, keys: Sequence[str], environ: Mapping[str, str], where: str
+) -> tuple[Any, list[str]]:
+    """A copy of the table `section` with `${NAME}` filled in under `keys`; anything that
+    is not a table is returned as it is (validation names the mistake)."""
+    if not isinstance(section, dict):
+        return section, []
+    filled = dict(section)
+    problems: list[str] = []
+    for key in keys:
+        if key in filled:
+            filled[key], found = interpolate_env(filled[key], environ, f"{where}.{key}")
+            problems += found
+    return filled, problems
 
 
 def _describe(error: ErrorDetails) -> str:

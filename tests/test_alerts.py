@@ -397,3 +397,20 @@ backoff_max_seconds = 1
         assert second.poll() is None
     finally:
         receiver.stop()
+
+
+async def test_deliveries_claimed_when_the_sender_stops_are_given_back_unsent(
+    store: SQLiteStore, receiver: Receiver
+) -> None:
+    alert = alert_config(receiver)
+    await store.route_alert_events(alert.route())
+    await fail_job(store)
+    await fail_job(store)
+    await store.route_alert_events(alert.route())
+    stopped = asyncio.Event()
+    stopped.set()
+    assert await sender(store, alert, owner="stopping").send_due(stopped) == 2
+    assert receiver.requests() == []
+    # No lease left to wait for: another process claims them at once.
+    again = await store.claim_alert_deliveries("ops", owner="next", lease_seconds=30, limit=10)
+    assert [d.attempts for d in again] == [2, 2]

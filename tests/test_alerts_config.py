@@ -3,6 +3,8 @@ secret filled in from the environment never shows in a message, a repr or the AP
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -90,3 +92,14 @@ def test_invalid_alerts_are_refused_with_their_keys() -> None:
 def test_alert_names_are_unique() -> None:
     found = problems({"name": "a", "url": "http://x"}, {"name": "a", "url": "http://y"})
     assert found == ["alerts: duplicate alert name 'a'; names must be unique"]
+
+
+def test_the_example_alert_validates_when_uncommented() -> None:
+    text = (Path(__file__).parents[1] / "examples" / "queue-service.toml").read_text()
+    block = text[text.index("# [[alerts]]") : text.index("# Databricks sync")].splitlines()
+    uncommented = "\n".join(
+        line[2:] for line in block if line.startswith("# ") and not line.startswith("# #")
+    )
+    config = parse_config(tomllib.loads(uncommented), environ={"SLACK_WEBHOOK_URL": "https://x/y"})
+    [alert] = config.alerts
+    assert (alert.name, alert.format, alert.rate_limit) == ("ops-slack", "slack", "5m")

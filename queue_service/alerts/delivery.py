@@ -73,6 +73,9 @@ def post_webhook(url: str, body: bytes, headers: Mapping[str, str], timeout: flo
         raise DeliveryError(f"no answer: {exc.reason}") from None
     except (OSError, http.client.HTTPException) as exc:
         raise DeliveryError(f"no answer: {exc.__class__.__name__}: {exc}") from None
+    except ValueError as exc:
+        # http.client.InvalidURL and the like quote the URL: name the kind only.
+        raise DeliveryError(f"the request could not be made ({exc.__class__.__name__})") from None
 
 
 Post = Callable[[str, bytes, Mapping[str, str], float], int]
@@ -137,13 +140,14 @@ class AlertSender:
 
     async def send_due(self, stop: asyncio.Event | None = None) -> int:
         """Claim the due deliveries (up to CLAIM_BATCH) and send them one by one; returns
-        how many were claimed. When `stop` is set meanwhile, the rest keep their lease and
-        are sent again once it expires (by this process after a restart, or another)."""
+        how many were claimed. When `stop` is set meanwhile, the rest are given back
+        unsent."""
         deliveries = await self.store.claim_alert_deliveries(
             self.alert.name, owner=self.owner, lease_seconds=self.lease_seconds, limit=CLAIM_BATCH
         )
-        for delivery in deliveries:
+        for index, delivery in enumerate(deliveries):
             if stop is not None and stop.is_set():
+                await self._release(deliveries[index:])
                 break
             outcome = await self.send(delivery)
             await self.store.finish_alert_delivery(
@@ -156,6 +160,19 @@ class AlertSender:
                 retry_at=outcome.retry_at,
             )
         return len(deliveries)
+
+    async def _release(self, deliveries: Sequence[AlertDelivery]) -> None:
+        """Shutting down: give back claimed deliveries not yet sent, due now, so another
+        process (or this one restarted) need not wait for their leases to expire."""
+        now = format_ts(utcnow())
+        for delivery in deliveries:
+            await self.store.finish_alert_delivery(
+                delivery.delivery_id,
+                owner=self.owner,
+                attempt=delivery.attempts,
+                status=DeliveryStatus.PENDING,
+                retry_at=now,
+            )
 
     async def send(self, delivery: AlertDelivery) -> Outcome:
         """POST one delivery and decide what happens next. Never raises for the receiver's
