@@ -83,6 +83,10 @@ MATRIX: dict[tuple[str, str], dict[str, int | tuple[int, str]]] = {
         "*": OK, "jobs:rw": OK, "jobs:ro": OK, "jobs:status:ro": DENIED,
         "plugin:rw": DENIED, "plugin:ro": DENIED,
     },
+    ("GET", "/alerts"): {
+        "*": OK, "jobs:rw": OK, "jobs:ro": OK, "jobs:status:ro": DENIED,
+        "plugin:rw": DENIED, "plugin:ro": DENIED,
+    },
 }  # fmt: skip
 
 
