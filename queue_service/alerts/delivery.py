@@ -9,7 +9,8 @@ Each task, every `poll_interval` seconds:
 Guarantees (docs/CONFIGURATION.md#alerts): at least once. A delivery is held by one process
 at a time (the lease), so several processes never send it at once; it is marked sent only
 after the receiver's 2xx, so a process that dies mid-send leaves it to be sent again once
-its lease expires: the one delivery in flight may arrive twice, with the same
+its lease expires (a restart resends at most the delivery in flight), and a late or non-2xx
+answer is retried even if the receiver kept the message: every copy carries the same
 `Idempotency-Key`. One alert's slow or failing receiver never delays another alert: every
 alert has its own task, and every request its own bounded timeout.
 """
