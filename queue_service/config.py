@@ -32,6 +32,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails, PydanticCustomError
 
+from queue_service.alerts.config import Alerts
 from queue_service.databricks.config import DatabricksConfig
 from queue_service.plugins.runner import default_timeout
 from queue_service.scheduling import ScheduleSpec, schedule_key
@@ -243,6 +244,8 @@ class ServiceConfig(_Section):
     plugins: dict[str, PluginSection] = Field(default_factory=dict)
     #: None when the file has no `[databricks]` section: then no sync runs.
     databricks: DatabricksConfig | None = None
+    #: `[[alerts]]`: webhooks for failed and long-running jobs (queue_service/alerts).
+    alerts: Alerts = Field(default_factory=list)
 
     def plugin(self, name: str) -> PluginSection:
         """The section of plugin `name`, or the defaults when it is not configured."""
@@ -296,7 +299,10 @@ def parse_config(
     `base_dir` (default: the working directory); `${NAME}` references in plugin
     `config` and `secrets` tables are filled in from `environ` (default: this
     process's environment). Raises ConfigError."""
-    data, unset = _interpolate_plugins(data, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    data, unset = _interpolate_plugins(data, environ)
+    data, unset_in_alerts = _interpolate_alerts(data, environ)
+    unset += unset_in_alerts
     try:
         config = ServiceConfig.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
@@ -347,16 +353,44 @@ def _interpolate_plugins(
     problems: list[str] = []
     filled_plugins: dict[str, Any] = {}
     for name, section in plugins.items():
-        if isinstance(section, dict):
-            section = dict(section)
-            for table in ("config", "secrets"):
-                if table in section:
-                    section[table], found = interpolate_env(
-                        section[table], environ, f"plugins.{name}.{table}"
-                    )
-                    problems += found
-        filled_plugins[name] = section
+        filled_plugins[name], found = _interpolate_keys(
+            section, ("config", "secrets"), environ, f"plugins.{name}"
+        )
+        problems += found
     return {**data, "plugins": filled_plugins}, problems
+
+
+def _interpolate_alerts(
+    data: Mapping[str, Any], environ: Mapping[str, str]
+) -> tuple[Mapping[str, Any], list[str]]:
+    """Fill in `url` and `headers` of every `[[alerts]]` entry (webhook URLs and tokens
+    are secrets). Returns a copy; `data` is not changed."""
+    alerts = data.get("alerts")
+    if not isinstance(alerts, list):
+        return data, []
+    problems: list[str] = []
+    filled_alerts: list[Any] = []
+    for index, entry in enumerate(alerts):
+        filled, found = _interpolate_keys(entry, ("url", "headers"), environ, f"alerts[{index}]")
+        filled_alerts.append(filled)
+        problems += found
+    return {**data, "alerts": filled_alerts}, problems
+
+
+def _interpolate_keys(
+    section: Any, keys: Sequence[str], environ: Mapping[str, str], where: str
+) -> tuple[Any, list[str]]:
+    """A copy of the table `section` with `${NAME}` filled in under `keys`; anything that
+    is not a table is returned as it is (validation names the mistake)."""
+    if not isinstance(section, dict):
+        return section, []
+    filled = dict(section)
+    problems: list[str] = []
+    for key in keys:
+        if key in filled:
+            filled[key], found = interpolate_env(filled[key], environ, f"{where}.{key}")
+            problems += found
+    return filled, problems
 
 
 def _describe(error: ErrorDetails) -> str:

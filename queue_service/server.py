@@ -20,6 +20,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from queue_service import logsetup
+from queue_service.alerts.delivery import start_alerts
 from queue_service.api import ServiceState, create_app
 from queue_service.api.mcp import serve_stdio
 from queue_service.auth import AuthError
@@ -190,7 +191,8 @@ def _start_sync(state: ServiceState, stop: asyncio.Event) -> Coroutine[Any, Any,
 
 
 def start_roles(state: ServiceState, stop: asyncio.Event) -> list[asyncio.Task[None]]:
-    """Start the worker, the scheduler and (when configured) the Databricks sync.
+    """Start the worker, the scheduler and (when configured) the Databricks sync and the
+    alert senders.
 
     Each role runs until `stop` is set; the worker then drains gracefully.
     """
@@ -203,7 +205,8 @@ def start_roles(state: ServiceState, stop: asyncio.Event) -> list[asyncio.Task[N
     sync = _start_sync(state, stop)
     if sync is not None:
         roles.append(sync)
-    return [asyncio.create_task(role) for role in roles]
+    tasks = [asyncio.create_task(role) for role in roles]
+    return tasks + start_alerts(state.store, state.config.alerts, stop)
 
 
 async def open_service(

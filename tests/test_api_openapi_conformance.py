@@ -31,7 +31,14 @@ from queue_service.databricks.status import EXTRA_FAILURES, EXTRA_FAULT_KIND, EX
 from queue_service.plugins import load
 from queue_service.scheduler import Scheduler
 from queue_service.statuses import AttemptStatus, Status
-from queue_service.store import ExternalJob, NewJob, SQLiteStore, StoreUnavailable, SyncState
+from queue_service.store import (
+    DeliveryStatus,
+    ExternalJob,
+    NewJob,
+    SQLiteStore,
+    StoreUnavailable,
+    SyncState,
+)
 from queue_service.store.types import AttemptEnd
 from tests.conftest import TokenFactory, bearer
 from tests.test_api_plugins import INVALID, PLUGINS
@@ -67,6 +74,21 @@ def config_with_everything() -> Any:
                     {"name": "never-synced"},
                 ]
             },
+            "alerts": [
+                {
+                    "name": "ops",
+                    "url": "https://hooks.example/services/secret",
+                    "format": "slack",
+                    "rate_limit": "5m",
+                    "headers": {"Authorization": "Bearer secret"},
+                },
+                {
+                    "name": "slow",
+                    "url": "http://127.0.0.1:9/",
+                    "statuses": [],
+                    "running_longer_than": "30m",
+                },
+            ],
         }
     )
 
@@ -82,6 +104,8 @@ async def seed(state: ServiceState) -> dict[str, str]:
     """Jobs of every kind the views show; returns their ids by role."""
     store = state.store
     ids: dict[str, str] = {}
+    for alert in state.config.alerts:
+        await store.route_alert_events(alert.route())  # alerts start from here
     ids["finished"] = (
         await store.enqueue(NewJob("ok", "poll", {"deep": {"list": [1, 2.5, None, "ü"]}}))
     ).job_id
@@ -147,6 +171,22 @@ async def seed(state: ServiceState) -> dict[str, str]:
             last_error_at="2026-11-20T10:07:00.000000Z",
             extra={EXTRA_FAILURES: 2, EXTRA_FAULT_KIND: "transient"},
         )
+    )
+    # A job failed: one alert delivery, tried once and failed, then pending. (The failed
+    # Databricks run above ended too long before it was recorded to alert.)
+    flaky = (await store.enqueue(NewJob("flaky", "poll", {}, max_attempts=1))).job_id
+    await store.claim_jobs("flaky", limit=1, owner="w", lease_seconds=60)
+    await store.set_status(flaky, Status.FAILED, last_error="boom")
+    await store.route_alert_events(state.config.alerts[0].route(), now=datetime.now(UTC))
+    [delivery] = await store.claim_alert_deliveries("ops", owner="s", lease_seconds=5, limit=5)
+    await store.finish_alert_delivery(
+        delivery.delivery_id,
+        owner="s",
+        attempt=1,
+        status=DeliveryStatus.PENDING,
+        response_status=503,
+        error="HTTP 503 from https://hooks.example",
+        retry_at="2099-01-01T00:00:00.000000Z",
     )
     scheduler = Scheduler.from_config(store, state.config)
     await scheduler.tick(datetime(2026, 3, 2, 7, 58, tzinfo=UTC))
@@ -263,6 +303,9 @@ async def test_every_response_validates_against_the_openapi_document(
         await call("list_schedules", "/schedules", headers=admin)
         await call("sync_status", "/sync", headers=admin)
         await call("get_metrics", "/metrics", headers=admin)
+        alerts = await call("list_alerts", "/alerts", headers=admin)
+        assert [a["name"] for a in alerts.json()["alerts"]] == ["ops", "slow"]
+        assert "secret" not in alerts.text
         for dedupe in ("new", "new"):  # 202, then 200 deduplicated
             await call("enqueue_job", "/plugin/ok/poll", headers=admin, json={"dedupe_key": dedupe})
         # Each installed command's own operation: 202, then 200 with the same key, with the

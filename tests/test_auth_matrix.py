@@ -95,6 +95,10 @@ MATRIX: dict[tuple[str, str], dict[str, int | tuple[int, str]]] = {
         "*": OK, "jobs:rw": DENIED, "jobs:ro": DENIED, "jobs:status:ro": DENIED,
         "plugin:rw": DENIED, "plugin:ro": DENIED, "metrics:ro": OK,
     },
+    ("GET", "/alerts"): {
+        "*": OK, "jobs:rw": OK, "jobs:ro": OK, "jobs:status:ro": DENIED,
+        "plugin:rw": DENIED, "plugin:ro": DENIED, "metrics:ro": DENIED,
+    },
 }  # fmt: skip
 
 

@@ -11,6 +11,7 @@ import pytest
 from queue_service.cli import main
 from queue_service.statuses import AttemptStatus, Source, Status
 from queue_service.store import (
+    AlertRoute,
     AttemptEnd,
     ExternalJob,
     JobFilter,
@@ -101,6 +102,8 @@ async def test_copy_moves_every_table_and_keeps_order_totals_and_fields(
     store: Store, target: Store
 ) -> None:
     await fill(store)
+    # An alert already running on the target: its cursor stands before the copy.
+    assert await target.route_alert_events(AlertRoute(alert="ops")) == 0
     report = await copy_store(store, target, batch=7)
 
     counts = await store.portable_counts()
@@ -138,6 +141,9 @@ async def test_copy_moves_every_table_and_keeps_order_totals_and_fields(
     assert await target.get_schedule_states() == await store.get_schedule_states()
     assert await target.get_sync_states() == await store.get_sync_states()
     assert await target.get_plugin_state("p") == await store.get_plugin_state("p") != {}
+    # The failed jobs copied are not news: no alert event was recorded for them.
+    assert (await target.list_jobs(JobFilter(statuses=(Status.FAILED,)))).total > 0
+    assert await target.route_alert_events(AlertRoute(alert="ops")) == 0
 
 
 async def test_a_non_empty_target_is_refused_and_nothing_is_written(

@@ -13,7 +13,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from queue_service.api import examples, index, jobs, mcp, metrics, plugins, sync_routes, ui
+from queue_service.api import (
+    alert_routes,
+    examples,
+    index,
+    jobs,
+    mcp,
+    metrics,
+    plugins,
+    sync_routes,
+    ui,
+)
 from queue_service.api.openapi import OpenApiCache, base_url
 from queue_service.api.operations import Context, Operation, endpoint
 from queue_service.api.state import ServiceState
@@ -69,6 +79,7 @@ CORE_OPERATIONS: tuple[Operation, ...] = (
     *plugins.OPERATIONS,
     *sync_routes.OPERATIONS,
     *metrics.OPERATIONS,
+    *alert_routes.OPERATIONS,
 )
 
 

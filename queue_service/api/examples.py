@@ -194,3 +194,43 @@ ERRORS: dict[int, dict[str, Any]] = {
         "code": "unavailable",
     },
 }
+
+_DELIVERY: dict[str, Any] = {
+    "delivery_id": "7",
+    "status": "sent",
+    "kind": "status",
+    "plugin": "echo",
+    "command": "poll",
+    "job_id": JOB_ID,
+    "job_status": "failed",
+    "events": 3,
+    "created_at": _COMPLETED,
+    "next_attempt_at": None,
+    "attempts": 1,
+    "last_attempt_at": _COMPLETED,
+    "last_error": None,
+    "response_status": 200,
+    "finished_at": _COMPLETED,
+}
+
+ALERTS: dict[str, Any] = {
+    "alerts": [
+        {
+            "name": "ops",
+            "target": "https://hooks.example.com",
+            "format": "slack",
+            "statuses": ["failed", "timed_out", "dead"],
+            "running_longer_than": None,
+            "plugins": [],
+            "commands": [],
+            "sources": [],
+            "rate_limit": "5m",
+            "header_names": [],
+            "timeout_seconds": 10.0,
+            "max_attempts": 8,
+            "counts": {"pending": 0, "sent": 1, "failed": 0},
+            "recent": [_DELIVERY],
+            "failures": [],
+        }
+    ]
+}

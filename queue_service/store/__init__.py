@@ -20,8 +20,13 @@ from queue_service.store.errors import (
 from queue_service.store.protocol import Store
 from queue_service.store.sqlite import SQLiteStore
 from queue_service.store.types import (
+    AlertDelivery,
+    AlertEvent,
+    AlertEventKind,
+    AlertRoute,
     AttemptEnd,
     Cursor,
+    DeliveryStatus,
     EnqueueResult,
     ExternalJob,
     FireOutcome,
@@ -67,9 +72,14 @@ async def open_store(db: str, *, migrate: bool = True, **options: Any) -> Store:
 
 
 __all__ = [
+    "AlertDelivery",
+    "AlertEvent",
+    "AlertEventKind",
+    "AlertRoute",
     "AttemptEnd",
     "Conflict",
     "Cursor",
+    "DeliveryStatus",
     "EnqueueResult",
     "ExternalJob",
     "FireOutcome",

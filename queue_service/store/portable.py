@@ -8,7 +8,9 @@ them; a backend with richer column types converts on the way in and out.
 What is copied: jobs (with their ids, statuses, payloads, results and timestamps), their
 attempts, tokens (hashes only: a secret is never stored anywhere), plugin state, schedule
 state and fired slots, and Databricks sync state. What is not: the count rollups, which every
-backend keeps from the jobs themselves, and internal sequence numbers, which the target gives
+backend keeps from the jobs themselves; alert events, cursors and deliveries (a copied job
+that failed is history, not news: importing it records no alert event, and alerts on the target
+start from what happens there); and internal sequence numbers, which the target gives
 anew in the source's order (so "newest first" and keyset paging keep the same order). Token
 ids are kept: a job's `submitted_by_token` names its token by id (own-job reads).
 """

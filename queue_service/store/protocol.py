@@ -14,8 +14,11 @@ from typing import Any, Protocol
 
 from queue_service.statuses import Source, Status
 from queue_service.store.types import (
+    AlertDelivery,
+    AlertRoute,
     AttemptEnd,
     Cursor,
+    DeliveryStatus,
     EnqueueResult,
     ExternalJob,
     FireResult,
@@ -145,7 +148,10 @@ class Store(Protocol):
 
     async def prune_finished(self, *, before: str, limit: int = 500) -> int:
         """Delete up to `limit` finished jobs completed before `before`, in one small
-        transaction (call repeatedly). Queued and running jobs are never pruned."""
+        transaction (call repeatedly). Queued and running jobs are never pruned. The same
+        transaction deletes up to `limit` alert deliveries that finished (sent or failed)
+        before `before`, and up to `limit` alert events recorded before `before` that no
+        pending delivery refers to. Returns the number of jobs deleted."""
         ...
 
     # -- tokens ----------------------------------------------------------
@@ -300,4 +306,86 @@ class Store(Protocol):
         already holds (by the table's identity or any unique key); returns how many were
         inserted. Jobs get new internal sequence numbers in the order given, and the
         counts behind `list_jobs` totals follow them in the same transaction."""
+
+    # -- alerts ----------------------------------------------------------
+    #
+    # The outbox: whenever a job's status becomes failed, timed_out or dead (inserted so, or
+    # changed to it by any write, the worker's, lease recovery's, the sync's or a
+    # set_status), the store records an AlertEvent of kind `status` IN THE SAME
+    # TRANSACTION as the change (SQLite: triggers on jobs). Events carry the job's plugin,
+    # command, source, new status, attempt, last_error, external_url, started_at and
+    # completed_at, and recorded_at (now, fixed-width UTC). Event ids increase.
+
+    async def record_long_running(
+        self, *, running_seconds: int, now: datetime | None = None, limit: int = 500
+    ) -> int:
+        """Record an event of kind `running_long` (with `running_seconds` set) for up to
+        `limit` jobs that are running and started before `now` - `running_seconds`, at most
+        one per (job, attempt, running_seconds) ever. Returns how many were recorded."""
+        ...
+
+    async def route_alert_events(
+        self, route: AlertRoute, *, now: datetime | None = None, limit: int = 500
+    ) -> int:
+        """In one transaction: read up to `limit` events after the cursor of `route.alert`
+        (a cursor seen for the first time starts after the newest event), make a
+        delivery of each event `route.matches`, and move the cursor past the events read.
+        Returns how many events were read (call again while it equals `limit`).
+
+        Without a rate limit each matching event becomes a new pending delivery
+        (`next_attempt_at` = `not_before` = now). With `rate_limit_seconds` R, deliveries
+        are grouped by the event's plugin: when the latest delivery of (alert, plugin) has
+        `not_before` + R > now, the event is folded into it (`events` + 1, its
+        `last_event` becomes this event) if it is pending, never attempted and not
+        leased; otherwise a new delivery is made with `not_before` = `next_attempt_at` =
+        that window's end. So at most one delivery per plugin and window is sent, and
+        what a receiver may already have seen never changes. Safe from several processes
+        at once: an event becomes at most one delivery per alert."""
+        ...
+
+    async def claim_alert_deliveries(
+        self,
+        alert: str,
+        *,
+        owner: str,
+        lease_seconds: float,
+        limit: int,
+        now: datetime | None = None,
+    ) -> list[AlertDelivery]:
+        """Claim up to `limit` pending deliveries of `alert` that are due
+        (`next_attempt_at` <= now) and not leased (or whose lease expired: the sender
+        died), oldest due first, atomically: each gets `attempts` + 1, `last_attempt_at`
+        = now and a lease for `owner` until now + `lease_seconds`. A delivery is never
+        held by two owners at once. Returned with their first and last events, in
+        creation order."""
+        ...
+
+    async def finish_alert_delivery(
+        self,
+        delivery_id: str,
+        *,
+        owner: str,
+        attempt: int,
+        status: DeliveryStatus,
+        response_status: int | None = None,
+        error: str | None = None,
+        retry_at: str | None = None,
+    ) -> bool:
+        """Record how attempt number `attempt` of a claimed delivery went and release its
+        lease: `sent` or `failed` (given up) finish it (`finished_at` = now); `pending`
+        with `retry_at` sets its next attempt. `error` (when given) replaces
+        `last_error`; `response_status` is stored as given. Returns False, writing
+        nothing, when `owner` no longer holds that attempt's lease or the delivery is
+        not pending."""
+        ...
+
+    async def recent_alert_deliveries(
+        self, alert: str, *, limit: int = 20, failures_only: bool = False
+    ) -> list[AlertDelivery]:
+        """The latest `limit` deliveries of `alert`, newest first, with their events; with
+        `failures_only`, only those that have a `last_error` (any status)."""
+        ...
+
+    async def alert_delivery_counts(self, alert: str) -> dict[str, int]:
+        """How many deliveries of `alert` are pending, sent and failed (every key present)."""
         ...

@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 from queue_service.statuses import AttemptStatus, Source, Status
+from queue_service.timeutil import parse_rfc3339
 
 JSON = Any
 
@@ -243,3 +244,101 @@ class FireResult:
 
     outcome: FireOutcome
     job_id: str | None = None
+
+
+# -- alerts ---------------------------------------------------------------------------
+
+
+class AlertEventKind(StrEnum):
+    #: A job became failed, timed_out or dead (written by the store with the change).
+    STATUS = "status"
+    #: A job has been running longer than a threshold (`record_long_running`).
+    RUNNING_LONG = "running_long"
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    #: Given up: every attempt failed.
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """One row of the alert outbox: what happened to which job, and when it was recorded."""
+
+    event_id: int
+    kind: AlertEventKind
+    job_id: str
+    plugin: str
+    command: str
+    source: str
+    status: str
+    attempt: int
+    last_error: str | None
+    external_url: str | None
+    started_at: str | None
+    completed_at: str | None
+    #: The threshold of a running_long event, in seconds; None for a status event.
+    running_seconds: int | None
+    recorded_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRoute:
+    """Which outbox events one configured alert sends, and how they are grouped. Empty
+    tuples mean "any"; `rate_limit_seconds` None sends one message per event."""
+
+    alert: str
+    statuses: tuple[str, ...] = ()
+    running_seconds: int | None = None
+    plugins: tuple[str, ...] = ()
+    commands: tuple[str, ...] = ()
+    sources: tuple[str, ...] = ()
+    rate_limit_seconds: float | None = None
+    #: A status event about a job that ended more than this long before the event was
+    #: recorded (a Databricks run the sync first sees long after it ended) is not sent.
+    stale_seconds: float = 86400.0
+
+    def matches(self, event: AlertEvent) -> bool:
+        """Whether this route sends `event` (pure: no clock, no store)."""
+        if self.plugins and event.plugin not in self.plugins:
+            return False
+        if self.commands and event.command not in self.commands:
+            return False
+        if self.sources and event.source not in self.sources:
+            return False
+        if event.kind is AlertEventKind.RUNNING_LONG:
+            return event.running_seconds == self.running_seconds
+        if event.status not in self.statuses:
+            return False
+        return not _older_than(event.completed_at, event.recorded_at, self.stale_seconds)
+
+
+def _older_than(moment: str | None, reference: str, seconds: float) -> bool:
+    if moment is None:
+        return False
+    age = parse_rfc3339(reference) - parse_rfc3339(moment)
+    return age.total_seconds() > seconds
+
+
+@dataclass(frozen=True, slots=True)
+class AlertDelivery:
+    """One message for one alert: the events it carries (the first and the last of
+    `events` folded together by a rate limit) and how sending it went."""
+
+    delivery_id: str
+    alert: str
+    plugin: str
+    status: DeliveryStatus
+    events: int
+    created_at: str
+    not_before: str
+    next_attempt_at: str
+    attempts: int
+    last_attempt_at: str | None
+    last_error: str | None
+    response_status: int | None
+    finished_at: str | None
+    first_event: AlertEvent | None
+    last_event: AlertEvent | None

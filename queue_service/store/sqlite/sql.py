@@ -28,7 +28,7 @@ def parse_named_queries(text: str) -> dict[str, str]:
 
 
 #: The files of named queries, one per concern.
-QUERY_FILES = ("queries.sql", "work.sql", "sync.sql", "schedules.sql")
+QUERY_FILES = ("queries.sql", "work.sql", "sync.sql", "schedules.sql", "alerts.sql")
 
 
 @cache

@@ -12,13 +12,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from queue_service.statuses import Source, Status
+from queue_service.store.sqlite import alerts, listing, portable, schedules, sync, tokens, work
 from queue_service.store.sqlite import jobs as _jobs
-from queue_service.store.sqlite import listing, portable, schedules, sync, tokens, work
 from queue_service.store.sqlite.connection import Database
 from queue_service.store.sqlite.sql import q
 from queue_service.store.types import (
+    AlertDelivery,
+    AlertRoute,
     AttemptEnd,
     Cursor,
+    DeliveryStatus,
     EnqueueResult,
     ExternalJob,
     FireResult,
@@ -239,3 +242,63 @@ class SQLiteStore(Database):
 
     async def import_rows(self, table: str, rows: Sequence[tuple[Any, ...]]) -> int:
         return await self._write(portable.import_rows, table, list(rows))
+
+    # -- alerts ----------------------------------------------------------
+
+    async def record_long_running(
+        self, *, running_seconds: int, now: datetime | None = None, limit: int = 500
+    ) -> int:
+        return await self._write(
+            alerts.record_long_running, running_seconds, now or utcnow(), limit
+        )
+
+    async def route_alert_events(
+        self, route: AlertRoute, *, now: datetime | None = None, limit: int = 500
+    ) -> int:
+        return await self._write(alerts.route_events, route, now or utcnow(), limit)
+
+    async def claim_alert_deliveries(
+        self,
+        alert: str,
+        *,
+        owner: str,
+        lease_seconds: float,
+        limit: int,
+        now: datetime | None = None,
+    ) -> list[AlertDelivery]:
+        moment = now or utcnow()
+        lease = format_ts(moment + timedelta(seconds=lease_seconds))
+        return await self._write(
+            alerts.claim_deliveries, alert, owner, lease, format_ts(moment), limit
+        )
+
+    async def finish_alert_delivery(
+        self,
+        delivery_id: str,
+        *,
+        owner: str,
+        attempt: int,
+        status: DeliveryStatus,
+        response_status: int | None = None,
+        error: str | None = None,
+        retry_at: str | None = None,
+    ) -> bool:
+        return await self._write(
+            alerts.finish_delivery,
+            delivery_id,
+            owner,
+            attempt,
+            status,
+            response_status,
+            error,
+            retry_at,
+            format_ts(utcnow()),
+        )
+
+    async def recent_alert_deliveries(
+        self, alert: str, *, limit: int = 20, failures_only: bool = False
+    ) -> list[AlertDelivery]:
+        return await self._read(alerts.recent_deliveries, alert, limit, failures_only)
+
+    async def alert_delivery_counts(self, alert: str) -> dict[str, int]:
+        return await self._read(alerts.delivery_counts, alert)

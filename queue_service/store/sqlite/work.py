@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from queue_service.statuses import Status
 from queue_service.store.errors import Conflict, JobNotFound
+from queue_service.store.sqlite import alerts
 from queue_service.store.sqlite.rows import encode_json, job_from_row
 from queue_service.store.sqlite.sql import q
 from queue_service.store.types import AttemptEnd, Job, RecoveredJob
@@ -204,6 +205,7 @@ def prune_finished(conn: sqlite3.Connection, before: str, limit: int) -> int:
     params = {"before": before, "limit": limit}
     deleted = int(conn.execute(q("prune_finished"), params).rowcount)
     conn.execute(q("prune_schedule_fires"), params)
+    alerts.prune(conn, before, limit)
     if deleted < limit:
         # The last batch of a pass (callers repeat while a batch is full): sweep the count
         # rows that fell to zero once per pass, not once per batch of 500.

@@ -1,3 +1,0 @@
--- PLACEHOLDER, NOT A MIGRATION: version 3 is reserved for another branch (the lead assigns
--- it). Migrations must be numbered 1..N without gaps, so this comment-only file stands in
--- for it until that branch is merged; delete this file when the real 0003_*.sql arrives.
