@@ -453,7 +453,12 @@ def build(jobs: int, path: Path, seed: int) -> dict[str, Any]:
         for chunk in pool.imap(write_chunk, tasks):
             conn.execute("ATTACH DATABASE ? AS chunk", (chunk,))
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(f"INSERT INTO main.jobs SELECT {', '.join(JOB_COLUMNS)} FROM chunk.jobs")
+            # Columns named on both sides: later migrations' columns (submitted_by_token)
+            # stay NULL, as they are for jobs no token submitted.
+            job_columns = ", ".join(JOB_COLUMNS)
+            conn.execute(
+                f"INSERT INTO main.jobs ({job_columns}) SELECT {job_columns} FROM chunk.jobs"
+            )
             conn.execute(
                 f"INSERT INTO temp.attempts SELECT {attempt_columns} FROM chunk.job_attempts"
             )
