@@ -114,9 +114,8 @@ def postgresql_database() -> Iterator[PostgreSQLDatabase]:
     try:
         admin = psycopg.connect(server, autocommit=True, connect_timeout=3)
     except psycopg.Error as exc:
-        reason = (
-            f"no PostgreSQL server answers at {server} ({str(exc).strip()}); set {PG_SERVER_ENV}"
-        )
+        why = " ".join(str(exc).split())  # one line in the skip summary
+        reason = f"no PostgreSQL server answers at {server} ({why}); set {PG_SERVER_ENV}"
         if os.environ.get(PG_REQUIRE_ENV) == "1":
             pytest.fail(f"{reason} ({PG_REQUIRE_ENV}=1 requires one)")
         pytest.skip(reason)
