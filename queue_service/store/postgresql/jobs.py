@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from psycopg.rows import dict_row
 
 from queue_service.statuses import Source, Status, allowed_predecessors
@@ -30,33 +31,33 @@ async def insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[EnqueueResult]
     a keyed job alone (to learn whether it was deduplicated)."""
     now = now_ts()
     results: list[EnqueueResult] = []
-    plain: list[tuple[str, NewJob]] = []
+    plain: list[dict[str, Any]] = []
 
     async def flush() -> None:
         if not plain:
             return
         await conn.execute(
-            q("insert_jobs"),
-            {
-                "created_at": now,
-                "job_ids": [job_id for job_id, _ in plain],
-                "plugins": [j.plugin for _, j in plain],
-                "commands": [j.command for _, j in plain],
-                "payloads": [encode_json(j.payload) for _, j in plain],
-                "max_attempts": [j.max_attempts for _, j in plain],
-                "submitted_by": [j.submitted_by for _, j in plain],
-                "submitted_by_token": [j.submitted_by_token for _, j in plain],
-                "schedule_ids": [j.schedule_id for _, j in plain],
-                "run_after": [j.run_after or now for _, j in plain],
-            },
+            q("insert_jobs"), {"created_at": now, "jobs": orjson.dumps(plain).decode()}
         )
-        results.extend(EnqueueResult(job_id, deduplicated=False) for job_id, _ in plain)
+        results.extend(EnqueueResult(row["job_id"], deduplicated=False) for row in plain)
         plain.clear()
 
     for job in jobs:
         job_id = job.job_id or new_job_id()
         if job.dedupe_key is None:
-            plain.append((job_id, job))
+            plain.append(
+                {
+                    "job_id": job_id,
+                    "plugin": job.plugin,
+                    "command": job.command,
+                    "payload": encode_json(job.payload),
+                    "max_attempts": job.max_attempts,
+                    "submitted_by": job.submitted_by,
+                    "submitted_by_token": job.submitted_by_token,
+                    "schedule_id": job.schedule_id,
+                    "run_after": job.run_after or now,
+                }
+            )
             continue
         await flush()
         results.append(await _insert_deduped(conn, job_id, job, now))
