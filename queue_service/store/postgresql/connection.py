@@ -99,6 +99,8 @@ class Database:
         #: Why the store only reads (a standby server), or None.
         self.read_only: str | None = None
         self._pool: AsyncConnectionPool[Conn] | None = None
+        #: Connections on their way back to the pool (see _getconn).
+        self._returning: set[asyncio.Future[None]] = set()
         self._closed = False
         self._begin_write = f"BEGIN; SET LOCAL statement_timeout = {int(write_timeout_s * 1000)}"
 
@@ -142,10 +144,14 @@ class Database:
         for run in range(1, _MAX_RUNS + 1):
             conn: Conn | None = None
             try:
-                async with self.pool.connection() as conn:
+                conn = await self._getconn()
+                try:
                     if begin is None:
                         return await fn(conn, *args)
                     return await self._in_transaction(conn, begin, fn, args)
+                finally:
+                    # The pool rolls back (or discards) a connection left mid-transaction.
+                    await self.pool.putconn(conn)
             except CommitUnknown:
                 raise
             except Exception as exc:
@@ -160,6 +166,27 @@ class Database:
             await asyncio.sleep(pause * (0.5 + random.random()))  # noqa: S311 (jitter)
             pause *= 2
         raise AssertionError("unreachable")
+
+    async def _getconn(self) -> Conn:
+        """A connection from the pool. The wait runs shielded: cancelling a caller that waits
+        for a connection (a request that went away, a task stopped at close) can be lost
+        inside the pool's wait on Python 3.11 (asyncio.wait_for), and the caller would go
+        on as if never cancelled. So the caller is cancelled at once, and a connection that
+        arrives afterwards goes straight back to the pool."""
+        pool = self.pool
+        getting = asyncio.ensure_future(pool.getconn())
+        try:
+            return await asyncio.shield(getting)
+        except asyncio.CancelledError:
+            getting.add_done_callback(self._give_back)
+            raise
+
+    def _give_back(self, getting: asyncio.Future[Conn]) -> None:
+        if getting.cancelled() or getting.exception() is not None or self._pool is None:
+            return
+        task = asyncio.ensure_future(self._pool.putconn(getting.result()))
+        self._returning.add(task)
+        task.add_done_callback(self._returning.discard)
 
     async def _in_transaction(
         self, conn: Conn, begin: str, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]
