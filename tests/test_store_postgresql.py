@@ -190,6 +190,39 @@ async def test_a_serialization_failure_runs_the_transaction_again(
     assert await pg_store._tx(body) == 3
 
 
+async def test_a_caller_cancelled_while_it_waits_for_a_connection_is_cancelled(
+    postgresql_url: str,
+) -> None:
+    """Not resumed as if nothing happened (the pool's wait can lose a cancellation), and
+    the connection it was waiting for is not lost to the pool."""
+    store = PostgreSQLStore(postgresql_url, pool_size=1, connect_timeout_s=2)
+    await store.open()
+    try:
+
+        async def hold(conn: Conn) -> None:
+            await conn.execute("SELECT pg_sleep(0.3)")
+
+        async def quick(conn: Conn) -> str:
+            await conn.execute("SELECT 1")
+            return "ran"
+
+        busy = asyncio.create_task(store._read_statement(hold))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(store._tx(quick))
+        await asyncio.sleep(0.05)
+        await busy
+        # The connection was just handed to the waiting caller, which has not run since:
+        # the moment a cancellation used to be lost.
+        assert not waiting.done() and waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        # The one connection came back: these would wait out the pool's timeout otherwise.
+        for _ in range(3):
+            assert await store._tx(quick) == "ran"
+    finally:
+        await store.close()
+
+
 async def test_other_errors_are_not_retried_and_roll_back(pg_store: PostgreSQLStore) -> None:
     runs: list[int] = []
 

@@ -32,6 +32,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from queue_service.store.errors import StoreUnavailable
@@ -191,11 +192,11 @@ class Database:
     async def _in_transaction(
         self, conn: Conn, begin: str, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]
     ) -> T:
-        await conn.execute(begin, prepare=False)
         try:
+            await conn.execute(begin, prepare=False)
             result = await fn(conn, *args)
         except BaseException:
-            if not conn.broken:
+            if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
                 # The pool discards a connection it cannot reset.
                 with contextlib.suppress(psycopg.Error):
                     await conn.execute("ROLLBACK", prepare=False)
