@@ -17,6 +17,7 @@ import pytest
 
 from queue_service.statuses import Status
 from queue_service.store import (
+    JobNotFound,
     NewJob,
     NotADatabase,
     QueryTimeout,
@@ -372,6 +373,31 @@ async def test_prune_takes_the_finished_alert_rows_with_the_jobs(
     # The pending delivery keeps the event it carries; the old orphan event goes.
     assert deliveries == [("still-pending",)]
     assert events == [(event_id,)]
+
+
+async def test_nul_characters_never_reach_the_server(pg_store: PostgreSQLStore) -> None:
+    """PostgreSQL text cannot hold NUL: a key with one names nothing, free text keeps its
+    other characters, and an identifier with one is refused before any SQL."""
+    assert await pg_store.get_job("a\x00b") is None
+    assert await pg_store.get_attempts("a\x00b") == []
+    with pytest.raises(JobNotFound):
+        await pg_store.cancel_job("a\x00b")
+    with pytest.raises(JobNotFound):
+        await pg_store.set_status("a\x00b", Status.RUNNING)
+    with pytest.raises(ValueError, match="dedupe_key cannot contain NUL"):
+        await pg_store.enqueue(
+            NewJob("p", "c", {"nul": "\x00 is fine in a payload"}, dedupe_key="\x00")
+        )
+    job_id = (await pg_store.enqueue(NewJob("p", "c", {"nul": "\x00"}))).job_id
+    await pg_store.set_status(job_id, Status.RUNNING)
+    await pg_store.set_status(job_id, Status.FAILED, last_error="bad\x00byte")
+    job = await pg_store.get_job(job_id)
+    assert job is not None and job.payload == {"nul": "\x00"}
+    assert job.last_error == "bad\ufffdbyte"
+    assert await pg_store.token_by_hash("\x00") is None
+    assert not await pg_store.revoke_token("\x00")
+    with pytest.raises(ValueError, match="name cannot contain NUL"):
+        await pg_store.create_token("a\x00", "ab" * 32, ["*"], None)
 
 
 # --- tokens ------------------------------------------------------------------------------
