@@ -107,9 +107,16 @@ async def test_an_unreachable_server_is_reported_without_the_password() -> None:
     await store.close()
 
 
-def test_both_postgresql_schemes_open_the_postgresql_store() -> None:
-    for url in ("postgresql://127.0.0.1/db", "postgres://127.0.0.1/db"):
-        assert isinstance(create_store(url), PostgreSQLStore)
+async def test_both_postgresql_schemes_open_the_postgresql_store(postgresql_url: str) -> None:
+    short = "postgres://" + postgresql_url.split("://", 1)[1]
+    for url in (postgresql_url, short):
+        store = create_store(url)
+        assert isinstance(store, PostgreSQLStore)
+        await store.open()
+        try:
+            assert await store.schema_version() == latest_version()
+        finally:
+            await store.close()
     with pytest.raises(StoreUnavailable, match="mysql://"):
         create_store("mysql://127.0.0.1/db")
 
