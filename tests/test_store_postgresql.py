@@ -158,6 +158,23 @@ async def test_a_slow_read_is_stopped_and_the_store_stays_usable(postgresql_url:
         await store.close()
 
 
+async def test_upkeep_gets_the_write_budget_and_reads_keep_theirs(postgresql_url: str) -> None:
+    store = PostgreSQLStore(postgresql_url, pool_size=1, query_timeout_s=0.2)
+    await store.open()
+    try:
+
+        async def long(conn: Conn) -> str:
+            await conn.execute("SELECT pg_sleep(0.4)")
+            await conn.execute("VACUUM job_count_deltas")  # no transaction block around it
+            return "done"
+
+        assert await store._maintenance(long) == "done"
+        with pytest.raises(QueryTimeout):  # the same (only) connection, back on the read budget
+            await store._read_statement(long)
+    finally:
+        await store.close()
+
+
 async def test_a_connection_lost_before_commit_runs_the_transaction_again(
     pg_store: PostgreSQLStore, postgresql_url: str
 ) -> None:

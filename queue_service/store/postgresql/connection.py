@@ -11,7 +11,8 @@
 - `_read(fn, *args)` runs `fn` in one REPEATABLE READ, READ ONLY transaction: one snapshot
   for several statements (a page and its total). `_read_statement` runs a read of one
   statement with no transaction around it (one round trip); `_write_statement` the same
-  for a write of one idempotent statement.
+  for a write of one idempotent statement; `_maintenance` runs upkeep (VACUUM) outside a
+  transaction block with the write budget.
 - Every statement outside `_tx` is stopped after `query_timeout_s` (the session's
   statement_timeout); a write transaction allows `write_timeout_s`.
 - Errors become the store's (queue_service/store/errors.py; postgresql/errors.py says how).
@@ -103,6 +104,8 @@ class Database:
         #: Connections on their way back to the pool (see _getconn).
         self._returning: set[asyncio.Future[None]] = set()
         self._closed = False
+        self._read_budget = f"SET statement_timeout = {int(query_timeout_s * 1000)}"
+        self._write_budget = f"SET statement_timeout = {int(write_timeout_s * 1000)}"
         self._begin_write = f"BEGIN; SET LOCAL statement_timeout = {int(write_timeout_s * 1000)}"
 
     # -- connections -----------------------------------------------------
@@ -118,7 +121,7 @@ class Database:
         """Every new pooled connection: reads stop after the query budget; a client that
         stops inside a transaction (hung, SIGSTOPped) does not hold its locks forever."""
         await conn.execute(
-            f"SET statement_timeout = {int(self.query_timeout_s * 1000)}; "
+            f"{self._read_budget}; "
             f"SET idle_in_transaction_session_timeout = {int(self.write_timeout_s * 2000)}",
             prepare=False,
         )
@@ -226,6 +229,23 @@ class Database:
         if self.read_only is not None:
             raise StoreUnavailable(self.read_only)
         return await self._run(fn, args, None)
+
+    async def _maintenance(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run `fn(conn, *args)` in autocommit, outside any transaction block (VACUUM
+        cannot run in one), with the write budget instead of the read budget: upkeep a
+        large table may need longer for than a request may wait."""
+        if self.read_only is not None:
+            raise StoreUnavailable(self.read_only)
+
+        async def with_write_budget(conn: Conn, *fn_args: Any) -> T:
+            await conn.execute(self._write_budget, prepare=False)
+            try:
+                return await fn(conn, *fn_args)
+            finally:
+                if not conn.broken:
+                    await conn.execute(self._read_budget, prepare=False)
+
+        return await self._run(with_write_budget, args, None)
 
     async def _read(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run `fn(conn, *args)` in one read-only snapshot."""
