@@ -424,6 +424,55 @@ async def test_nul_characters_never_reach_the_server(pg_store: PostgreSQLStore) 
         await pg_store.create_token("a\x00", "ab" * 32, ["*"], None)
 
 
+async def test_counts_follow_statements_that_change_many_jobs(
+    pg_store: PostgreSQLStore, postgresql_url: str
+) -> None:
+    """The count triggers run per statement: one summed delta per key a statement changed
+    (none for a heartbeat), and the counts stay exact through updates of many jobs with
+    different keys, hour changes and deletes."""
+    await pg_store.enqueue_many(
+        [NewJob(p, c, {"i": i}) for i in range(5) for p in ("a", "b") for c in ("x", "y")]
+    )
+    mine = "SELECT count(*) FROM job_count_deltas WHERE xmin = pg_current_xact_id()::xid"
+    with _raw(postgresql_url) as conn:
+        with conn.transaction():
+            conn.execute("UPDATE jobs SET lease_expires_at = 'later'")
+            assert conn.execute(mine).fetchone() == (0,)
+        with conn.transaction():
+            conn.execute("UPDATE jobs SET status = 'running' WHERE plugin = 'a'")
+            assert conn.execute(mine).fetchone() == (4,)  # a/x and a/y: -queued, +running
+        conn.execute(
+            "UPDATE jobs SET created_at = '2020-01-01T00:00:00.000000Z' WHERE command = 'y'"
+        )
+        conn.execute("UPDATE jobs SET status = 'succeeded' WHERE plugin = 'a' AND command = 'x'")
+        conn.execute(
+            "DELETE FROM jobs WHERE plugin = 'b' AND command = 'x' AND payload = '{\"i\":0}'"
+        )
+        keys = "plugin, command, status, source"
+        hour_keys = f"{keys}, substr(created_at, 1, 13)"
+        truth = conn.execute(f"SELECT {keys}, count(*) FROM jobs GROUP BY {keys}").fetchall()
+        counted = conn.execute(
+            f"SELECT {keys}, sum(n) FROM (SELECT {keys}, n FROM job_counts"
+            f" UNION ALL SELECT {keys}, d FROM job_count_deltas) AS c"
+            f" GROUP BY {keys} HAVING sum(n) <> 0"
+        ).fetchall()
+        hourly_truth = conn.execute(
+            f"SELECT {hour_keys}, count(*) FROM jobs GROUP BY {hour_keys}"
+        ).fetchall()
+        hourly = conn.execute(
+            f"SELECT {keys}, hour, sum(n) FROM (SELECT {keys}, hour, n"
+            f" FROM job_counts_hour_plugin_command"
+            f" UNION ALL SELECT {keys}, hour, d FROM job_count_deltas) AS c"
+            f" GROUP BY {keys}, hour HAVING sum(n) <> 0"
+        ).fetchall()
+
+    def exact(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        return sorted((*row[:-1], int(row[-1])) for row in rows)
+
+    assert exact(counted) == exact(truth) and len(truth) == 4
+    assert exact(hourly) == exact(hourly_truth) and len(hourly_truth) == 4
+
+
 # --- tokens ------------------------------------------------------------------------------
 
 
