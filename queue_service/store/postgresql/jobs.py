@@ -139,10 +139,8 @@ async def prune_finished(conn: Conn, before: str, limit: int) -> int:
     await conn.execute(q("prune_schedule_fires"), params)
     await conn.execute(q("prune_alert_deliveries"), params)
     await conn.execute(q("prune_alert_events"), params)
-    if deleted < limit:
-        # The last batch of a pass (callers repeat while a batch is full): sweep the count
-        # rows that fell to zero once per pass, not once per batch.
-        await conn.execute(q("drop_empty_counts"))
+    # (No sweep of count rows that fell to zero, as SQLite's prune does: the fold drops a
+    # rollup row when it reaches zero.)
     return deleted
 
 
