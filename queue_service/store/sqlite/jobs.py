@@ -4,14 +4,12 @@ Each runs on a store thread inside a transaction."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import time
-import uuid
 from typing import Any
 
 from queue_service.statuses import Source, Status, allowed_predecessors
 from queue_service.store.errors import IllegalTransition, JobNotFound
+from queue_service.store.jobrules import new_job_id, new_job_row
 from queue_service.store.sqlite.rows import encode_json, job_from_row
 from queue_service.store.sqlite.sql import q
 from queue_service.store.types import EnqueueResult, Job, JobCount, NewJob
@@ -38,22 +36,6 @@ def fold_count_deltas(conn: sqlite3.Connection) -> None:
     conn.execute(q("clear_count_deltas"))
 
 
-def new_job_id() -> str:
-    """A UUID version 7 (RFC 9562): 48 bits of Unix milliseconds, then random bits. Ids of
-    new jobs sort by time, so the job_id index and the attempts' (job_id, attempt) index
-    grow at their right edge instead of touching a random page of a large table."""
-    millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")  # 80 random bits, 74 used
-    value = (
-        (millis & (2**48 - 1)) << 80
-        | 0x7 << 76
-        | (rand >> 68) << 64
-        | 0b10 << 62
-        | rand & (2**62 - 1)
-    )
-    return str(uuid.UUID(int=value))
-
-
 def insert_jobs(conn: sqlite3.Connection, jobs: list[NewJob]) -> list[EnqueueResult]:
     """Insert in the given order. Runs of jobs without a dedupe_key go in one executemany
     (they cannot conflict); a keyed job alone, to learn whether it was deduplicated."""
@@ -69,19 +51,7 @@ def insert_jobs(conn: sqlite3.Connection, jobs: list[NewJob]) -> list[EnqueueRes
 
     for job in jobs:
         job_id = job.job_id or new_job_id()
-        params: dict[str, Any] = {
-            "job_id": job_id,
-            "plugin": job.plugin,
-            "command": job.command,
-            "payload": encode_json(job.payload),
-            "max_attempts": job.max_attempts,
-            "submitted_by": job.submitted_by,
-            "submitted_by_token": job.submitted_by_token,
-            "dedupe_key": job.dedupe_key,
-            "schedule_id": job.schedule_id,
-            "created_at": now,
-            "run_after": job.run_after or now,
-        }
+        params = new_job_row(job, job_id, now)
         if job.dedupe_key is None:
             plain.append(params)
             continue
