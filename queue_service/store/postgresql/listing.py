@@ -103,6 +103,8 @@ _STATUSES = {s.value: s for s in Status}
 _SOURCES = {s.value: s for s in Source}
 
 Key = tuple[str, str, str, str]  # status, source, plugin, command
+#: A way to walk a page: (estimated rows read, query name, its key arrays).
+Candidate = tuple[float, str, dict[str, Any]]
 
 
 @dataclass(slots=True)
@@ -163,9 +165,7 @@ def _plan_walk(
     matches_by_status: dict[str, int] = {}
     for status, _source, _plugin, _command, n in matching:
         matches_by_status[status] = matches_by_status.get(status, 0) + n
-    candidates: list[tuple[float, str, dict[str, Any]]] = [
-        (cost(every, sum(matches_by_status.values())), "walk_time", {})
-    ]
+    candidates: list[Candidate] = [(cost(every, sum(matches_by_status.values())), "walk_time", {})]
     # The status-led indexes hold every job but the succeeded ones.
     no_succeeded = _SUCCEEDED not in matches_by_status
     if no_succeeded:
@@ -176,8 +176,8 @@ def _plan_walk(
         # Per key: every job of the key (what its walk reads), and those that match.
         keyed = [(s, p, c, n) for (s, _src, p, c), n in counts.per_key.items()]
         matched = [(s, p or "", c or "", n) for s, _src, p, c, n in matching]
-        pair_totals = Counter({(p, c): 0 for _, p, c, _ in keyed})
-        triple_totals = Counter({(s, p, c): 0 for s, p, c, _ in keyed})
+        pair_totals: Counter[tuple[str, str]] = Counter()
+        triple_totals: Counter[tuple[str, str, str]] = Counter()
         pair_matches: Counter[tuple[str, str]] = Counter()
         triple_matches: Counter[tuple[str, str, str]] = Counter()
         for status, plugin, command, n in keyed:
@@ -199,8 +199,13 @@ def _plan_walk(
                 "walk_commands": [c for _, _, c in triples],
             }
             candidates.append((estimate, "walk_status_plugin_command", keys))
-    _, name, keys = min(candidates, key=lambda c: c[0])
+    _, name, keys = _cheapest(candidates)
     return name, keys
+
+
+def _cheapest(candidates: list[Candidate]) -> Candidate:
+    """The candidate walk expected to read the fewest rows (the first of equals)."""
+    return min(candidates, key=lambda c: c[0])
 
 
 async def _list_jobs(conn: Conn, filters: JobFilter, limit: int, cursor: Cursor | None) -> JobPage:
