@@ -126,7 +126,9 @@ CREATE INDEX jobs_by_time ON jobs (created_at, seq);
 
 CREATE INDEX jobs_by_plugin_command ON jobs (plugin, command, created_at, seq);
 
-CREATE INDEX jobs_by_status ON jobs (status, created_at, seq)
+-- With the source: a status filter beside a source filter (failed Databricks runs) walks
+-- exactly its jobs.
+CREATE INDEX jobs_by_status ON jobs (status, source, created_at, seq)
     WHERE status <> 'succeeded';
 
 CREATE INDEX jobs_by_status_plugin_command ON jobs (status, plugin, command, created_at, seq)

@@ -34,7 +34,7 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from queue_service.statuses import Source, Status
+from queue_service.statuses import SOURCES, Source, Status
 from queue_service.store.errors import StoreError
 from queue_service.store.listing_plan import (
     DAY,
@@ -141,13 +141,13 @@ class _Counts:
 
 
 async def _read_counts(conn: Conn, filters: JobFilter) -> _Counts:
-    """The counts a listing plans with (one statement: one snapshot). Keys are read when
-    the filter names a plugin, a command or a source: per-key walks may then be cheaper."""
+    """The counts a listing plans with (one statement: one snapshot). Per key only when the
+    filter names a plugin or a command: a few keys then (a plugin's commands, or the plugins
+    with a command)."""
     plugin, command = filters.plugin, filters.command
     shape = (plugin is not None, command is not None)
-    keys = shape != (False, False) or bool(filters.sources)
-    name = "list_counts_every_key" if shape == (False, False) and keys else _COUNTS_QUERY[shape]
-    cur = await conn.execute(q(name), {"plugin": plugin, "command": command})
+    keys = shape != (False, False)
+    cur = await conn.execute(q(_COUNTS_QUERY[shape]), {"plugin": plugin, "command": command})
     per_status_source: dict[tuple[str, str], int] = {}
     per_key: dict[Key, int] = {}
     for kind, status, source, row_plugin, row_command, n in await cur.fetchall():
@@ -173,20 +173,19 @@ def _plan_walk(
     def cost(index_rows: int, matches: int) -> float:
         return _SEEK_ROWS + min(index_rows, rows * index_rows / matches)
 
-    status_totals: dict[str, int] = {}
-    for (status, _source), n in counts.per_status_source.items():
-        status_totals[status] = status_totals.get(status, 0) + n
-    every = sum(status_totals.values())
-    matches_by_status: dict[str, int] = {}
-    for status, _source, _plugin, _command, n in matching:
-        matches_by_status[status] = matches_by_status.get(status, 0) + n
-    candidates: list[Candidate] = [(cost(every, sum(matches_by_status.values())), "walk_time", {})]
-    # The status-led indexes hold every job but the succeeded ones.
-    no_succeeded = _SUCCEEDED not in matches_by_status
+    every = sum(counts.per_status_source.values())
+    matches: Counter[tuple[str, str]] = Counter()
+    for status, source, _plugin, _command, n in matching:
+        matches[(status, source)] += n
+    candidates: list[Candidate] = [(cost(every, sum(matches.values())), "walk_time", {})]
+    # The status-led indexes hold every job but the succeeded ones; jobs_by_status is per
+    # (status, source).
+    no_succeeded = all(status != _SUCCEEDED for status, _ in matches)
     if no_succeeded:
-        walks = sorted(matches_by_status)
-        estimate = sum(cost(status_totals[s], matches_by_status[s]) for s in walks)
-        candidates.append((estimate, "walk_status", {"walk_statuses": walks}))
+        walks = sorted(matches)
+        estimate = sum(cost(counts.per_status_source[w], matches[w]) for w in walks)
+        keys = {"walk_statuses": [s for s, _ in walks], "walk_sources": [src for _, src in walks]}
+        candidates.append((estimate, "walk_status", keys))
     if counts.per_key is not None:
         # Per key: every job of the key (what its walk reads), and those that match.
         keyed = [(s, p, c, n) for (s, _src, p, c), n in counts.per_key.items()]
@@ -316,7 +315,7 @@ async def _job_counts(conn: Conn) -> list[JobCount]:
 
 async def _oldest_queued(conn: Conn) -> JobSummary | None:
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(q("oldest_queued"))
+    await cur.execute(q("oldest_queued"), {"sources": sorted(SOURCES)})
     row = await cur.fetchone()
     return None if row is None else summary_from_row(row)
 

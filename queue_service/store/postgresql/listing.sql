@@ -35,13 +35,6 @@ WHERE plugin = %(plugin)s AND command = %(command)s
 UNION ALL
 SELECT 'd', status, source, plugin, command, d FROM job_count_deltas;
 
--- name: list_counts_every_key
-SELECT 's', status, source, NULL, NULL, n FROM job_counts_status
-UNION ALL
-SELECT 'k', status, source, plugin, command, n FROM job_counts
-UNION ALL
-SELECT 'd', status, source, plugin, command, d FROM job_count_deltas;
-
 -- Walks: each reads the jobs of one index range newest first and checks every other
 -- filter on the row. A walk over several keys (statuses, (plugin, command) pairs, ...)
 -- walks each key in a LATERAL subquery of `limit` rows and keeps the newest `limit`.
@@ -79,16 +72,17 @@ CROSS JOIN LATERAL (
 ORDER BY w.created_at DESC, w.seq DESC LIMIT %(limit)s;
 
 -- name: walk_status
--- `status <> 'succeeded'` repeats the partial index's condition, so the walk may use it.
-SELECT w.* FROM unnest(%(walk_statuses)s::text[]) AS k (walk_status)
+-- Per (status, source). `status <> 'succeeded'` repeats the partial index's condition, so
+-- the walk may use it.
+SELECT w.* FROM unnest(%(walk_statuses)s::text[], %(walk_sources)s::text[])
+    AS k (walk_status, walk_source)
 CROSS JOIN LATERAL (
     SELECT job_id, plugin, command, status, source, created_at, started_at, completed_at,
            attempt, external_url, seq
     FROM jobs
-    WHERE status = k.walk_status AND status <> 'succeeded'
+    WHERE status = k.walk_status AND source = k.walk_source AND status <> 'succeeded'
       AND created_at > %(after)s
       AND (created_at, seq) < (%(upper_created)s, %(upper_seq)s::bigint)
-      AND source = ANY(%(sources)s::text[])
       AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
       AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s)
     ORDER BY created_at DESC, seq DESC LIMIT %(limit)s
@@ -255,12 +249,12 @@ CROSS JOIN LATERAL (
 ) AS e;
 
 -- name: edge_status
-SELECT coalesce(sum(e.n), 0) FROM unnest(%(walk_statuses)s::text[]) AS k (walk_status)
+SELECT coalesce(sum(e.n), 0) FROM unnest(%(walk_statuses)s::text[], %(walk_sources)s::text[])
+    AS k (walk_status, walk_source)
 CROSS JOIN LATERAL (
     SELECT count(*) AS n FROM jobs
-    WHERE status = k.walk_status AND status <> 'succeeded'
+    WHERE status = k.walk_status AND source = k.walk_source AND status <> 'succeeded'
       AND created_at > %(lo)s AND created_at < %(hi)s
-      AND source = ANY(%(sources)s::text[])
       AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
       AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s)
 ) AS e;
@@ -313,12 +307,16 @@ SELECT plugin, sum(n) FROM (
 GROUP BY plugin HAVING sum(n) > 0;
 
 -- name: oldest_queued
--- One seek in jobs_by_status: (status, created_at, seq).
-SELECT job_id, plugin, command, status, source, created_at, started_at, completed_at,
-       attempt, external_url, seq
-FROM jobs
-WHERE status = 'queued' AND status <> 'succeeded'
-ORDER BY created_at, seq LIMIT 1;
+-- One seek per source in jobs_by_status: (status, source, created_at, seq).
+SELECT o.* FROM unnest(%(sources)s::text[]) AS k (walk_source)
+CROSS JOIN LATERAL (
+    SELECT job_id, plugin, command, status, source, created_at, started_at, completed_at,
+           attempt, external_url, seq
+    FROM jobs
+    WHERE status = 'queued' AND status <> 'succeeded' AND source = k.walk_source
+    ORDER BY created_at, seq LIMIT 1
+) AS o
+ORDER BY o.created_at, o.seq LIMIT 1;
 
 -- name: oldest_queued_by_plugin
 -- Plugins with queued local jobs from the counts, then one seek each in the claim index
