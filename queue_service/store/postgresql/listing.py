@@ -453,7 +453,9 @@ class ListingMixin(Database):
 
     async def _fold_what_is_left(self) -> None:
         """At close: fold every delta left (unless another process is folding), then give
-        the log's space back. Failures are logged: the next store folds them."""
+        the log's space back and vacuum the rollups (a process that imported many jobs
+        leaves them ready for index-only sums). Failures are logged: the next store folds
+        what is left."""
         if self._pool is None or self.read_only is not None:
             return
         try:
@@ -464,6 +466,7 @@ class ListingMixin(Database):
                     break
             if folded:
                 await self.vacuum_count_deltas(truncate=True)
+                await self._read_statement(_vacuum_rollups)
         except StoreError as exc:
             log.warning("the count deltas were not folded at close: %s", exc)
 
