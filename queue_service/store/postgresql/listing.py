@@ -13,12 +13,13 @@ exact counts of the keys the filter matches: the walk set expected to read the f
 A walk over several keys (statuses, (plugin, command) pairs, ...) reads up to `limit` rows
 per key in a LATERAL subquery, so its cost is the sum over its keys. Listing reads run with
 sorts disabled, so the planner can only use the ordered index scan each walk is written
-for: plans never depend on statistics (a freshly copied database has none).
+for: walks never depend on statistics (a freshly copied database has none).
 
 Totals are exact: without time bounds, the sum of the matching counts; with them, whole
-hours from the hourly rollups and the partial hours at the edges counted in an index
-(store/listing_plan.py). A filter on the submitting token walks and counts that token's
-entries of jobs_by_submitter: its cost grows with the token's own jobs, not the table.
+days and hours from the daily and hourly rollups and the partial hours at the edges counted
+over the walk's keys in an index (store/listing_plan.py). A filter on the submitting token
+walks and counts that token's entries of jobs_by_submitter: its cost grows with the token's
+own jobs, not the table.
 """
 
 from __future__ import annotations
@@ -69,8 +70,9 @@ _LISTING_BEGIN = (
     "SET LOCAL enable_sort = off; SET LOCAL enable_incremental_sort = off; SET LOCAL jit = off"
 )
 
-#: A walk's cost, in rows read, for finding where its key starts in the index.
-_SEEK_ROWS = 3
+#: A walk's cost, in rows read, for starting on its key: a loop of the LATERAL join, an
+#: index descent (measured: about as long as reading 8 rows of a walk).
+_SEEK_ROWS = 8
 
 #: How many count deltas one fold transaction moves at most.
 FOLD_BATCH = 20_000
@@ -82,6 +84,8 @@ _VACUUM_EVERY_S = 1.0
 #: The rollups are vacuumed at most this often (after folds), so the pages of past days
 #: and hours stay all-visible and their sums index-only even without autovacuum.
 _ROLLUPS_VACUUM_S = 60.0
+#: close() waits this long for a fold in progress to end before cancelling it.
+_STOP_FOLD_S = 10.0
 #: close() folds what is left for at most this long (a process that enqueued or imported
 #: many jobs leaves the counts compact for the next one).
 _CLOSE_FOLD_S = 60.0
@@ -379,21 +383,31 @@ class ListingMixin(Database):
     """list_jobs and the counts; the fold of the count deltas (a task of every open store)."""
 
     _fold_task: asyncio.Task[None] | None = None
+    _fold_stop: asyncio.Event | None = None
 
     # -- lifecycle: the fold task ------------------------------------------
 
     async def open(self, *, migrate: bool = True) -> list[Migration]:
         applied = await super().open(migrate=migrate)
         if self.read_only is None:
-            self._fold_task = asyncio.create_task(self._fold_forever(), name="fold-counts")
+            self._fold_stop = asyncio.Event()
+            self._fold_task = asyncio.create_task(
+                self._fold_forever(self._fold_stop), name="fold-counts"
+            )
         return applied
 
     async def close(self) -> None:
         task, self._fold_task = self._fold_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is not None and self._fold_stop is not None:
+            # Between two folds, not in the middle of one: a fold being cancelled would
+            # only roll back, but its connection would be discarded.
+            self._fold_stop.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), _STOP_FOLD_S)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._fold_what_is_left(), _CLOSE_FOLD_S)
         await super().close()
@@ -413,13 +427,13 @@ class ListingMixin(Database):
         against writers, so the fold task truncates only when the log is idle)."""
         await self._read_statement(_vacuum_deltas, truncate)
 
-    async def _fold_forever(self) -> None:
+    async def _fold_forever(self, stop: asyncio.Event) -> None:
         """Fold while there is something to fold, then less and less often; keep the delta
         log's heap small and the rollups' visibility maps set (index-only sums), whether
-        or not the server's autovacuum runs."""
+        or not the server's autovacuum runs. Returns once `stop` is set."""
         upkeep = _Upkeep()
         pause = _FOLD_BUSY_S
-        while True:
+        while not stop.is_set():
             try:
                 moved = await self.fold_count_deltas()
                 await self._after_fold(moved or 0, upkeep)
@@ -432,7 +446,8 @@ class ListingMixin(Database):
                 pause = _FOLD_BUSY_S
             else:
                 pause = min(max(pause, _FOLD_BUSY_S) * 2, _FOLD_IDLE_MAX_S)
-            await asyncio.sleep(pause)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
 
     async def _after_fold(self, moved: int, upkeep: _Upkeep) -> None:
         now = time.monotonic()
