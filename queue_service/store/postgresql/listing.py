@@ -144,17 +144,20 @@ class _Counts:
         return sum_counts(rows, statuses, sources)
 
 
-async def _read_counts(conn: Conn, filters: JobFilter) -> _Counts:
-    """The counts a listing plans with (one statement: one snapshot). Per key only when the
-    filter names a plugin or a command: a few keys then (a plugin's commands, or the plugins
-    with a command)."""
+def _counts_statement(filters: JobFilter) -> tuple[str, dict[str, Any]]:
+    """The statement reading the counts a listing plans with (one statement: one snapshot).
+    Per key only when the filter names a plugin or a command: a few keys then (a plugin's
+    commands, or the plugins with a command)."""
+    shape = (filters.plugin is not None, filters.command is not None)
+    return q(_COUNTS_QUERY[shape]), {"plugin": filters.plugin, "command": filters.command}
+
+
+def _counts_of(filters: JobFilter, rows: Sequence[Sequence[Any]]) -> _Counts:
     plugin, command = filters.plugin, filters.command
-    shape = (plugin is not None, command is not None)
-    keys = shape != (False, False)
-    cur = await conn.execute(q(_COUNTS_QUERY[shape]), {"plugin": plugin, "command": command})
+    keys = plugin is not None or command is not None
     per_status_source: dict[tuple[str, str], int] = {}
     per_key: dict[Key, int] = {}
-    for kind, status, source, row_plugin, row_command, n in await cur.fetchall():
+    for kind, status, source, row_plugin, row_command, n in rows:
         if kind != "k":  # a per-status row, or a delta: every job counts there
             per_status_source[(status, source)] = per_status_source.get((status, source), 0) + n
         if kind == "s" or not keys:
@@ -163,6 +166,25 @@ async def _read_counts(conn: Conn, filters: JobFilter) -> _Counts:
             key = (status, source, row_plugin, row_command)
             per_key[key] = per_key.get(key, 0) + n
     return _Counts(per_status_source, per_key if keys else None)
+
+
+async def _read_counts(conn: Conn, filters: JobFilter) -> _Counts:
+    cur = await conn.execute(*_counts_statement(filters))
+    return _counts_of(filters, await cur.fetchall())
+
+
+def _walk_known_beforehand(filters: JobFilter) -> tuple[str, dict[str, Any]] | None:
+    """The walk when no count can change the choice, so the counts travel with it in one
+    round trip: no filter at all (every job matches: the time walk), or a plugin and a
+    command without statuses (their walk reads the fewest rows: polling)."""
+    if filters.statuses:
+        return None
+    if filters.plugin is not None and filters.command is not None:
+        keys = {"walk_plugins": [filters.plugin], "walk_commands": [filters.command]}
+        return "walk_plugin_command", keys
+    if filters.plugin is None and filters.command is None and not filters.sources:
+        return "walk_time", {}
+    return None
 
 
 def _plan_walk(
@@ -236,16 +258,23 @@ async def _list_jobs(conn: Conn, filters: JobFilter, limit: int, cursor: Cursor 
     }
     if filters.submitted_by_token is not None:
         return await _own_jobs(conn, filters, params, limit)
-    counts = await _read_counts(conn, filters)
-    matching = counts.matching(statuses, sources)
-    if not matching:
-        return JobPage(jobs=[], total=0, next_cursor=None)
-    name, keys = _plan_walk(filters, counts, matching, limit)
+    planned = _walk_known_beforehand(filters)
+    counts: _Counts | None = None
+    if planned is None:
+        counts = await _read_counts(conn, filters)
+        matching = counts.matching(statuses, sources)
+        if not matching:
+            return JobPage(jobs=[], total=0, next_cursor=None)
+        planned = _plan_walk(filters, counts, matching, limit)
+    name, keys = planned
     bounded = filters.created_after is not None or filters.created_before is not None
     parts = bounded_total(filters, (DAY, HOUR)) if bounded else None
     walk = conn.cursor(row_factory=dict_row)
+    counted = None
     totals = []
     async with conn.pipeline():
+        if counts is None:
+            counted = await conn.execute(*_counts_statement(filters))
         await walk.execute(q(name), {**params, **keys})
         if parts is not None:
             shape = (filters.plugin is not None, filters.command is not None)
@@ -256,6 +285,8 @@ async def _list_jobs(conn: Conn, filters: JobFilter, limit: int, cursor: Cursor 
             for lo, hi in parts.edges:
                 edges = {**params, **keys, "lo": lo, "hi": hi}
                 totals.append(await conn.execute(q(edge), edges))
+    if counted is not None:
+        matching = _counts_of(filters, await counted.fetchall()).matching(statuses, sources)
     jobs, next_cursor = cut_page(await walk.fetchall(), limit, summary_from_row)
     if not bounded:
         total = sum(n for *_, n in matching)
