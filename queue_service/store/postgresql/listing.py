@@ -176,13 +176,14 @@ async def _read_counts(conn: Conn, filters: JobFilter) -> _Counts:
 def _walk_known_beforehand(filters: JobFilter) -> tuple[str, dict[str, Any]] | None:
     """The walk when no count can change the choice, so the counts travel with it in one
     round trip: no filter at all (every job matches: the time walk), or a plugin and a
-    command without statuses (their walk reads the fewest rows: polling)."""
-    if filters.statuses:
+    command alone (every job of their walk matches: polling). With a status or a source,
+    the counts come first: a walk whose jobs all fail the filter would read them all."""
+    if filters.statuses or filters.sources:
         return None
     if filters.plugin is not None and filters.command is not None:
         keys = {"walk_plugins": [filters.plugin], "walk_commands": [filters.command]}
         return "walk_plugin_command", keys
-    if filters.plugin is None and filters.command is None and not filters.sources:
+    if filters.plugin is None and filters.command is None:
         return "walk_time", {}
     return None
 
