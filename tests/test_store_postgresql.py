@@ -6,8 +6,10 @@ every backend."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,6 +21,7 @@ from queue_service.store import (
     NotADatabase,
     QueryTimeout,
     SchemaTooNew,
+    SQLiteStore,
     StoreError,
     StoreUnavailable,
     create_store,
@@ -26,6 +29,7 @@ from queue_service.store import (
 from queue_service.store.postgresql import PostgreSQLStore
 from queue_service.store.postgresql.connection import Conn
 from queue_service.store.postgresql.migrations import available_migrations, latest_version
+from queue_service.store.rows import encode_json
 from queue_service.timeutil import format_ts, utcnow
 
 pytestmark = pytest.mark.anyio
@@ -84,7 +88,7 @@ async def test_another_applications_schema_is_left_alone(postgresql_url: str) ->
     with _raw(postgresql_url) as conn:
         conn.execute("CREATE TABLE invoices (id int)")
     store = PostgreSQLStore(postgresql_url)
-    with pytest.raises(NotADatabase, match="another application \\(invoices"):
+    with pytest.raises(NotADatabase, match="another application \\(tables: invoices;"):
         await store.open()
     await store.close()
     with _raw(postgresql_url) as conn:
@@ -249,6 +253,28 @@ async def test_enqueue_many_keeps_the_order_given_with_one_timestamp(
     )
 
 
+async def test_payloads_are_stored_as_the_same_json_text_as_on_sqlite(
+    pg_store: PostgreSQLStore, postgresql_url: str
+) -> None:
+    """What `queue-service copy` compares: the exact text, escapes and key order included,
+    whether the job went in a batch or alone (with a dedupe key)."""
+    payloads = [
+        {"z": 1, "a": [1.5, None, True], "s": 'h\u00e9llo \u2713 \U0001f600 \\ " \n \x00'},
+        {"big": 10**30, "neg": -1, "empty": "", "nested": {"b": {"a": {}}}},
+        "just a string",
+        None,
+    ]
+    batch = await pg_store.enqueue_many([NewJob("p", "c", p) for p in payloads])
+    alone = await pg_store.enqueue(NewJob("p", "c", payloads[0], dedupe_key="k"))
+    ids = [r.job_id for r in batch] + [alone.job_id]
+    with _raw(postgresql_url) as conn:
+        stored = dict(conn.execute("SELECT job_id, payload FROM jobs").fetchall())
+    assert [stored[i] for i in ids] == [encode_json(p) for p in [*payloads, payloads[0]]]
+    for job_id, payload in zip(ids, [*payloads, payloads[0]], strict=True):
+        job = await pg_store.get_job(job_id)
+        assert job is not None and job.payload == payload
+
+
 async def test_concurrent_enqueues_of_one_key_make_one_job(postgresql_url: str) -> None:
     stores = [PostgreSQLStore(postgresql_url) for _ in range(2)]
     for s in stores:
@@ -334,3 +360,72 @@ async def test_processes_starting_together_create_one_first_token(postgresql_url
     finally:
         for s in stores:
             await s.close()
+
+
+# --- the schema ----------------------------------------------------------------------------
+
+
+async def test_the_schema_has_every_table_column_index_and_trigger_of_sqlite(
+    postgresql_url: str, db_path: Path
+) -> None:
+    """The PostgreSQL schema transcribes SQLite's final one, so a copy moves rows unchanged:
+    the same tables with the same columns in the same order, the same named indexes and
+    triggers (PostgreSQL may have more: its own mechanisms)."""
+    lite = SQLiteStore(db_path)
+    await lite.open()
+    await lite.close()
+    with sqlite3.connect(db_path) as conn:
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'"
+            )
+        ]
+        sqlite_columns = {
+            t: [row[1] for row in conn.execute(f"PRAGMA table_info({t})")] for t in tables
+        }
+        sqlite_indexes = {
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            )
+        }
+        sqlite_triggers = {
+            name
+            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        }
+    conn.close()
+    store = PostgreSQLStore(postgresql_url)
+    await store.open()
+    await store.close()
+    with _raw(postgresql_url) as pg:
+        pg_columns: dict[str, list[str]] = {}
+        for table, column in pg.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
+        ):
+            pg_columns.setdefault(table, []).append(column)
+        pg_indexes = {
+            name
+            for (name,) in pg.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+            )
+        }
+        pg_triggers = {
+            name
+            for (name,) in pg.execute(
+                "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"
+                " AND tgrelid = 'jobs'::regclass"
+            )
+        }
+    assert {t: pg_columns.get(t) for t in sqlite_columns} == sqlite_columns
+    assert sqlite_indexes <= pg_indexes, sqlite_indexes - pg_indexes
+    assert sqlite_triggers <= pg_triggers, sqlite_triggers - pg_triggers
+
+
+async def test_touch_stamps_last_used_at(pg_store: PostgreSQLStore) -> None:
+    token = await pg_store.create_token("t", "ab" * 32, ["*"], None)
+    assert token.last_used_at is None
+    await pg_store.touch_token(token.token_id)
+    [listed] = await pg_store.list_tokens()
+    assert listed.last_used_at is not None and listed.last_used_at >= listed.created_at
