@@ -5,7 +5,7 @@ Everything else knows the `Store` protocol and opens a store with `open_store(db
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from queue_service.store.errors import (
     Conflict,
@@ -45,21 +45,30 @@ from queue_service.store.types import (
     UpsertCounts,
 )
 
-#: URL schemes `--db` may carry; anything else is a path to an SQLite file.
+#: `--db sqlite:///PATH` is the SQLite file PATH; a value without a scheme is one too.
 _SQLITE_PREFIX = "sqlite:///"
+#: The URL schemes of a PostgreSQL database (libpq's).
+POSTGRESQL_SCHEMES = ("postgresql", "postgres")
 
 
 def create_store(db: str, **options: Any) -> Store:
-    """The store `db` names, not yet opened: an SQLite file path (or `sqlite:///PATH`).
+    """The store `db` names, not yet opened: a PostgreSQL URL (`postgresql://...` or
+    `postgres://...`), or an SQLite file path (or `sqlite:///PATH`).
 
     Raises StoreUnavailable for a URL of a backend this version does not have."""
     if db.startswith(_SQLITE_PREFIX):
         db = db[len(_SQLITE_PREFIX) - 1 :]
     elif "://" in db:
         scheme = db.split("://", 1)[0]
+        if scheme.lower() in POSTGRESQL_SCHEMES:
+            # Imported here: a process on SQLite never loads the PostgreSQL driver.
+            from queue_service.store.postgresql import PostgreSQLStore
+
+            # cast: until every mixin is written (issue 10), the class lacks some methods.
+            return cast(Store, PostgreSQLStore(db, **options))
         raise StoreUnavailable(
-            f"--db {scheme}://…: this version stores jobs in SQLite only; give a file path "
-            f"(or {_SQLITE_PREFIX}PATH)"
+            f"--db {scheme}://…: this version stores jobs in SQLite (a file path, or "
+            f"{_SQLITE_PREFIX}PATH) or PostgreSQL (postgresql://user@host:5432/dbname)"
         )
     return SQLiteStore(db, **options)
 

@@ -3,40 +3,23 @@ in one transaction."""
 
 from __future__ import annotations
 
-import re
 import sqlite3
-from importlib import resources
 from importlib.abc import Traversable
-from pathlib import Path
 
-from queue_service.store.errors import NotADatabase, SchemaTooNew
+from queue_service.store import migration_files
+from queue_service.store.errors import NotADatabase
 from queue_service.store.sqlite.sql import q
 from queue_service.store.types import Migration
 from queue_service.timeutil import now_ts
 
-_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-
 
 def migrations_dir() -> Traversable:
-    """Where the migrations are: inside the installed package (the wheel), or at the
-    top of the source tree for an editable install."""
-    packaged = resources.files("queue_service").joinpath("migrations")
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parents[3] / "migrations"
+    """Where SQLite's migrations are (the top of `migrations/`)."""
+    return migration_files.migrations_dir()
 
 
 def available_migrations() -> list[Migration]:
-    found: list[Migration] = []
-    for entry in migrations_dir().iterdir():
-        match = _FILE.match(entry.name)
-        if match:
-            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
-    found.sort(key=lambda m: m.version)
-    versions = [m.version for m in found]
-    if versions != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"migrations must be numbered 1..N without gaps, found {versions}")
-    return found
+    return migration_files.available_migrations()
 
 
 def split_statements(script: str) -> list[str]:
@@ -64,8 +47,7 @@ def schema_version(conn: sqlite3.Connection) -> int:
 
 def latest_version() -> int:
     """The version the code expects: the highest numbered migration."""
-    known = available_migrations()
-    return known[-1].version if known else 0
+    return migration_files.latest_version()
 
 
 def applied_version(conn: sqlite3.Connection) -> int:
@@ -88,12 +70,7 @@ def applied_version(conn: sqlite3.Connection) -> int:
     return max((row[0] for row in rows), default=0)
 
 
-def refuse_newer(current: int, latest: int) -> None:
-    if current > latest:
-        raise SchemaTooNew(
-            f"the database schema is version {current}, newer than this queue-service "
-            f"understands (up to {latest}); upgrade queue-service or use another --db"
-        )
+refuse_newer = migration_files.refuse_newer
 
 
 def probe_write(conn: sqlite3.Connection) -> None:

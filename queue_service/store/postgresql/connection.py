@@ -1,0 +1,292 @@
+"""Connections of the PostgreSQL store: one pool, transactions, retries and errors.
+
+- One `psycopg_pool.AsyncConnectionPool` of autocommit connections (`pool_size` at most,
+  one kept open). Statements are bound by the server, and psycopg prepares a statement
+  on a connection once it has run a few times, so hot paths skip parsing and planning.
+- `_tx(fn, *args)` runs `fn(conn, *args)` between BEGIN and COMMIT (READ COMMITTED, the
+  level `FOR UPDATE SKIP LOCKED` is made for). The whole body runs again after a
+  serialization failure, a deadlock, or a connection lost before COMMIT (the server rolled
+  it back); a connection lost during COMMIT is reported, never retried, since the write
+  may have been saved.
+- `_read(fn, *args)` runs `fn` in one REPEATABLE READ, READ ONLY transaction: one snapshot
+  for several statements (a page and its total). `_read_statement` runs a read of one
+  statement with no transaction around it (one round trip).
+- Every statement outside `_tx` is stopped after `query_timeout_s` (the session's
+  statement_timeout); a write transaction allows `write_timeout_s`.
+- Errors become the store's (queue_service/store/errors.py; postgresql/errors.py says how).
+
+Advisory locks: key them by the oid of the table they protect, so stores in different
+schemas of one database never share a lock: `pg_advisory_xact_lock('t'::regclass::oid::integer,
+k)` (the two-integer form; `k` 0, or a hash of the key within the table).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
+
+from queue_service.store.errors import StoreUnavailable
+from queue_service.store.postgresql import migrations
+from queue_service.store.postgresql.errors import (
+    is_connection_lost,
+    is_retryable,
+    translate_error,
+)
+from queue_service.store.types import Migration
+
+log = logging.getLogger("queue_service.store")
+
+T = TypeVar("T")
+
+#: The connection a transaction body gets: tuple rows unless it asks for another factory
+#: (`conn.cursor(row_factory=psycopg.rows.dict_row)`).
+Conn: TypeAlias = psycopg.AsyncConnection[Any]
+
+#: How often a transaction body runs at most (serialization failures, deadlocks, lost
+#: connections), and the first pause between two runs (doubled each time, with jitter).
+_MAX_RUNS = 8
+_FIRST_PAUSE_S = 0.005
+
+
+class CommitUnknown(StoreUnavailable):
+    """The connection broke while COMMIT was on its way: the write may have been saved."""
+
+
+def display_url(url: str) -> str:
+    """`url` without its password, for messages and logs."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "the PostgreSQL database"
+    host = params.get("host") or "localhost"
+    port = params.get("port") or "5432"
+    return f"postgresql://{host}:{port}/{params.get('dbname') or ''}"
+
+
+class Database:
+    """A PostgreSQL database (or one schema of it, per the URL's search_path): a pool of
+    connections and the rules every transaction follows."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        query_timeout_s: float = 2.0,
+        write_timeout_s: float = 30.0,
+        connect_timeout_s: float = 5.0,
+        synchronous: str | None = None,
+    ) -> None:
+        """`synchronous` is SQLite's durability setting, accepted so that every store takes
+        the same options; PostgreSQL's durability is the server's (synchronous_commit)."""
+        if pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        self.url = url
+        self.where = display_url(url)
+        self.pool_size = pool_size
+        self.query_timeout_s = query_timeout_s
+        self.write_timeout_s = write_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        #: Why the store only reads (a standby server), or None.
+        self.read_only: str | None = None
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._closed = False
+        self._begin_write = f"BEGIN; SET LOCAL statement_timeout = {int(write_timeout_s * 1000)}"
+
+    # -- connections -----------------------------------------------------
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {
+            "autocommit": True,
+            "connect_timeout": max(1, round(self.connect_timeout_s)),
+            "fallback_application_name": "queue-service",
+        }
+
+    async def _configure(self, conn: Conn) -> None:
+        """Every new pooled connection: reads stop after the query budget; a client that
+        stops inside a transaction (hung, SIGSTOPped) does not hold its locks forever."""
+        await conn.execute(
+            f"SET statement_timeout = {int(self.query_timeout_s * 1000)}; "
+            f"SET idle_in_transaction_session_timeout = {int(self.write_timeout_s * 2000)}",
+            prepare=False,
+        )
+
+    async def _connect(self) -> Conn:
+        """A connection of its own (migrations, LISTEN), outside the pool."""
+        try:
+            return await psycopg.AsyncConnection.connect(self.url, **self._connect_kwargs())
+        except psycopg.Error as exc:
+            raise translate_error(exc, self.where) from exc
+
+    @property
+    def pool(self) -> AsyncConnectionPool[Conn]:
+        if self._pool is None:
+            raise StoreUnavailable("the store is not open (call open() first) or closed")
+        return self._pool
+
+    async def _run(
+        self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], begin: str | None
+    ) -> T:
+        """Run `fn` once on a pooled connection, inside `begin` ... COMMIT unless None;
+        retry it as the module docstring says."""
+        pause = _FIRST_PAUSE_S
+        for run in range(1, _MAX_RUNS + 1):
+            conn: Conn | None = None
+            try:
+                async with self.pool.connection() as conn:
+                    if begin is None:
+                        return await fn(conn, *args)
+                    return await self._in_transaction(conn, begin, fn, args)
+            except CommitUnknown:
+                raise
+            except Exception as exc:
+                lost = is_connection_lost(exc, conn)
+                if run == _MAX_RUNS or not (lost or is_retryable(exc)):
+                    raise translate_error(exc, self.where) from exc
+                if lost:
+                    # The other idle connections most likely died with this one (a server
+                    # restart): replace them before the next run takes one.
+                    await self.pool.check()
+                log.debug("retrying a transaction after %s (run %d)", type(exc).__name__, run)
+            await asyncio.sleep(pause * (0.5 + random.random()))  # noqa: S311 (jitter)
+            pause *= 2
+        raise AssertionError("unreachable")
+
+    async def _in_transaction(
+        self, conn: Conn, begin: str, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]
+    ) -> T:
+        await conn.execute(begin, prepare=False)
+        try:
+            result = await fn(conn, *args)
+        except BaseException:
+            if not conn.broken:
+                # The pool discards a connection it cannot reset.
+                with contextlib.suppress(psycopg.Error):
+                    await conn.execute("ROLLBACK", prepare=False)
+            raise
+        try:
+            await conn.execute("COMMIT", prepare=False)
+        except psycopg.OperationalError as exc:
+            if conn.broken or conn.closed:
+                raise CommitUnknown(
+                    f"the connection to PostgreSQL ({self.where}) was lost while committing; "
+                    "the change may or may not have been saved"
+                ) from exc
+            raise
+        return result
+
+    async def _tx(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run `fn(conn, *args)` in one read-write transaction (see the module docstring)."""
+        if self.read_only is not None:
+            raise StoreUnavailable(self.read_only)
+        return await self._run(fn, args, self._begin_write)
+
+    async def _read(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run `fn(conn, *args)` in one read-only snapshot."""
+        return await self._run(fn, args, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+    async def _read_statement(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run `fn(conn, *args)`, a read of ONE statement (atomic by itself), without a
+        transaction around it: one round trip."""
+        return await self._run(fn, args, None)
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def open(self, *, migrate: bool = True) -> list[Migration]:
+        """Connect, check the schema (applying pending migrations with `migrate`), then open
+        the pool. Raises NotADatabase for a schema of another application, SchemaTooNew
+        for one migrated by a newer queue-service, StoreUnavailable when the server cannot
+        be reached (the message says why)."""
+        if self._pool is not None:
+            raise RuntimeError("the store is already open")
+        conn = await self._connect()
+        try:
+            applied = await self._setup(conn, migrate)
+        except psycopg.Error as exc:
+            raise translate_error(exc, self.where) from exc
+        finally:
+            await conn.close()
+        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=self.pool_size,
+            kwargs=self._connect_kwargs(),
+            configure=self._configure,
+            timeout=self.connect_timeout_s,
+            name="queue-service",
+            open=False,
+        )
+        try:
+            await pool.open(wait=True, timeout=self.connect_timeout_s)
+        except Exception as exc:
+            await pool.close()
+            raise translate_error(exc, self.where) from exc
+        self._pool = pool
+        return applied
+
+    async def _setup(self, conn: Conn, migrate: bool) -> list[Migration]:
+        cur = await conn.execute("SELECT pg_is_in_recovery(), current_schema()")
+        row = await cur.fetchone()
+        assert row is not None
+        standby, schema = row
+        if schema is None:
+            raise StoreUnavailable(
+                f"{self.where}: the search_path names no existing schema; create it "
+                "(CREATE SCHEMA ...) or fix the options of the URL"
+            )
+        if standby:
+            version = await migrations.applied_version(conn)
+            latest = migrations.latest_version()
+            migrations.refuse_newer(version, latest)
+            if version < latest:
+                raise StoreUnavailable(
+                    f"{self.where} is a read-only standby and its schema (version {version}) "
+                    f"must be migrated to version {latest} on the primary first"
+                )
+            self.read_only = (
+                "the database is read-only (a standby server); writes are refused until "
+                "the service uses the primary"
+            )
+            return []
+        if migrate:
+            return await migrations.migrate(conn)
+        migrations.refuse_newer(await migrations.applied_version(conn), migrations.latest_version())
+        return []
+
+    async def close(self) -> None:
+        """Release every connection. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def schema_version(self) -> int:
+        return await self._read(migrations.applied_version)
+
+    async def listen_connection(self) -> Conn:
+        """A connection of its own for LISTEN (autocommit), outside the pool; the caller
+        closes it."""
+        return await self._connect()
+
+    # -- helpers for tests and diagnostics -------------------------------
+
+    async def setting(self, name: str) -> str:
+        """One server setting as a pooled connection sees it (`SHOW name`)."""
+
+        async def show(conn: Conn) -> str:
+            cur = await conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name)))
+            row = await cur.fetchone()
+            assert row is not None
+            return str(row[0])
+
+        return await self._read_statement(show)

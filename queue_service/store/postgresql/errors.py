@@ -1,0 +1,80 @@
+"""Mapping psycopg errors to the store's vocabulary, with messages an operator can act on."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import errors as pg
+from psycopg_pool import PoolTimeout
+
+from queue_service.store.errors import (
+    Conflict,
+    NotADatabase,
+    QueryTimeout,
+    StoreError,
+    StoreUnavailable,
+)
+
+#: SQLSTATEs after which the whole transaction may simply run again.
+_RETRYABLE = (pg.SerializationFailure, pg.DeadlockDetected)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """A transaction that failed this way wrote nothing and may run again as it was."""
+    return isinstance(exc, _RETRYABLE)
+
+
+def is_connection_lost(exc: BaseException, conn: psycopg.AsyncConnection[object] | None) -> bool:
+    """The connection broke (server restart, pg_terminate_backend, network): the server
+    rolled back whatever was not committed."""
+    if isinstance(exc, pg.AdminShutdown | pg.CrashShutdown | pg.CannotConnectNow):
+        return True
+    if not isinstance(exc, psycopg.OperationalError) or isinstance(exc, pg.QueryCanceled):
+        return False
+    return conn is None or conn.broken or conn.closed
+
+
+def translate_error(exc: BaseException, where: str) -> BaseException:
+    """The store error for a psycopg (or pool) error; `where` names the database (no
+    password) for messages about reaching it. Anything else is returned unchanged."""
+    if isinstance(exc, StoreError):
+        return exc
+    if isinstance(exc, PoolTimeout):
+        return StoreUnavailable(
+            f"no connection to PostgreSQL ({where}) became free in time: the server is "
+            "unreachable or every pooled connection is busy; try again shortly"
+        )
+    if not isinstance(exc, psycopg.Error):
+        return exc
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, pg.QueryCanceled):
+        return QueryTimeout("the query took too long and was stopped; narrow the filters")
+    if isinstance(exc, pg.UniqueViolation):
+        return Conflict(f"a uniqueness rule refused the write: {text}")
+    if isinstance(exc, pg.ReadOnlySqlTransaction):
+        return StoreUnavailable(
+            "the database is read-only (a standby server, or a read-only transaction "
+            "default); writes are refused until it is writable"
+        )
+    if isinstance(exc, pg.DiskFull | pg.InsufficientResources | pg.OutOfMemory):
+        return StoreUnavailable(f"the PostgreSQL server cannot take the write: {text}")
+    if isinstance(exc, pg.TooManyConnections):
+        return StoreUnavailable(
+            f"PostgreSQL ({where}) refuses more connections: {text}; lower the pool sizes "
+            "of the queue-service processes or raise max_connections"
+        )
+    if isinstance(exc, pg.InvalidCatalogName):
+        return StoreUnavailable(f"cannot open {where}: {text}; create the database first")
+    if isinstance(exc, pg.InvalidAuthorizationSpecification | pg.InvalidPassword):
+        return StoreUnavailable(f"PostgreSQL ({where}) refused the login: {text}")
+    if isinstance(exc, pg.InsufficientPrivilege):
+        return StoreUnavailable(f"PostgreSQL ({where}) refused the operation: {text}")
+    if isinstance(exc, pg.SerializationFailure | pg.DeadlockDetected):
+        return StoreUnavailable("the database is busy (concurrent writes); try again shortly")
+    if isinstance(exc, psycopg.OperationalError):
+        return StoreUnavailable(f"cannot reach PostgreSQL ({where}): {text}")
+    if isinstance(exc, pg.UndefinedTable | pg.UndefinedFunction | pg.UndefinedColumn):
+        return NotADatabase(
+            f"{where} does not hold a current queue-service schema ({text}); "
+            "run `queue-service migrate --db URL`"
+        )
+    return StoreError(text)
