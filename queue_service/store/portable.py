@@ -17,7 +17,9 @@ ids are kept: a job's `submitted_by_token` names its token by id (own-job reads)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -205,6 +207,27 @@ class CopyReport:
         return sum(table.copied for table in self.tables)
 
 
+async def _pages(source: Store, table: str, batch: int) -> AsyncGenerator[list[Row], None]:
+    """The pages of `table` in `source`, each read while the caller writes the one before:
+    the two stores work at the same time."""
+    pending = asyncio.ensure_future(source.export_rows(table, limit=batch))
+    try:
+        while True:
+            rows, after = await pending
+            if not rows:
+                return
+            if after is not None:
+                pending = asyncio.ensure_future(source.export_rows(table, after=after, limit=batch))
+            yield rows
+            if after is None:
+                return
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
+
+
 async def copy_store(
     source: Store,
     target: Store,
@@ -243,18 +266,13 @@ async def copy_store(
             target_rows_before=target_counts[table.name],
         )
         report.tables.append(done)
-        after: Any = None
-        while True:
-            rows, after = await source.export_rows(table.name, after=after, limit=batch)
-            if not rows:
-                break
-            inserted = await target.import_rows(table.name, rows)
-            done.copied += inserted
-            done.skipped += len(rows) - inserted
-            if progress is not None:
-                progress(done)
-            if after is None:
-                break
+        async with contextlib.aclosing(_pages(source, table.name, batch)) as pages:
+            async for rows in pages:
+                inserted = await target.import_rows(table.name, rows)
+                done.copied += inserted
+                done.skipped += len(rows) - inserted
+                if progress is not None:
+                    progress(done)
     final_source = await source.portable_counts()
     final_target = await target.portable_counts()
     problems: list[str] = []
