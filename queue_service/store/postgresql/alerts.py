@@ -13,6 +13,7 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
+from queue_service.store.jobrules import new_job_id
 from queue_service.store.outbox import (
     LatestDelivery,
     delivery_from_row,
@@ -24,7 +25,6 @@ from queue_service.store.outbox import (
 )
 from queue_service.store.postgresql.connection import Conn, Database
 from queue_service.store.postgresql.sql import q
-from queue_service.store.sqlite.jobs import new_job_id  # jobrules.py once h-pgcore has it
 from queue_service.store.types import AlertDelivery, AlertRoute, DeliveryStatus
 from queue_service.timeutil import format_ts, utcnow
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime, timedelta
 
+from queue_service.store.jobrules import new_job_id
 from queue_service.store.outbox import (
     LatestDelivery,
     delivery_from_row,
@@ -14,7 +15,6 @@ from queue_service.store.outbox import (
     plan_route,
     rate_limited_plugins,
 )
-from queue_service.store.sqlite.jobs import new_job_id
 from queue_service.store.sqlite.sql import q
 from queue_service.store.types import AlertDelivery, AlertEvent, AlertRoute, DeliveryStatus
 from queue_service.timeutil import format_ts
