@@ -88,7 +88,7 @@ async def test_another_applications_schema_is_left_alone(postgresql_url: str) ->
     with _raw(postgresql_url) as conn:
         conn.execute("CREATE TABLE invoices (id int)")
     store = PostgreSQLStore(postgresql_url)
-    with pytest.raises(NotADatabase, match="another application \\(invoices"):
+    with pytest.raises(NotADatabase, match="another application \\(tables: invoices;"):
         await store.open()
     await store.close()
     with _raw(postgresql_url) as conn:

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import os
 import random
-import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,10 +23,12 @@ import pytest
 from queue_service.config import ServiceConfig, parse_config
 from queue_service.plugins import AttemptOutcome, OutcomeKind, Registry, load
 from queue_service.statuses import TERMINAL, Source, Status
-from queue_service.store import Job, JobFilter, NewJob, SQLiteStore, StoreUnavailable
+from queue_service.store import Job, JobFilter, NewJob, Store, StoreUnavailable
 from queue_service.timeutil import format_ts, parse_rfc3339, utcnow
 from queue_service.worker import Worker, backoff_delay, decide_end
 from tests.processes import alive, kill_quietly, read_pid
+
+from .conftest import RawDatabase
 
 pytestmark = pytest.mark.anyio
 
@@ -66,7 +67,7 @@ def registry_for(config: ServiceConfig) -> Registry:
 
 @dataclass
 class Harness:
-    store: SQLiteStore
+    store: Store
     worker: Worker
     stop: asyncio.Event
     task: asyncio.Task[None] | None = None
@@ -120,9 +121,7 @@ HarnessFactory = Callable[..., Harness]
 
 
 @pytest.fixture
-async def harness(
-    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[HarnessFactory]:
+async def harness(store: Store, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[HarnessFactory]:
     # Plugins start with `#!/usr/bin/env python3`: let them find this interpreter first
     # rather than a slow shim (pyenv's costs about 0.1 s per run).
     monkeypatch.setenv(
@@ -778,23 +777,20 @@ async def test_a_job_of_an_uninstalled_plugin_stays_queued_and_is_reported(
 
 
 async def test_a_crashed_workers_job_is_recovered_and_run_again(
-    harness: HarnessFactory, db_path: Path
+    harness: HarnessFactory, raw_db: RawDatabase
 ) -> None:
     h = harness()
     job_id = (await h.store.enqueue(NewJob("ok", "poll", {"n": 1}, max_attempts=3))).job_id
     past = format_ts(utcnow() - timedelta(minutes=5))
-    with sqlite3.connect(db_path, isolation_level=None) as conn:
-        conn.execute(
-            "UPDATE jobs SET status = 'running', attempt = 1, started_at = ?,"
-            " lease_expires_at = ?, lease_owner = 'crashed:1:x' WHERE job_id = ?",
-            (past, past, job_id),
-        )
-        conn.execute(
-            "INSERT INTO job_attempts (job_id, attempt, status, started_at)"
-            " VALUES (?, 1, 'running', ?)",
-            (job_id, past),
-        )
-    conn.close()
+    raw_db.execute(
+        "UPDATE jobs SET status = 'running', attempt = 1, started_at = ?,"
+        " lease_expires_at = ?, lease_owner = 'crashed:1:x' WHERE job_id = ?",
+        (past, past, job_id),
+    )
+    raw_db.execute(
+        "INSERT INTO job_attempts (job_id, attempt, status, started_at) VALUES (?, 1, 'running', ?)",
+        (job_id, past),
+    )
     h.start()
     job = await h.finished(job_id)
     assert job.status is Status.SUCCEEDED and job.attempt == 2 and job.result == {"n": 1}

@@ -160,6 +160,11 @@ async def _plugin_state(conn: Conn, plugin: str) -> dict[str, Any]:
     return state
 
 
+async def _queued_by_plugin(conn: Conn) -> dict[str, int]:
+    cur = await conn.execute(q("queued_by_plugin"))
+    return {plugin: int(n) for plugin, n in await cur.fetchall()}
+
+
 async def _cancel_queued(
     conn: Conn, plugin: str, command: str | None, reason: str, limit: int
 ) -> list[str]:
@@ -286,6 +291,9 @@ class WorkMixin(Database):
 
     async def get_plugin_state(self, plugin: str) -> dict[str, Any]:
         return await self._read_statement(_plugin_state, plugin)
+
+    async def queued_by_plugin(self) -> dict[str, int]:
+        return await self._read_statement(_queued_by_plugin)
 
     async def cancel_queued(
         self,
