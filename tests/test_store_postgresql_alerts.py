@@ -5,29 +5,22 @@ runs on every backend in test_store_alerts.py.)"""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
 
-from queue_service.store import AlertRoute, NewJob
+from queue_service.store import AlertRoute, NewJob, Store
 from queue_service.store.portable import portable_table
 from queue_service.store.postgresql import PostgreSQLStore
 
-pytestmark = pytest.mark.anyio
+#: Only the PostgreSQL store: `store` is the contract suites' fixture, on `postgresql_url`.
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.parametrize("store_backend", ["postgresql"], indirect=True),
+]
 
 ROUTE = AlertRoute(alert="ops", statuses=("failed", "timed_out", "dead"))
-
-
-@pytest.fixture
-async def pg(postgresql_url: str) -> AsyncIterator[PostgreSQLStore]:
-    store = PostgreSQLStore(postgresql_url)
-    await store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def connect(url: str) -> psycopg.Connection[Any]:
@@ -39,12 +32,12 @@ def connect(url: str) -> psycopg.Connection[Any]:
 
 
 async def test_an_uncommitted_event_holds_back_later_events_but_not_other_writes(
-    pg: PostgreSQLStore, postgresql_url: str
+    store: Store, postgresql_url: str
 ) -> None:
     first, second, third = (
-        r.job_id for r in await pg.enqueue_many([NewJob("echo", "poll", {})] * 3)
+        r.job_id for r in await store.enqueue_many([NewJob("echo", "poll", {})] * 3)
     )
-    await pg.route_alert_events(ROUTE)
+    await store.route_alert_events(ROUTE)
     with connect(postgresql_url) as slow, connect(postgresql_url) as other:
         # A failure whose transaction has not committed yet: its event has the next id.
         slow.execute("UPDATE jobs SET status = 'dead' WHERE job_id = %s", (first,))
@@ -56,19 +49,19 @@ async def test_an_uncommitted_event_holds_back_later_events_but_not_other_writes
         with pytest.raises(psycopg.errors.LockNotAvailable):
             other.execute("UPDATE jobs SET status = 'dead' WHERE job_id = %s", (third,))
         other.rollback()
-        assert await pg.route_alert_events(ROUTE) == 0  # readers never wait for it
+        assert await store.route_alert_events(ROUTE) == 0  # readers never wait for it
         slow.commit()
         other.execute("UPDATE jobs SET status = 'dead' WHERE job_id = %s", (third,))
         other.commit()
-    assert await pg.route_alert_events(ROUTE) == 2
-    deliveries = await pg.claim_alert_deliveries("ops", owner="a", lease_seconds=30, limit=10)
+    assert await store.route_alert_events(ROUTE) == 2
+    deliveries = await store.claim_alert_deliveries("ops", owner="a", lease_seconds=30, limit=10)
     assert [d.first_event.job_id for d in deliveries if d.first_event] == [first, third]
 
 
 async def test_imported_failures_record_no_event_and_later_ones_still_do(
-    pg: PostgreSQLStore, postgresql_url: str
+    store: Store, postgresql_url: str
 ) -> None:
-    await pg.route_alert_events(ROUTE)
+    await store.route_alert_events(ROUTE)
     at = "2026-12-01T00:00:00.000000Z"
     failed = {
         "job_id": "copied-1",
@@ -86,42 +79,42 @@ async def test_imported_failures_record_no_event_and_later_ones_still_do(
         "cancel_requested": 0,
     }
     row = tuple(failed.get(column) for column in portable_table("jobs").columns)
-    assert await pg.import_rows("jobs", [row]) == 1
-    assert await pg.route_alert_events(ROUTE) == 0
-    job_id = (await pg.enqueue(NewJob("echo", "poll", {}))).job_id
+    assert await store.import_rows("jobs", [row]) == 1
+    assert await store.route_alert_events(ROUTE) == 0
+    job_id = (await store.enqueue(NewJob("echo", "poll", {}))).job_id
     with connect(postgresql_url) as conn:
         conn.execute("UPDATE jobs SET status = 'dead' WHERE job_id = %s", (job_id,))
-    assert await pg.route_alert_events(ROUTE) == 1
+    assert await store.route_alert_events(ROUTE) == 1
 
 
 async def test_routers_in_several_processes_make_one_delivery_per_event(
-    pg: PostgreSQLStore, postgresql_url: str
+    store: Store, postgresql_url: str
 ) -> None:
     others = [PostgreSQLStore(postgresql_url) for _ in range(2)]
-    for store in others:
-        await store.open()
+    for other in others:
+        await other.open()
     try:
-        routers = [pg, *others]
-        await pg.route_alert_events(ROUTE)
-        made = await pg.enqueue_many([NewJob("echo", "poll", {})] * 30)
+        routers = [store, *others]
+        await store.route_alert_events(ROUTE)
+        made = await store.enqueue_many([NewJob("echo", "poll", {})] * 30)
         with connect(postgresql_url) as conn:
             for result in made:
                 conn.execute("UPDATE jobs SET status = 'dead' WHERE job_id = %s", (result.job_id,))
                 conn.commit()
 
-        async def route_all(store: PostgreSQLStore) -> int:
+        async def route_all(router: Store) -> int:
             read = 0
-            while n := await store.route_alert_events(ROUTE, limit=4):
+            while n := await router.route_alert_events(ROUTE, limit=4):
                 read += n
             return read
 
-        assert sum(await asyncio.gather(*(route_all(s) for s in routers))) == 30
-        counts = await pg.alert_delivery_counts("ops")
+        assert sum(await asyncio.gather(*(route_all(router) for router in routers))) == 30
+        counts = await store.alert_delivery_counts("ops")
         assert counts == {"pending": 30, "sent": 0, "failed": 0}
-        claimed = await pg.claim_alert_deliveries("ops", owner="a", lease_seconds=30, limit=50)
+        claimed = await store.claim_alert_deliveries("ops", owner="a", lease_seconds=30, limit=50)
         assert sorted(d.first_event.job_id for d in claimed if d.first_event) == sorted(
             r.job_id for r in made
         )
     finally:
-        for store in others:
-            await store.close()
+        for other in others:
+            await other.close()
