@@ -157,6 +157,10 @@ async def test_copy_moves_every_table_and_keeps_order_totals_and_fields(
     assert alice is not None
     mine = JobFilter(submitted_by_token=alice[0].token_id)
     assert (await target.list_jobs(mine)).total == (await store.list_jobs(mine)).total > 0
+    # A token made on the target after the copy is numbered after the copied ones.
+    copied_ids = [t.token_id for t in await target.list_tokens()]
+    made = await target.create_token("after-copy", "12" * 32, ["jobs:ro"], None)
+    assert made.token_id > max(copied_ids)
     assert await target.get_schedule_states() == await store.get_schedule_states()
     assert await target.get_sync_states() == await store.get_sync_states()
     assert await target.get_plugin_state("p") == await store.get_plugin_state("p") != {}
