@@ -305,6 +305,34 @@ async def test_ok_job_succeeds_with_result_logs_and_one_attempt(harness: Harness
     assert handled.status is Status.SUCCEEDED and handled.result == {"event": "data"}
 
 
+async def idle_worker(h: Harness) -> None:
+    """Start the worker and let it run one job, so that it is idle afterwards: waiting
+    for work with nothing to claim."""
+    h.start()
+    await h.finished(await h.enqueue("ok"))
+    await asyncio.sleep(0.3)
+
+
+async def test_an_idle_worker_starts_a_job_its_store_enqueues_without_polling(
+    harness: HarnessFactory,
+) -> None:
+    h = harness(poll_interval=3600)  # only a wake-up can start the job within the test
+    await idle_worker(h)
+    job_id = (await h.store.enqueue(NewJob("ok", "poll", {"n": 2}))).job_id  # no worker.wake()
+    assert (await h.finished(job_id)).status is Status.SUCCEEDED
+
+
+async def test_an_idle_worker_starts_a_job_another_process_enqueues_without_polling(
+    harness: HarnessFactory, another_store: Store, store_backend: str
+) -> None:
+    if store_backend == "sqlite":
+        pytest.skip("SQLite workers find other processes' jobs by polling")
+    h = harness(poll_interval=3600)  # only a wake-up can start the job within the test
+    await idle_worker(h)
+    job_id = (await another_store.enqueue(NewJob("ok", "poll", {"n": 3}))).job_id
+    assert (await h.finished(job_id)).status is Status.SUCCEEDED
+
+
 async def test_error_retries_with_backoff_then_fails(
     harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

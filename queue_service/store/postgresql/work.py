@@ -160,11 +160,6 @@ async def _plugin_state(conn: Conn, plugin: str) -> dict[str, Any]:
     return state
 
 
-async def _queued_by_plugin(conn: Conn) -> dict[str, int]:
-    cur = await conn.execute(q("queued_by_plugin"))
-    return {plugin: int(n) for plugin, n in await cur.fetchall()}
-
-
 async def _cancel_queued(
     conn: Conn, plugin: str, command: str | None, reason: str, limit: int
 ) -> list[str]:
@@ -216,7 +211,10 @@ class WorkMixin(Database):
     ) -> dict[str, bool]:
         if not held:
             return {}
-        return await self._tx(_heartbeat, list(held), owner, _lease_end(now, lease_seconds))
+        # Extending a lease twice is harmless: one statement in autocommit (one round trip).
+        return await self._write_statement(
+            _heartbeat, list(held), owner, _lease_end(now, lease_seconds)
+        )
 
     async def finish_attempt(
         self, job_id: str, *, plugin: str, attempt: int, owner: str, end: AttemptEnd
@@ -291,9 +289,6 @@ class WorkMixin(Database):
 
     async def get_plugin_state(self, plugin: str) -> dict[str, Any]:
         return await self._read_statement(_plugin_state, plugin)
-
-    async def queued_by_plugin(self) -> dict[str, int]:
-        return await self._read_statement(_queued_by_plugin)
 
     async def cancel_queued(
         self,

@@ -193,14 +193,3 @@ UPDATE jobs SET status = 'canceled', completed_at = %(now)s, last_error = %(reas
 FROM picked
 WHERE jobs.seq = picked.seq AND jobs.status = 'queued'
 RETURNING jobs.job_id;
-
--- name: queued_by_plugin
--- Queued local jobs per plugin, from the exact counts (no table walk): the folded counts
--- plus the deltas not folded yet, in one statement's snapshot.
-SELECT plugin, sum(n) FROM (
-    SELECT plugin, n FROM job_counts WHERE status = 'queued' AND source = 'local'
-    UNION ALL
-    SELECT plugin, d FROM job_count_deltas WHERE status = 'queued' AND source = 'local'
-) AS counts
-GROUP BY plugin
-HAVING sum(n) > 0;
