@@ -171,14 +171,9 @@ def read_rss_kib(pid: int | str = "self") -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-#: The backends a live server runs on: parametrize its fixture with these, and pass
-#: `live_database(request)` to start_server's `db`.
-BACKENDS = ["sqlite", "postgresql"]
-
-
 @contextlib.contextmanager
 def live_database(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """For a fixture parametrized with BACKENDS: None on "sqlite" (start_server makes the
+    """For a module fixture parametrized with BACKENDS: None on "sqlite" (start_server makes the
     file), or the URL of a fresh schema on the PostgreSQL test server, dropped afterwards
     (skipped, or failed under QS_REQUIRE_POSTGRESQL=1, when no server answers)."""
     if request.param == "sqlite":

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+import pytest
 
-from queue_service.store import NewJob, SQLiteStore
+from queue_service.store import NewJob, Store, create_store
 
 REPO = Path(__file__).resolve().parents[1]
 #: The test plugins (tests/plugins/); the sample plugin shipped with the project is in REPO/plugins.
@@ -230,7 +231,9 @@ def write_config(folder: Path, text: str, plugin_dir: Path = PLUGINS) -> Path:
     return path
 
 
-def worker(processes: Processes, name: str, db: Path, config: Path) -> subprocess.Popen[bytes]:
+def worker(
+    processes: Processes, name: str, db: Path | str, config: Path
+) -> subprocess.Popen[bytes]:
     return processes.start(name, "worker", "--db", str(db), "--config", str(config))
 
 
@@ -256,12 +259,27 @@ def read_pid(path: Path) -> int | None:
 
 # --- the database the processes share, through the store ----------------------------------
 
+#: The backends a test with real processes runs on: parametrize a fixture with these and
+#: return `database_for(request, path)`.
+BACKENDS = ["sqlite", "postgresql"]
 
-def with_store(db: Path, action: Callable[[SQLiteStore], Awaitable[R]]) -> R:
-    """Open the store on `db` (migrating it), run `action`, close it."""
+
+def database_for(request: pytest.FixtureRequest, path: Path) -> Path | str:
+    """For a fixture parametrized with BACKENDS: the SQLite file `path`, or the URL of a
+    fresh PostgreSQL schema (the `postgresql_url` fixture: skipped, or failed under
+    QS_REQUIRE_POSTGRESQL=1, when no server answers). Pass it to `--db` as str()."""
+    if request.param == "sqlite":
+        return path
+    url: str = request.getfixturevalue("postgresql_url")
+    return url
+
+
+def with_store(db: Path | str, action: Callable[[Store], Awaitable[R]]) -> R:
+    """Open the store on `db` (an SQLite file or a PostgreSQL URL; migrating it), run
+    `action`, close it."""
 
     async def main() -> R:
-        store = SQLiteStore(db)
+        store = create_store(str(db))
         await store.open()
         try:
             return await action(store)
@@ -271,5 +289,5 @@ def with_store(db: Path, action: Callable[[SQLiteStore], Awaitable[R]]) -> R:
     return asyncio.run(main())
 
 
-def enqueue_many(db: Path, jobs: list[NewJob]) -> list[str]:
+def enqueue_many(db: Path | str, jobs: list[NewJob]) -> list[str]:
     return [r.job_id for r in with_store(db, lambda s: s.enqueue_many(jobs))]

@@ -1,11 +1,12 @@
-"""End to end: the real `queue-service serve` process on uvicorn, spoken to over TCP."""
+"""End to end: the real `queue-service serve` process on uvicorn, spoken to over TCP, on an
+SQLite file and on a PostgreSQL schema (`serve --db postgresql://…`) alike; only what is about
+the SQLite file itself runs on SQLite alone."""
 
 from __future__ import annotations
 
 import re
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,19 @@ from pathlib import Path
 import httpx
 import pytest
 
+from queue_service.api import ServiceState
+from queue_service.auth import hash_token, new_secret
+from queue_service.store import Store
 from tests.conftest import free_port
-from tests.processes import Processes, stop, wait_healthy, wait_until
+from tests.processes import (
+    BACKENDS,
+    Processes,
+    database_for,
+    stop,
+    wait_healthy,
+    wait_until,
+    with_store,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -26,12 +38,18 @@ class Server:
         self.proc, self.base, self.token, self.log = proc, base, token, log
 
 
+@pytest.fixture(params=BACKENDS)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """The database `serve` runs on: an SQLite file, or a PostgreSQL URL."""
+    return database_for(request, tmp_path / "q.db")
+
+
 @pytest.fixture
-def server(tmp_path: Path, processes: Processes) -> Server:
+def server(db: Path | str, tmp_path: Path, processes: Processes) -> Server:
     port = free_port()
     proc = processes.start(
         "server",
-        *("serve", "--db", str(tmp_path / "q.db"), "--port", str(port)),
+        *("serve", "--db", str(db), "--port", str(port)),
         cwd=tmp_path,
         separate_stdout=True,  # the first admin token goes to stdout, the log to stderr
     )
@@ -103,6 +121,24 @@ def test_a_file_that_is_not_sqlite_is_refused_with_a_message(tmp_path: Path) -> 
     assert "Traceback" not in result.stderr
 
 
+def test_an_unreachable_postgresql_server_is_refused_in_one_line(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    url = f"postgresql://queue:s3cret-pw@127.0.0.1:{port}/queue"
+    result = subprocess.run(
+        [*SERVE, "--db", url, "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert result.stdout == "", "nothing (no token) may be printed for a start that fails"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("queue-service: "), result.stderr
+    assert f"127.0.0.1:{port}" in lines[0]
+    assert "s3cret-pw" not in result.stderr, "the password must not be shown"
+
+
 def test_a_schedule_naming_an_unknown_command_stops_start_up(tmp_path: Path) -> None:
     plugins = Path(__file__).resolve().parents[1] / "plugins"
     config = tmp_path / "bad.toml"
@@ -133,7 +169,7 @@ def test_a_schedule_naming_an_unknown_command_stops_start_up(tmp_path: Path) -> 
 
 
 def serve_until_healthy(
-    processes: Processes, db: Path, *extra: str
+    processes: Processes, db: Path | str, *extra: str
 ) -> tuple[subprocess.Popen[bytes], str]:
     """Start `queue-service serve` (stdout in serve.out, stderr in serve.log); return it
     once /healthz answers."""
@@ -147,32 +183,20 @@ def serve_until_healthy(
 
 @pytest.mark.parametrize("how", ["revoked", "expired"])
 def test_revoking_every_token_keeps_the_api_locked_across_restarts(
-    tmp_path: Path, how: str, processes: Processes
+    db: Path | str, tmp_path: Path, how: str, processes: Processes
 ) -> None:
-    import asyncio
-
-    from queue_service.api import ServiceState
-    from queue_service.store import SQLiteStore
-
-    db = tmp_path / "locked.db"
-
-    async def seed() -> str:
-        store = SQLiteStore(db)
-        await store.open()
-        try:
-            secret, _ = await ServiceState.for_store(store).tokens.create("only", ["*"], "1h")
-            if how == "revoked":
-                assert await store.revoke_token("only")
+    async def seed(store: Store) -> str:
+        if how == "expired":  # its time ran out while the service was down
+            secret = new_secret()
+            await store.create_token(
+                "only", hash_token(secret), ["*"], "2000-01-01T00:00:00.000000Z"
+            )
             return secret
-        finally:
-            await store.close()
+        secret, _ = await ServiceState.for_store(store).tokens.create("only", ["*"])
+        assert await store.revoke_token("only")
+        return secret
 
-    secret = asyncio.run(seed())
-    if how == "expired":
-        raw = sqlite3.connect(db)
-        with raw:
-            raw.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z'")
-        raw.close()
+    secret = with_store(db, seed)
     proc, base = serve_until_healthy(processes, db)
     assert (
         httpx.get(f"{base}/jobs", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
@@ -181,7 +205,7 @@ def test_revoking_every_token_keeps_the_api_locked_across_restarts(
     out = (tmp_path / "serve.out").read_text()
     err = (tmp_path / "serve.log").read_text()
     assert "qs_" not in out + err, "a new token was minted"
-    assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM tokens").fetchone()[0] == 1
+    assert [t.name for t in with_store(db, lambda s: s.list_tokens())] == ["only"]
     assert "no live token" in err and "queue-service token create" in err and "--scope '*'" in err
 
 

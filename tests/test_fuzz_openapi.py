@@ -39,7 +39,8 @@ from queue_service.auth import new_secret
 from queue_service.models import TIMESTAMP_PATTERN
 from queue_service.plugins import load
 from queue_service.statuses import Status
-from tests.live_server import BACKENDS, PLUGIN_DIR, LiveServer, live_database, start_server
+from tests.live_server import PLUGIN_DIR, LiveServer, live_database, start_server
+from tests.processes import BACKENDS
 
 pytestmark = pytest.mark.slow
 

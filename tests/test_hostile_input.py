@@ -33,7 +33,6 @@ from queue_service.plugins import load
 from queue_service.store import NewJob, SQLiteStore
 from tests.conftest import TokenFactory, assert_error, bearer
 from tests.live_server import (
-    BACKENDS,
     ROOT,
     LiveServer,
     jobs_snapshot,
@@ -41,6 +40,7 @@ from tests.live_server import (
     raw_request,
     start_server,
 )
+from tests.processes import BACKENDS
 
 HUGE = "x" * 100_000
 #: Values no parameter of ours should take, by family.
