@@ -1,6 +1,4 @@
-"""End to end: the real `queue-service serve` process on uvicorn, spoken to over TCP, on an
-SQLite file and on a PostgreSQL schema (`serve --db postgresql://…`) alike; only what is about
-the SQLite file itself runs on SQLite alone."""
+"""End to end: the real `queue-service serve` process on uvicorn, spoken to over TCP."""
 
 from __future__ import annotations
 
@@ -14,19 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from queue_service.api import ServiceState
-from queue_service.auth import hash_token, new_secret
 from queue_service.store import Store
-from tests.conftest import free_port
-from tests.processes import (
-    BACKENDS,
-    Processes,
-    database_for,
-    stop,
-    wait_healthy,
-    wait_until,
-    with_store,
-)
+from tests.conftest import RawDatabase, free_port
+from tests.processes import Processes, stop, wait_healthy, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -38,18 +26,13 @@ class Server:
         self.proc, self.base, self.token, self.log = proc, base, token, log
 
 
-@pytest.fixture(params=BACKENDS)
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
-    """The database `serve` runs on: an SQLite file, or a PostgreSQL URL."""
-    return database_for(request, tmp_path / "q.db")
-
-
 @pytest.fixture
-def server(db: Path | str, tmp_path: Path, processes: Processes) -> Server:
+def server(tmp_path: Path, db_url: str, processes: Processes) -> Server:
+    """`serve` on a new database of each backend (an SQLite file, a PostgreSQL schema)."""
     port = free_port()
     proc = processes.start(
         "server",
-        *("serve", "--db", str(db), "--port", str(port)),
+        *("serve", "--db", db_url, "--port", str(port)),
         cwd=tmp_path,
         separate_stdout=True,  # the first admin token goes to stdout, the log to stderr
     )
@@ -171,8 +154,8 @@ def test_a_schedule_naming_an_unknown_command_stops_start_up(tmp_path: Path) -> 
 def serve_until_healthy(
     processes: Processes, db: Path | str, *extra: str
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start `queue-service serve` (stdout in serve.out, stderr in serve.log); return it
-    once /healthz answers."""
+    """Start `queue-service serve --db DB` (stdout in serve.out, stderr in serve.log); return
+    it once /healthz answers."""
     port = free_port()
     proc = processes.start(
         "serve", "serve", "--db", str(db), "--port", str(port), *extra, separate_stdout=True
@@ -181,31 +164,32 @@ def serve_until_healthy(
     return proc, f"http://127.0.0.1:{port}"
 
 
+@pytest.mark.anyio
 @pytest.mark.parametrize("how", ["revoked", "expired"])
-def test_revoking_every_token_keeps_the_api_locked_across_restarts(
-    db: Path | str, tmp_path: Path, how: str, processes: Processes
+async def test_revoking_every_token_keeps_the_api_locked_across_restarts(
+    tmp_path: Path,
+    how: str,
+    processes: Processes,
+    db_url: str,
+    store: Store,
+    raw_db: RawDatabase,
 ) -> None:
-    async def seed(store: Store) -> str:
-        if how == "expired":  # its time ran out while the service was down
-            secret = new_secret()
-            await store.create_token(
-                "only", hash_token(secret), ["*"], "2000-01-01T00:00:00.000000Z"
-            )
-            return secret
-        secret, _ = await ServiceState.for_store(store).tokens.create("only", ["*"])
-        assert await store.revoke_token("only")
-        return secret
+    from queue_service.api import ServiceState
 
-    secret = with_store(db, seed)
-    proc, base = serve_until_healthy(processes, db)
-    assert (
-        httpx.get(f"{base}/jobs", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
-    )
+    secret, _ = await ServiceState.for_store(store).tokens.create("only", ["*"], "1h")
+    if how == "revoked":
+        assert await store.revoke_token("only")
+    else:
+        raw_db.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z'")
+    proc, base = serve_until_healthy(processes, db_url)
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{base}/jobs", headers={"Authorization": f"Bearer {secret}"})
+    assert response.status_code == 401
     stop(proc)
     out = (tmp_path / "serve.out").read_text()
     err = (tmp_path / "serve.log").read_text()
     assert "qs_" not in out + err, "a new token was minted"
-    assert [t.name for t in with_store(db, lambda s: s.list_tokens())] == ["only"]
+    assert raw_db.execute("SELECT COUNT(*) FROM tokens") == [(1,)]
     assert "no live token" in err and "queue-service token create" in err and "--scope '*'" in err
 
 
