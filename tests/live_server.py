@@ -173,9 +173,10 @@ def read_rss_kib(pid: int | str = "self") -> int:
 
 @contextlib.contextmanager
 def live_database(request: pytest.FixtureRequest) -> Iterator[str | None]:
-    """For a module fixture parametrized with BACKENDS: None on "sqlite" (start_server makes the
-    file), or the URL of a fresh schema on the PostgreSQL test server, dropped afterwards
-    (skipped, or failed under QS_REQUIRE_POSTGRESQL=1, when no server answers)."""
+    """For a module fixture parametrized by backend name (sorted(STORE_BACKENDS)): None on
+    "sqlite" (start_server makes the file), or the URL of a fresh schema on the PostgreSQL
+    test server, dropped afterwards (skipped, or failed under QS_REQUIRE_POSTGRESQL=1, when
+    no server answers)."""
     if request.param == "sqlite":
         yield None
         return

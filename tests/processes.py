@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
-import pytest
 
 from queue_service.store import NewJob, Store, create_store
 
@@ -258,20 +257,6 @@ def read_pid(path: Path) -> int | None:
 
 
 # --- the database the processes share, through the store ----------------------------------
-
-#: The backends a test with real processes runs on: parametrize a fixture with these and
-#: return `database_for(request, path)`.
-BACKENDS = ["sqlite", "postgresql"]
-
-
-def database_for(request: pytest.FixtureRequest, path: Path) -> Path | str:
-    """For a fixture parametrized with BACKENDS: the SQLite file `path`, or the URL of a
-    fresh PostgreSQL schema (the `postgresql_url` fixture: skipped, or failed under
-    QS_REQUIRE_POSTGRESQL=1, when no server answers). Pass it to `--db` as str()."""
-    if request.param == "sqlite":
-        return path
-    url: str = request.getfixturevalue("postgresql_url")
-    return url
 
 
 def with_store(db: Path | str, action: Callable[[Store], Awaitable[R]]) -> R:

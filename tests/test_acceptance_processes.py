@@ -31,11 +31,9 @@ from queue_service.store import Job, JobFilter, NewJob
 from queue_service.timeutil import parse_rfc3339
 from tests.conftest import free_port
 from tests.processes import (
-    BACKENDS,
     REPO,
     Processes,
     alive,
-    database_for,
     enqueue_many,
     healthy,
     kill_quietly,
@@ -52,10 +50,11 @@ pytestmark = pytest.mark.slow
 Db = Path | str
 
 
-@pytest.fixture(params=BACKENDS)
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Db:
-    """The database the test's processes share."""
-    return database_for(request, tmp_path / "q.db")
+@pytest.fixture
+def db(db_url: str) -> Db:
+    """The database the test's processes share: a new SQLite file, or a fresh PostgreSQL
+    schema (conftest's db_url: each test runs once per backend)."""
+    return db_url
 
 
 # --- the database, read through the store ------------------------------------------------------
@@ -251,8 +250,8 @@ SCHEDULED_JOBS = "SELECT job_id FROM jobs WHERE schedule_id = {}"
 
 def read_fires(db: Db, schedule_key: str) -> tuple[list[tuple[str, str | None]], list[str]]:
     """The (slot, job_id) rows of schedule_fires and the ids of the schedule's jobs."""
-    if isinstance(db, str):
-        with psycopg.connect(db) as pg:
+    if str(db).startswith("postgresql://"):
+        with psycopg.connect(str(db)) as pg:
             fires = pg.execute(FIRES.format("%s"), (schedule_key,)).fetchall()
             jobs = pg.execute(SCHEDULED_JOBS.format("%s"), (schedule_key,)).fetchall()
     else:

@@ -39,8 +39,8 @@ from queue_service.auth import new_secret
 from queue_service.models import TIMESTAMP_PATTERN
 from queue_service.plugins import load
 from queue_service.statuses import Status
+from tests.conftest import STORE_BACKENDS
 from tests.live_server import PLUGIN_DIR, LiveServer, live_database, start_server
-from tests.processes import BACKENDS
 
 pytestmark = pytest.mark.slow
 
@@ -132,7 +132,7 @@ def _load_schema() -> Any:
 schema = _load_schema()
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=sorted(STORE_BACKENDS))
 def live(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:

@@ -31,7 +31,7 @@ from queue_service.api.params import exact_pattern
 from queue_service.config import parse_config
 from queue_service.plugins import load
 from queue_service.store import NewJob, SQLiteStore
-from tests.conftest import TokenFactory, assert_error, bearer
+from tests.conftest import STORE_BACKENDS, TokenFactory, assert_error, bearer
 from tests.live_server import (
     ROOT,
     LiveServer,
@@ -40,7 +40,6 @@ from tests.live_server import (
     raw_request,
     start_server,
 )
-from tests.processes import BACKENDS
 
 HUGE = "x" * 100_000
 #: Values no parameter of ours should take, by family.
@@ -481,7 +480,7 @@ async def test_a_real_id_with_a_prefix_or_suffix_is_not_that_job(
 # -- over the wire, against a real server ------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=sorted(STORE_BACKENDS))
 def live(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
