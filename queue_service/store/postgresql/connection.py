@@ -139,10 +139,17 @@ class Database:
         """Run `fn` once on a pooled connection, inside `begin` ... COMMIT unless None;
         retry it as the module docstring says."""
         pause = _FIRST_PAUSE_S
+        task = asyncio.current_task()
         for run in range(1, _MAX_RUNS + 1):
             conn: Conn | None = None
             try:
+                cancels = task.cancelling() if task is not None else 0
                 async with self.pool.connection() as conn:
+                    if task is not None and task.cancelling() > cancels:
+                        # On Python 3.11 the pool's wait for a connection (asyncio.wait_for)
+                        # can return the connection and drop a cancel that came with it:
+                        # deliver it, or a cancelled task would go on (and never stop).
+                        raise asyncio.CancelledError
                     if begin is None:
                         return await fn(conn, *args)
                     return await self._in_transaction(conn, begin, fn, args)
