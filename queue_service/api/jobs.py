@@ -9,7 +9,13 @@ from queue_service import models
 from queue_service.api import examples
 from queue_service.api.operations import Context, Operation, insufficient_scope
 from queue_service.api.params import JOB_LIST_PARAMS
-from queue_service.api.responses import job_not_found, job_response, json_response, page_body
+from queue_service.api.responses import (
+    could_be_a_job_id,
+    job_not_found,
+    job_response,
+    json_response,
+    page_body,
+)
 from queue_service.api.sync_routes import sync_status
 from queue_service.scopes import grants
 from queue_service.store import JobFilter
@@ -48,7 +54,7 @@ async def _warnings(ctx: Context) -> list[str]:
 
 async def get_job(request: Request, ctx: Context) -> Response:
     job_id = request.path_params["job_id"]
-    job = await ctx.state.store.get_job(job_id) if len(job_id) <= 200 else None
+    job = await ctx.state.store.get_job(job_id) if could_be_a_job_id(job_id) else None
     if job is None or not _may_read(ctx, job.submitted_by_token):
         # Another token's job is a 404 like an unknown id, so that a token without
         # jobs:status:ro cannot learn which ids exist.
