@@ -223,40 +223,36 @@ def start_server(
     return server
 
 
-#: The tables a request could change when it touches jobs (tokens are left out: a good
-#: token's last_used_at is bookkeeping, not state).
-JOB_TABLES = ("jobs", "job_counts", "job_attempts")
-
-
-#: The exact counts as PostgreSQL holds them: the rollup plus the deltas not folded in yet
-#: (a fold moves rows between the two without changing a count).
-_PG_COUNTS = """
-SELECT plugin, command, status, source, sum(n)::bigint FROM (
-    SELECT plugin, command, status, source, n FROM job_counts
-    UNION ALL SELECT plugin, command, status, source, d FROM job_count_deltas
-) AS counts GROUP BY plugin, command, status, source HAVING sum(n) <> 0
-"""
+#: What a request that touches jobs could change, as queries (the same text on both
+#: backends): every row of the job tables, and the exact counts as readers see them, the
+#: rollup plus the deltas not folded in yet (a fold moves rows between the two without
+#: changing a count). Tokens are left out: a good token's last_used_at is bookkeeping.
+SNAPSHOT_QUERIES = {
+    "jobs": "SELECT * FROM jobs",
+    "job_counts": (
+        "SELECT plugin, command, status, source, SUM(n) FROM ("
+        " SELECT plugin, command, status, source, n FROM job_counts UNION ALL"
+        " SELECT plugin, command, status, source, d FROM job_count_deltas) AS c"
+        " GROUP BY plugin, command, status, source HAVING SUM(n) <> 0"
+    ),
+    "job_attempts": "SELECT * FROM job_attempts",
+}
 
 
 def jobs_snapshot(db: Path | str) -> dict[str, list[tuple[object, ...]]]:
-    """Every row of the job tables, in a stable order: to prove requests changed nothing.
+    """SNAPSHOT_QUERIES' rows, in a stable order: to prove requests changed nothing.
     `db`: an SQLite file, or a PostgreSQL URL."""
     if is_postgresql(db):
         with psycopg.connect(str(db)) as conn:
-            queries = {
-                "jobs": "SELECT * FROM jobs",
-                "job_counts": _PG_COUNTS,
-                "job_attempts": "SELECT * FROM job_attempts",
-            }
             return {
-                table: sorted(conn.execute(query).fetchall(), key=repr)
-                for table, query in queries.items()
+                name: sorted(conn.execute(sql).fetchall(), key=repr)
+                for name, sql in SNAPSHOT_QUERIES.items()
             }
     raw = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return {
-            table: sorted(raw.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
-            for table in JOB_TABLES
+            name: sorted(raw.execute(sql).fetchall(), key=repr)
+            for name, sql in SNAPSHOT_QUERIES.items()
         }
     finally:
         raw.close()

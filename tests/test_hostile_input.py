@@ -15,7 +15,6 @@ import http.client
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlencode
 
@@ -31,9 +30,10 @@ from queue_service.api.params import exact_pattern
 from queue_service.config import parse_config
 from queue_service.plugins import load
 from queue_service.store import NewJob, SQLiteStore
-from tests.conftest import STORE_BACKENDS, TokenFactory, assert_error, bearer
+from tests.conftest import STORE_BACKENDS, RawDatabase, TokenFactory, assert_error, bearer
 from tests.live_server import (
     ROOT,
+    SNAPSHOT_QUERIES,
     LiveServer,
     jobs_snapshot,
     live_database,
@@ -154,23 +154,24 @@ async def asgi_request(
 
 
 class Unchanged:
-    """Asserts the job tables are exactly as they were when it was made."""
+    """Asserts the job tables are exactly as they were when it was made (on any backend)."""
 
-    def __init__(self, db: Path | str) -> None:
-        self.db = db
-        self.before = jobs_snapshot(db)
+    def __init__(self, raw: RawDatabase) -> None:
+        self.raw = raw
+        self.before = self.snapshot()
+
+    def snapshot(self) -> dict[str, list[tuple[object, ...]]]:
+        return {
+            name: sorted(self.raw.execute(sql), key=repr) for name, sql in SNAPSHOT_QUERIES.items()
+        }
 
     def check(self) -> None:
-        assert jobs_snapshot(self.db) == self.before, "a hostile request changed the database"
+        assert self.snapshot() == self.before, "a hostile request changed the database"
 
 
 @pytest.fixture
-def unchanged(
-    request: pytest.FixtureRequest, store_backend: str, seeded: list[str]
-) -> Iterator[Unchanged]:
-    # The database under the test's store: its SQLite file, or its PostgreSQL schema.
-    db = "db_path" if store_backend == "sqlite" else "postgresql_url"
-    guard = Unchanged(request.getfixturevalue(db))
+def unchanged(raw_db: RawDatabase, seeded: list[str]) -> Iterator[Unchanged]:
+    guard = Unchanged(raw_db)
     yield guard
     guard.check()
 
