@@ -1,13 +1,15 @@
-"""The Databricks sync worker against a fake workspace (real HTTP, real SDK, real SQLite store)."""
+"""The Databricks sync worker against a fake workspace (real HTTP, real SDK, the real store of
+every backend)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from queue_service.store import (
     ExternalJob,
     Job,
     JobFilter,
-    SQLiteStore,
+    Store,
     StoreUnavailable,
     SyncState,
     UpsertCounts,
@@ -75,18 +77,18 @@ def workspace(
     return WorkspaceConfig(name=name, host=fake.url, token_env=env)
 
 
-async def job_of(store: SQLiteStore, fake: FakeDatabricks, run_id: int) -> Job:
+async def job_of(store: Store, fake: FakeDatabricks, run_id: int) -> Job:
     job = await store.get_job(run_job_id(fake.url, run_id))
     assert job is not None, f"run {run_id} was not synced"
     return job
 
 
-async def count(store: SQLiteStore) -> int:
+async def count(store: Store) -> int:
     page = await store.list_jobs(JobFilter(sources=(Source.DATABRICKS,)), limit=1)
     return page.total
 
 
-async def state_of(store: SQLiteStore, name: str = "prod") -> SyncState:
+async def state_of(store: Store, name: str = "prod") -> SyncState:
     (state,) = [s for s in await store.get_sync_states() if s.workspace == name]
     return state
 
@@ -98,7 +100,7 @@ class SpyStore:
     It implements the SyncStore protocol: mypy (which checks tests/ too) checks that at every
     ``DatabricksSync(..., spy)`` below."""
 
-    def __init__(self, store: SQLiteStore, crash_on: int | None = None) -> None:
+    def __init__(self, store: Store, crash_on: int | None = None) -> None:
         self.store = store
         self.crash_on = crash_on
         self.pages: list[tuple[SyncState, int]] = []
@@ -128,7 +130,7 @@ def no_commit_timer(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_first_sync_reads_every_page_and_commits_them_in_batches(
     fake: FakeDatabricks,
-    store: SQLiteStore,
+    store: Store,
     monkeypatch: pytest.MonkeyPatch,
     no_commit_timer: None,
 ) -> None:
@@ -180,7 +182,7 @@ async def test_first_sync_reads_every_page_and_commits_them_in_batches(
 
 
 async def test_incremental_sync_sees_a_run_finish(
-    fake: FakeDatabricks, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    fake: FakeDatabricks, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job = fake.add_job("hourly")
     run_id = fake.start_run(job)
@@ -204,7 +206,7 @@ async def test_incremental_sync_sees_a_run_finish(
 
 
 async def test_run_finishing_outside_the_window_is_read_with_runs_get(
-    fake: FakeDatabricks, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    fake: FakeDatabricks, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job = fake.add_job("long")
     long_run = fake.start_run(job, start_time=now_ms() - 3 * HOUR_MS)
@@ -222,7 +224,7 @@ async def test_run_finishing_outside_the_window_is_read_with_runs_get(
 
 
 async def test_repair_reopens_the_same_job(
-    fake: FakeDatabricks, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    fake: FakeDatabricks, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job = fake.add_job("flaky")
     run_id = fake.start_run(job, start_time=now_ms() - 60_000)
@@ -246,7 +248,7 @@ async def test_repair_reopens_the_same_job(
 
 async def test_restart_after_a_crash_mid_sync_loses_and_duplicates_nothing(
     fake: FakeDatabricks,
-    store: SQLiteStore,
+    store: Store,
     monkeypatch: pytest.MonkeyPatch,
     no_commit_timer: None,
 ) -> None:
@@ -279,7 +281,7 @@ async def test_restart_after_a_crash_mid_sync_loses_and_duplicates_nothing(
 
 
 async def test_no_committed_state_skips_a_run_that_is_not_committed(
-    fake: FakeDatabricks, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    fake: FakeDatabricks, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Whatever call a crash follows, the state it left lets the next pass skip only
     runs that are already stored: the window above ``low_ms``, or up to the watermark."""
@@ -313,9 +315,64 @@ async def test_no_committed_state_skips_a_run_that_is_not_committed(
     assert committed == set(starts)
 
 
+class WatchedStore:
+    """Delegates to the real store; `syncing` is set while it holds a workspace's sync."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.syncing = asyncio.Event()
+
+    @contextlib.asynccontextmanager
+    async def exclusive_sync(self, workspace: str) -> AsyncIterator[bool]:
+        async with self.store.exclusive_sync(workspace) as mine:
+            if mine:
+                self.syncing.set()
+            yield mine
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+async def test_a_workspace_synced_by_another_process_is_skipped(
+    fake: FakeDatabricks,
+    store: Store,
+    another_store: Store,
+    store_backend: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two processes (hosts) sync one workspace: while one's pass runs, the other skips its
+    own, so each run is fetched and written by one pass."""
+    if store_backend == "sqlite":
+        pytest.skip("an SQLite file has one serving process; its sync's exclusion is in-process")
+    job = fake.add_job("Nightly ETL")
+    fake.add_finished_runs(30, job_id=job, newest_start=now_ms() - 60_000, step_ms=60_000)
+    config = settings(workspace(fake, monkeypatch))
+    first = WatchedStore(store)
+    fake.inject(Fault.slow(30), path=LIST)  # holds the first pass in its first listing
+    running = asyncio.create_task(DatabricksSync(config, first).sync_once())
+    await asyncio.wait_for(first.syncing.wait(), 10)
+
+    requests = len(fake.requests)
+    other = await DatabricksSync(config, another_store).sync_once()
+    (skipped,) = other.workspaces
+    assert skipped.ok and skipped.skipped, skipped
+    assert (skipped.runs, skipped.inserted) == (0, 0)
+    assert len(fake.requests) == requests, "the skipped pass asked Databricks nothing"
+    assert other.lines() == ["prod: skipped, another process is syncing it"]
+
+    fake.clear_faults()
+    (done,) = (await asyncio.wait_for(running, 30)).workspaces
+    assert done.ok and not done.skipped, done.error
+    assert done.inserted == 30
+    assert await count(store) == 30
+    # The lock went with the pass: the other process syncs next time (nothing new to add).
+    (after,) = (await DatabricksSync(config, another_store).sync_once()).workspaces
+    assert after.ok and not after.skipped and after.inserted == 0
+
+
 async def test_pages_read_before_a_fault_are_kept(
     fake: FakeDatabricks,
-    store: SQLiteStore,
+    store: Store,
     monkeypatch: pytest.MonkeyPatch,
     no_commit_timer: None,
 ) -> None:
@@ -333,7 +390,7 @@ async def test_pages_read_before_a_fault_are_kept(
 
 
 async def test_cancelled_mid_sync_resumes(
-    fake: FakeDatabricks, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    fake: FakeDatabricks, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake.add_finished_runs(60, newest_start=now_ms() - 60_000, step_ms=60_000)
     config = settings(workspace(fake, monkeypatch), http_timeout_seconds=30)
@@ -365,7 +422,7 @@ async def test_cancelled_mid_sync_resumes(
     ids=["429", "503"],
 )
 async def test_sdk_retries_throttling_within_one_sync(
-    fault: Fault, fake: FakeDatabricks, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    fault: Fault, fake: FakeDatabricks, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run_id = fake.start_run(None)
     fake.inject(fault, path=LIST)
@@ -392,7 +449,7 @@ async def test_transient_faults_back_off_then_recover(
     fault: Fault,
     expected: str,
     fake: FakeDatabricks,
-    store: SQLiteStore,
+    store: Store,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     run_id = fake.start_run(None)
@@ -421,7 +478,7 @@ async def test_transient_faults_back_off_then_recover(
 
 
 async def test_backoff_doubles_up_to_the_maximum(
-    fake: FakeDatabricks, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    fake: FakeDatabricks, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake.inject(Fault.internal_error(), times=None, path=LIST)
     config = settings(
@@ -449,7 +506,7 @@ async def test_auth_faults_make_the_workspace_unhealthy(
     fault: Fault,
     expected: str,
     fake: FakeDatabricks,
-    store: SQLiteStore,
+    store: Store,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     run_id = fake.start_run(None)
@@ -475,7 +532,7 @@ async def test_auth_faults_make_the_workspace_unhealthy(
 
 
 async def test_rotated_token_is_picked_up_after_an_auth_fault(
-    fake: FakeDatabricks, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    fake: FakeDatabricks, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sync = DatabricksSync(settings(workspace(fake, monkeypatch)), store)
     assert (await sync.sync_once()).ok
@@ -494,9 +551,7 @@ def _closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def test_unreachable_host_is_transient(
-    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_unreachable_host_is_transient(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TOKEN_ENV, "dapi-unused-token")
     ws = WorkspaceConfig(
         name="gone", host=f"http://127.0.0.1:{_closed_port()}", token_env=TOKEN_ENV
@@ -506,7 +561,7 @@ async def test_unreachable_host_is_transient(
     assert (await state_of(store, "gone")).healthy
 
 
-async def test_configuration_faults_are_unhealthy(fake: FakeDatabricks, store: SQLiteStore) -> None:
+async def test_configuration_faults_are_unhealthy(fake: FakeDatabricks, store: Store) -> None:
     missing_env = WorkspaceConfig(name="noenv", host=fake.url, token_env="QS_TEST_UNSET_VAR")
     nothing = WorkspaceConfig(name="nothing")
     summary = await DatabricksSync(settings(missing_env, nothing), store).sync_once()
@@ -521,7 +576,7 @@ async def test_configuration_faults_are_unhealthy(fake: FakeDatabricks, store: S
 
 async def test_malformed_run_is_skipped_and_the_page_kept(
     fake: FakeDatabricks,
-    store: SQLiteStore,
+    store: Store,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -541,7 +596,7 @@ async def test_malformed_run_is_skipped_and_the_page_kept(
 
 async def test_unknown_state_keeps_status_and_raw_strings_and_logs_once(
     fake: FakeDatabricks,
-    store: SQLiteStore,
+    store: Store,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -569,7 +624,7 @@ async def test_unknown_state_keeps_status_and_raw_strings_and_logs_once(
 
 
 async def test_vanished_active_run_becomes_dead(
-    fake: FakeDatabricks, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    fake: FakeDatabricks, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     active = fake.start_run(None)
     finished = fake.start_run(None, start_time=now_ms() - 60_000)
@@ -590,7 +645,7 @@ async def test_vanished_active_run_becomes_dead(
     "fault", [Fault.not_found_endpoint(), Fault.internal_error()], ids=["bare-404", "500"]
 )
 async def test_a_failing_runs_get_never_declares_a_run_dead(
-    fault: Fault, fake: FakeDatabricks, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    fault: Fault, fake: FakeDatabricks, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     active = fake.start_run(None, start_time=now_ms() - 3 * HOUR_MS)
     config = settings(workspace(fake, monkeypatch), overlap_seconds=0)
@@ -632,7 +687,7 @@ def test_fault_messages_never_carry_secrets() -> None:
 
 
 async def test_two_workspaces_one_broken(
-    fake: FakeDatabricks, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    fake: FakeDatabricks, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     good_run = fake.start_run(None)
     good = workspace(fake, monkeypatch, name="good", env="QS_TEST_TOKEN_GOOD")
@@ -657,7 +712,7 @@ async def test_two_workspaces_one_broken(
 
 
 async def test_run_forever_keeps_a_healthy_workspace_fresh_while_another_hangs(
-    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with FakeDatabricks() as fast, FakeDatabricks() as stuck:
         stuck.inject(Fault.slow(20), times=None, path=LIST)
@@ -687,7 +742,7 @@ async def test_run_forever_keeps_a_healthy_workspace_fresh_while_another_hangs(
 
 
 async def test_run_forever_survives_faults_and_stops(
-    fake: FakeDatabricks, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    fake: FakeDatabricks, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake.inject(Fault.internal_error(), times=3, path=LIST)
     run_id = fake.start_run(None)
@@ -707,7 +762,7 @@ async def test_run_forever_survives_faults_and_stops(
 class UnavailableStore(SpyStore):
     """The store away for the first `outage` page writes (a PostgreSQL server restarting)."""
 
-    def __init__(self, store: SQLiteStore, outage: int) -> None:
+    def __init__(self, store: Store, outage: int) -> None:
         super().__init__(store)
         self.outage = outage
 
@@ -720,7 +775,7 @@ class UnavailableStore(SpyStore):
 
 async def test_an_unavailable_store_is_one_line_and_the_next_pass_syncs(
     fake: FakeDatabricks,
-    store: SQLiteStore,
+    store: Store,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -737,7 +792,7 @@ async def test_an_unavailable_store_is_one_line_and_the_next_pass_syncs(
 
 
 async def test_random_faults_converge_to_the_exact_remote_state(
-    fake: FakeDatabricks, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    fake: FakeDatabricks, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     job = fake.add_job("batch")
     now = now_ms()
@@ -777,7 +832,7 @@ async def test_random_faults_converge_to_the_exact_remote_state(
 
 
 async def test_default_workspace_resolves_from_databricks_host_and_token(
-    fake: FakeDatabricks, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    fake: FakeDatabricks, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DATABRICKS_HOST", fake.url)
     monkeypatch.setenv("DATABRICKS_TOKEN", fake.token)
@@ -790,7 +845,7 @@ async def test_default_workspace_resolves_from_databricks_host_and_token(
 
 
 async def test_profile_from_databrickscfg(
-    fake: FakeDatabricks, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    fake: FakeDatabricks, store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     cfg_file = tmp_path / "databrickscfg"
     cfg_file.write_text(f"[dev]\nhost = {fake.url}\ntoken = {fake.token}\n")
@@ -836,7 +891,7 @@ def test_config_rejects_duplicate_names_and_bad_values() -> None:
 
 
 async def test_run_forever_does_nothing_when_disabled(
-    fake: FakeDatabricks, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    fake: FakeDatabricks, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake.start_run(None)
     config = settings(workspace(fake, monkeypatch), enabled=False)

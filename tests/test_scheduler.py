@@ -1,4 +1,4 @@
-"""The scheduler against the real SQLite store, with an injected clock (no sleeps)."""
+"""The scheduler against the real store of every backend, with an injected clock (no sleeps)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from queue_service.config import parse_config
 from queue_service.scheduler import PluginSchedule, Scheduler
 from queue_service.scheduling import FireOutcome, FireResult, ScheduleSpec, ScheduleState
 from queue_service.statuses import Status
-from queue_service.store import SQLiteStore, StoreUnavailable
-from queue_service.store.types import JobFilter
+from queue_service.store import SQLiteStore, Store, StoreUnavailable
+from queue_service.store.types import JobFilter, NewJob
 from queue_service.timeutil import format_ts, parse_rfc3339
+
+from .conftest import STORE_BACKENDS
 
 pytestmark = pytest.mark.anyio
 
@@ -31,12 +33,12 @@ def ts(text: str) -> str:
     return format_ts(at(text))
 
 
-def scheduler(store: SQLiteStore, **fields: Any) -> Scheduler:
+def scheduler(store: Store, **fields: Any) -> Scheduler:
     spec = ScheduleSpec.model_validate({"id": "hb", "command": "poll", **fields})
     return Scheduler(store, [PluginSchedule("echo", spec, max_attempts=3)])
 
 
-async def test_fires_each_slot_once_and_persists_its_state(store: SQLiteStore) -> None:
+async def test_fires_each_slot_once_and_persists_its_state(store: Store) -> None:
     s = scheduler(store, every="5m", payload={"k": "v"})
     assert await s.tick(at("2026-01-01T09:58:00Z")) == []
     states = await store.get_schedule_states()
@@ -63,9 +65,11 @@ async def test_fires_each_slot_once_and_persists_its_state(store: SQLiteStore) -
     assert states[KEY].last_fired_at is not None
 
 
-async def test_restart_neither_fires_twice_nor_forgets(db_path: Path) -> None:
+async def test_restart_neither_fires_twice_nor_forgets(
+    request: pytest.FixtureRequest, store_backend: str
+) -> None:
     async def run(now: str) -> list[FireOutcome]:
-        store = SQLiteStore(db_path)  # a fresh process each time
+        store = STORE_BACKENDS[store_backend](request)  # a fresh process each time
         await store.open()
         try:
             s = scheduler(store, every="1h", if_running="queue")
@@ -81,7 +85,7 @@ async def test_restart_neither_fires_twice_nor_forgets(db_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("catch_up", "jobs"), [("skip", 0), ("run_once", 1)])
-async def test_downtime_follows_catch_up(store: SQLiteStore, catch_up: str, jobs: int) -> None:
+async def test_downtime_follows_catch_up(store: Store, catch_up: str, jobs: int) -> None:
     await scheduler(store, every="1h", catch_up=catch_up).tick(at("2026-01-01T09:30:00Z"))
     restarted = scheduler(store, every="1h", catch_up=catch_up)
     fired = await restarted.tick(at("2026-01-01T14:30:00Z"))
@@ -91,30 +95,42 @@ async def test_downtime_follows_catch_up(store: SQLiteStore, catch_up: str, jobs
 
 
 async def test_two_processes_sharing_the_database_fire_a_slot_once(
-    store: SQLiteStore, db_path: Path
+    store: Store, another_store: Store
 ) -> None:
-    other = SQLiteStore(db_path)
-    await other.open()
-    try:
-        a, b = scheduler(store, every="1m"), scheduler(other, every="1m", if_running="queue")
-        await a.tick(at("2026-01-01T09:59:30Z"))
-        start = at("2026-01-01T10:00:00Z")
-        enqueued = 0
-        for second in range(0, 600, 7):  # ten minutes, both ticking at once
-            now = start + timedelta(seconds=second)
-            fired_a, fired_b = await asyncio.gather(a.tick(now), b.tick(now))
-            enqueued += sum(f.result.outcome is FireOutcome.ENQUEUED for f in fired_a + fired_b)
-            for job in fired_a + fired_b:  # finish jobs so if_running=skip does not interfere
-                if job.result.job_id:
-                    await store.cancel_job(job.result.job_id)
-        assert enqueued == 10
-        page = await store.list_jobs(JobFilter())
-        assert page.total == 10
-    finally:
-        await other.close()
+    a, b = scheduler(store, every="1m"), scheduler(another_store, every="1m", if_running="queue")
+    await a.tick(at("2026-01-01T09:59:30Z"))
+    start = at("2026-01-01T10:00:00Z")
+    enqueued = 0
+    for second in range(0, 600, 7):  # ten minutes, both ticking at once
+        now = start + timedelta(seconds=second)
+        fired_a, fired_b = await asyncio.gather(a.tick(now), b.tick(now))
+        enqueued += sum(f.result.outcome is FireOutcome.ENQUEUED for f in fired_a + fired_b)
+        for job in fired_a + fired_b:  # finish jobs so if_running=skip does not interfere
+            if job.result.job_id:
+                await store.cancel_job(job.result.job_id)
+    assert enqueued == 10
+    page = await store.list_jobs(JobFilter())
+    assert page.total == 10
 
 
-async def test_if_running_skip_waits_for_the_active_job(store: SQLiteStore) -> None:
+async def test_processes_firing_slots_of_a_skip_schedule_at_once_enqueue_one_job(
+    store: Store, another_store: Store
+) -> None:
+    """if_running=skip across processes: two processes fire two slots of one schedule at
+    the same moment (clocks a minute apart); the fire that commits second sees the job of
+    the first, so one job is enqueued and the other slot is skipped."""
+    for n in range(20):
+        key = f"echo:race{n}"
+        job = NewJob("echo", "poll", {}, schedule_id=key, submitted_by="scheduler")
+        first, second = await asyncio.gather(
+            store.fire_schedule_slot(key, ts("2026-01-01T10:00:00Z"), "x", job, True),
+            another_store.fire_schedule_slot(key, ts("2026-01-01T10:01:00Z"), "x", job, True),
+        )
+        outcomes = sorted([first.outcome, second.outcome])
+        assert outcomes == sorted([FireOutcome.ENQUEUED, FireOutcome.SKIPPED_RUNNING]), n
+
+
+async def test_if_running_skip_waits_for_the_active_job(store: Store) -> None:
     s = scheduler(store, every="5m")
     await s.tick(at("2026-01-01T09:59:00Z"))
     (first,) = await s.tick(at("2026-01-01T10:00:00Z"))
@@ -128,14 +144,14 @@ async def test_if_running_skip_waits_for_the_active_job(store: SQLiteStore) -> N
     assert (await store.list_jobs(JobFilter())).total == 2
 
 
-async def test_if_running_queue_enqueues_while_a_job_is_active(store: SQLiteStore) -> None:
+async def test_if_running_queue_enqueues_while_a_job_is_active(store: Store) -> None:
     s = scheduler(store, every="5m", if_running="queue")
     for now in ("2026-01-01T09:59:00Z", "2026-01-01T10:00:00Z", "2026-01-01T10:05:00Z"):
         await s.tick(at(now))
     assert (await store.list_jobs(JobFilter())).total == 2
 
 
-async def test_editing_a_schedule_restarts_it_at_its_next_slot(store: SQLiteStore) -> None:
+async def test_editing_a_schedule_restarts_it_at_its_next_slot(store: Store) -> None:
     await scheduler(store, every="1d").tick(at("2026-01-01T10:30:00Z"))
     assert (await store.get_schedule_states())[KEY].next_run_at == ts("2026-01-02T00:00:00Z")
     hourly = scheduler(store, every="1h")
@@ -146,7 +162,7 @@ async def test_editing_a_schedule_restarts_it_at_its_next_slot(store: SQLiteStor
 
 
 async def test_a_failing_schedule_does_not_stop_the_others(
-    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     every_5m = ScheduleSpec.model_validate({"id": "hb", "command": "poll", "every": "5m"})
     s = Scheduler(store, [PluginSchedule("broken", every_5m), PluginSchedule("echo", every_5m)])
@@ -168,7 +184,7 @@ async def test_a_failing_schedule_does_not_stop_the_others(
 
 
 async def test_run_forever_keeps_ticking_after_a_failed_tick_until_stopped(
-    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stop = asyncio.Event()
     times = [at("2026-01-01T09:59:58Z"), at("2026-01-01T09:59:59Z"), at("2026-01-01T10:00:00Z")]
@@ -195,7 +211,7 @@ async def test_run_forever_keeps_ticking_after_a_failed_tick_until_stopped(
 
 
 async def test_an_unavailable_store_is_one_log_line_per_tick_and_the_scheduler_goes_on(
-    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     stop = asyncio.Event()
     real_states = store.get_schedule_states
@@ -220,7 +236,7 @@ async def test_an_unavailable_store_is_one_log_line_per_tick_and_the_scheduler_g
     assert all(r.exc_info is None for r in said), "no traceback for an unavailable store"
 
 
-async def test_run_forever_without_schedules_waits_for_stop(store: SQLiteStore) -> None:
+async def test_run_forever_without_schedules_waits_for_stop(store: Store) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(Scheduler(store, []).run_forever(stop))
     for _ in range(20):  # event-loop turns, not wall time: nothing else is waiting to run

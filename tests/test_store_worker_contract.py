@@ -1,20 +1,20 @@
-"""The store's worker contract, on a real temporary SQLite file: claim, heartbeat, finish,
-recover, release, cancel, prune and orphans. The worker relies on every promise here."""
+"""The store's worker contract, on every backend (a real temporary SQLite file, a fresh
+PostgreSQL schema): claim, heartbeat, finish, recover, release, cancel, prune and orphans.
+The worker relies on every promise here."""
 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from queue_service.statuses import AttemptStatus, Status
-from queue_service.store import Conflict, JobFilter, JobNotFound, NewJob, SQLiteStore
+from queue_service.store import Conflict, JobFilter, JobNotFound, NewJob, Store
 from queue_service.store.types import AttemptEnd, Job
 from queue_service.timeutil import format_ts, now_ts, parse_rfc3339, utcnow
+
+from .conftest import RawDatabase
 
 pytestmark = pytest.mark.anyio
 
@@ -22,20 +22,20 @@ OWNER = "host:1:aaaa"
 OTHER = "host:2:bbbb"
 
 
-async def enqueue(store: SQLiteStore, plugin: str = "p", **kwargs: object) -> str:
+async def enqueue(store: Store, plugin: str = "p", **kwargs: object) -> str:
     kwargs.setdefault("command", "poll")
     result = await store.enqueue(NewJob(plugin, payload={}, **kwargs))  # type: ignore[arg-type]
     return result.job_id
 
 
-async def get(store: SQLiteStore, job_id: str) -> Job:
+async def get(store: Store, job_id: str) -> Job:
     job = await store.get_job(job_id)
     assert job is not None, f"job {job_id} is gone"
     return job
 
 
 async def claim_one(
-    store: SQLiteStore,
+    store: Store,
     plugin: str = "p",
     *,
     owner: str = OWNER,
@@ -54,9 +54,7 @@ def ok_end(**kwargs: object) -> AttemptEnd:
     return AttemptEnd(status=Status.SUCCEEDED, attempt_status=AttemptStatus.SUCCEEDED, **kwargs)  # type: ignore[arg-type]
 
 
-async def finish_ok(
-    store: SQLiteStore, job: Job, owner: str = OWNER, **kwargs: object
-) -> Status | None:
+async def finish_ok(store: Store, job: Job, owner: str = OWNER, **kwargs: object) -> Status | None:
     return await store.finish_attempt(
         job.job_id, plugin=job.plugin, attempt=job.attempt, owner=owner, end=ok_end(**kwargs)
     )
@@ -67,17 +65,10 @@ def later() -> datetime:
     return utcnow() + timedelta(minutes=5)
 
 
-def raw(db_path: Path) -> sqlite3.Connection:
-    """A plain connection for fabricating rows the way a crashed process leaves them."""
-    conn = sqlite3.connect(db_path, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    return conn
-
-
 # --- claim ---------------------------------------------------------------------------
 
 
-async def test_claim_sets_started_attempt_lease_and_opens_an_attempt(store: SQLiteStore) -> None:
+async def test_claim_sets_started_attempt_lease_and_opens_an_attempt(store: Store) -> None:
     job_id = await enqueue(store)
     moment = utcnow()
     job = await claim_one(store, lease_seconds=30, now=moment)
@@ -108,7 +99,7 @@ async def test_claim_sets_started_attempt_lease_and_opens_an_attempt(store: SQLi
 
 
 async def test_claim_takes_only_the_plugin_asked_for_oldest_first_up_to_limit(
-    store: SQLiteStore,
+    store: Store,
 ) -> None:
     ids = [await enqueue(store) for _ in range(5)]
     other = await enqueue(store, "q")
@@ -120,7 +111,7 @@ async def test_claim_takes_only_the_plugin_asked_for_oldest_first_up_to_limit(
     assert await store.claim_jobs("p", limit=10, owner=OWNER, lease_seconds=60) == []
 
 
-async def test_a_job_is_claimed_by_one_owner_only(store: SQLiteStore) -> None:
+async def test_a_job_is_claimed_by_one_owner_only(store: Store) -> None:
     await enqueue(store)
     first, second = await asyncio.gather(
         store.claim_jobs("p", limit=1, owner=OWNER, lease_seconds=60),
@@ -130,7 +121,7 @@ async def test_a_job_is_claimed_by_one_owner_only(store: SQLiteStore) -> None:
 
 
 async def test_per_plugin_concurrency_counts_running_jobs_of_every_owner(
-    store: SQLiteStore,
+    store: Store,
 ) -> None:
     for _ in range(5):
         await enqueue(store)
@@ -147,7 +138,25 @@ async def test_per_plugin_concurrency_counts_running_jobs_of_every_owner(
     assert len(again) == 1
 
 
-async def test_run_after_in_the_future_is_not_claimable(store: SQLiteStore) -> None:
+async def test_a_concurrency_cap_holds_when_processes_claim_at_once(
+    store: Store, another_store: Store
+) -> None:
+    for _ in range(18):
+        await enqueue(store)
+    for _ in range(6):
+        mine, theirs = await asyncio.gather(
+            store.claim_jobs("p", limit=3, owner=OWNER, lease_seconds=60, concurrency=3),
+            another_store.claim_jobs("p", limit=3, owner=OTHER, lease_seconds=60, concurrency=3),
+        )
+        assert len(mine) + len(theirs) == 3, "the cap counts the other process's claims"
+        for job in mine:
+            assert await finish_ok(store, job)
+        for job in theirs:
+            assert await finish_ok(another_store, job, owner=OTHER)
+    assert await store.claim_jobs("p", limit=3, owner=OWNER, lease_seconds=60) == []
+
+
+async def test_run_after_in_the_future_is_not_claimable(store: Store) -> None:
     later = utcnow() + timedelta(minutes=10)
     job_id = await enqueue(store, run_after=format_ts(later))
     assert await store.claim_jobs("p", limit=5, owner=OWNER, lease_seconds=60) == []
@@ -156,7 +165,7 @@ async def test_run_after_in_the_future_is_not_claimable(store: SQLiteStore) -> N
     assert job.job_id == job_id
 
 
-async def test_runnable_jobs_are_claimed_in_run_after_order(store: SQLiteStore) -> None:
+async def test_runnable_jobs_are_claimed_in_run_after_order(store: Store) -> None:
     base = utcnow() - timedelta(minutes=5)
     late = await enqueue(store, run_after=format_ts(base + timedelta(minutes=2)))
     early = await enqueue(store, run_after=format_ts(base))
@@ -168,7 +177,7 @@ async def test_runnable_jobs_are_claimed_in_run_after_order(store: SQLiteStore) 
 
 
 async def test_heartbeat_extends_the_lease_and_reports_cancel_requests(
-    store: SQLiteStore,
+    store: Store,
 ) -> None:
     await enqueue(store)
     job = await claim_one(store, lease_seconds=1)
@@ -192,7 +201,7 @@ async def test_heartbeat_extends_the_lease_and_reports_cancel_requests(
     assert await store.heartbeat(held, owner=OWNER, lease_seconds=60) == {job.job_id: True}
 
 
-async def test_heartbeat_of_a_lease_not_held_changes_nothing(store: SQLiteStore) -> None:
+async def test_heartbeat_of_a_lease_not_held_changes_nothing(store: Store) -> None:
     await enqueue(store)
     job = await claim_one(store)
     before = await get(store, job.job_id)
@@ -207,7 +216,7 @@ async def test_heartbeat_of_a_lease_not_held_changes_nothing(store: SQLiteStore)
 # --- finish --------------------------------------------------------------------------
 
 
-async def test_finish_by_the_lease_holder_records_job_and_attempt(store: SQLiteStore) -> None:
+async def test_finish_by_the_lease_holder_records_job_and_attempt(store: Store) -> None:
     await enqueue(store)
     job = await claim_one(store)
     end = AttemptEnd(
@@ -235,7 +244,7 @@ async def test_finish_by_the_lease_holder_records_job_and_attempt(store: SQLiteS
 
 
 async def test_finish_as_retry_requeues_with_run_after_and_keeps_last_error(
-    store: SQLiteStore,
+    store: Store,
 ) -> None:
     await enqueue(store)
     job = await claim_one(store)
@@ -264,7 +273,7 @@ async def test_finish_as_retry_requeues_with_run_after_and_keeps_last_error(
     ]
 
 
-async def test_a_stale_finish_returns_none_and_writes_nothing(store: SQLiteStore) -> None:
+async def test_a_stale_finish_returns_none_and_writes_nothing(store: Store) -> None:
     await enqueue(store)
     job = await claim_one(store, lease_seconds=1)
     # Not the holder.
@@ -287,7 +296,36 @@ async def test_a_stale_finish_returns_none_and_writes_nothing(store: SQLiteStore
     assert (await get(store, job.job_id)).status is Status.SUCCEEDED
 
 
-async def test_a_finished_job_cannot_be_finished_again(store: SQLiteStore) -> None:
+async def test_finishes_at_once_each_get_their_own_outcome(store: Store) -> None:
+    for _ in range(12):
+        await enqueue(store)
+    jobs = await store.claim_jobs("p", limit=12, owner=OWNER, lease_seconds=60)
+    assert len(jobs) == 12
+    retry = AttemptEnd(
+        status=Status.QUEUED, attempt_status=AttemptStatus.FAILED, error="e", run_after=now_ts()
+    )
+    outcomes = await asyncio.gather(
+        *(finish_ok(store, job, result=job.job_id) for job in jobs[:6]),
+        *(
+            store.finish_attempt(job.job_id, plugin="p", attempt=1, owner=OWNER, end=retry)
+            for job in jobs[6:8]
+        ),
+        *(finish_ok(store, job, owner=OTHER) for job in jobs[8:]),  # not the holder
+        finish_ok(store, jobs[0], result="again"),  # the same attempt finished twice
+    )
+    assert outcomes == [Status.SUCCEEDED] * 6 + [Status.QUEUED] * 2 + [None] * 4 + [None]
+    for job in jobs[:6]:
+        done = await get(store, job.job_id)
+        assert (done.status, done.result) == (Status.SUCCEEDED, job.job_id)
+    for job in jobs[6:8]:
+        assert (await get(store, job.job_id)).status is Status.QUEUED
+        assert [a["status"] for a in await store.get_attempts(job.job_id)] == ["failed"]
+    for job in jobs[8:]:
+        assert (await get(store, job.job_id)).status is Status.RUNNING
+        assert [a["status"] for a in await store.get_attempts(job.job_id)] == ["running"]
+
+
+async def test_a_finished_job_cannot_be_finished_again(store: Store) -> None:
     await enqueue(store)
     job = await claim_one(store)
     assert await finish_ok(store, job, result="first")
@@ -295,7 +333,7 @@ async def test_a_finished_job_cannot_be_finished_again(store: SQLiteStore) -> No
     assert (await get(store, job.job_id)).result == "first"
 
 
-async def test_state_updates_are_merged_into_the_plugin_state(store: SQLiteStore) -> None:
+async def test_state_updates_are_merged_into_the_plugin_state(store: Store) -> None:
     assert await store.get_plugin_state("p") == {}
     for _ in range(2):
         await enqueue(store)
@@ -312,7 +350,7 @@ async def test_state_updates_are_merged_into_the_plugin_state(store: SQLiteStore
 
 
 async def test_an_expired_lease_is_requeued_with_the_lost_attempt_recorded(
-    store: SQLiteStore,
+    store: Store,
 ) -> None:
     await enqueue(store, max_attempts=3)
     job = await claim_one(store, lease_seconds=5)
@@ -337,7 +375,7 @@ async def test_an_expired_lease_is_requeued_with_the_lost_attempt_recorded(
     assert await store.recover_expired_leases(now=moment) == []
 
 
-async def test_an_expired_lease_without_attempts_left_is_dead(store: SQLiteStore) -> None:
+async def test_an_expired_lease_without_attempts_left_is_dead(store: Store) -> None:
     await enqueue(store, max_attempts=1)
     job = await claim_one(store, lease_seconds=1)
     (recovered,) = await store.recover_expired_leases(now=later())
@@ -349,7 +387,7 @@ async def test_an_expired_lease_without_attempts_left_is_dead(store: SQLiteStore
     assert await store.claim_jobs("p", limit=1, owner=OWNER, lease_seconds=60) == []
 
 
-async def test_an_expired_lease_with_a_cancel_request_ends_canceled(store: SQLiteStore) -> None:
+async def test_an_expired_lease_with_a_cancel_request_ends_canceled(store: Store) -> None:
     await enqueue(store, max_attempts=3)
     job = await claim_one(store, lease_seconds=1)
     assert await store.cancel_job(job.job_id) is Status.RUNNING
@@ -358,7 +396,7 @@ async def test_an_expired_lease_with_a_cancel_request_ends_canceled(store: SQLit
     assert (await get(store, job.job_id)).status is Status.CANCELED
 
 
-async def test_recovery_uses_the_now_it_is_given(store: SQLiteStore) -> None:
+async def test_recovery_uses_the_now_it_is_given(store: Store) -> None:
     await enqueue(store)
     job = await claim_one(store, lease_seconds=30)
     assert await store.recover_expired_leases(now=utcnow()) == []
@@ -366,7 +404,7 @@ async def test_recovery_uses_the_now_it_is_given(store: SQLiteStore) -> None:
     assert [r.job_id for r in await store.recover_expired_leases(now=later)] == [job.job_id]
 
 
-async def test_recovery_works_in_batches(store: SQLiteStore) -> None:
+async def test_recovery_works_in_batches(store: Store) -> None:
     for _ in range(7):
         await enqueue(store)
     await store.claim_jobs("p", limit=7, owner=OWNER, lease_seconds=1)
@@ -379,78 +417,68 @@ async def test_recovery_works_in_batches(store: SQLiteStore) -> None:
     assert page.total == 7
 
 
-async def test_two_stores_on_one_file_recover_each_job_once(db_path: Path) -> None:
-    stores = [SQLiteStore(db_path), SQLiteStore(db_path)]
-    for s in stores:
-        await s.open()
-    try:
-        ids = set()
-        for _ in range(120):
-            ids.add(await enqueue(stores[0]))
-        await stores[0].claim_jobs("p", limit=200, owner=OWNER, lease_seconds=1)
-        moment = later()
+async def test_two_stores_on_one_database_recover_each_job_once(
+    store: Store, another_store: Store
+) -> None:
+    stores = [store, another_store]
+    ids = set()
+    for _ in range(120):
+        ids.add(await enqueue(stores[0]))
+    await stores[0].claim_jobs("p", limit=200, owner=OWNER, lease_seconds=1)
+    moment = later()
 
-        async def recover_all(s: SQLiteStore) -> list[str]:
-            found: list[str] = []
-            while batch := await s.recover_expired_leases(now=moment, limit=10):
-                found += [r.job_id for r in batch]
-                await asyncio.sleep(0)
-            return found
+    async def recover_all(s: Store) -> list[str]:
+        found: list[str] = []
+        while batch := await s.recover_expired_leases(now=moment, limit=10):
+            found += [r.job_id for r in batch]
+            await asyncio.sleep(0)
+        return found
 
-        a, b = await asyncio.gather(recover_all(stores[0]), recover_all(stores[1]))
-        assert len(a) + len(b) == 120
-        assert set(a) | set(b) == ids and set(a).isdisjoint(b)
-        for job_id in list(ids)[:20]:
-            attempts = await stores[1].get_attempts(job_id)
-            assert [x["status"] for x in attempts] == ["lost"]
-        page = await stores[1].list_jobs(JobFilter(statuses=(Status.QUEUED,)), limit=1)
-        assert page.total == 120
-    finally:
-        for s in stores:
-            await s.close()
+    a, b = await asyncio.gather(recover_all(stores[0]), recover_all(stores[1]))
+    assert len(a) + len(b) == 120
+    assert set(a) | set(b) == ids and set(a).isdisjoint(b)
+    for job_id in list(ids)[:20]:
+        attempts = await stores[1].get_attempts(job_id)
+        assert [x["status"] for x in attempts] == ["lost"]
+    page = await stores[1].list_jobs(JobFilter(statuses=(Status.QUEUED,)), limit=1)
+    assert page.total == 120
 
 
-async def test_fabricated_post_crash_rows_are_recovered_by_a_fresh_store(db_path: Path) -> None:
+async def test_fabricated_post_crash_rows_are_recovered_by_a_fresh_store(
+    store: Store, raw_db: RawDatabase, another_store: Store
+) -> None:
     """A process died mid-attempt: its rows say running, with a lease in the past."""
-    first = SQLiteStore(db_path)
-    await first.open()
-    queued = await first.enqueue(NewJob("p", "poll", {}, max_attempts=2))
-    last_try = await first.enqueue(NewJob("p", "poll", {}, max_attempts=2))
-    await first.close()
+    queued = await store.enqueue(NewJob("p", "poll", {}, max_attempts=2))
+    last_try = await store.enqueue(NewJob("p", "poll", {}, max_attempts=2))
 
     past = format_ts(utcnow() - timedelta(minutes=10))
-    with raw(db_path) as conn:
-        for job_id, attempt in ((queued.job_id, 1), (last_try.job_id, 2)):
-            conn.execute(
-                "UPDATE jobs SET status = 'running', attempt = ?, started_at = ?,"
-                " lease_expires_at = ?, lease_owner = 'crashed-host:4242:dead' WHERE job_id = ?",
-                (attempt, past, past, job_id),
-            )
-            conn.execute(
-                "INSERT INTO job_attempts (job_id, attempt, status, started_at)"
-                " VALUES (?, ?, 'running', ?)",
-                (job_id, attempt, past),
-            )
-    conn.close()
+    for job_id, attempt in ((queued.job_id, 1), (last_try.job_id, 2)):
+        raw_db.execute(
+            "UPDATE jobs SET status = 'running', attempt = ?, started_at = ?,"
+            " lease_expires_at = ?, lease_owner = 'crashed-host:4242:dead' WHERE job_id = ?",
+            (attempt, past, past, job_id),
+        )
+        raw_db.execute(
+            "INSERT INTO job_attempts (job_id, attempt, status, started_at)"
+            " VALUES (?, ?, 'running', ?)",
+            (job_id, attempt, past),
+        )
 
-    restarted = SQLiteStore(db_path)
-    await restarted.open()
-    try:
-        recovered = {r.job_id: r.status for r in await restarted.recover_expired_leases()}
-        assert recovered == {queued.job_id: Status.QUEUED, last_try.job_id: Status.DEAD}
-        attempts = await restarted.get_attempts(queued.job_id)
-        assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "lost")]
-        job = await claim_one(restarted, owner=OWNER)
-        assert (job.job_id, job.attempt) == (queued.job_id, 2)
-    finally:
-        await restarted.close()
+    # Another process, which never saw these jobs, recovers them.
+    restarted = another_store
+    recovered = {r.job_id: r.status for r in await restarted.recover_expired_leases()}
+    assert recovered == {queued.job_id: Status.QUEUED, last_try.job_id: Status.DEAD}
+    attempts = await restarted.get_attempts(queued.job_id)
+    assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "lost")]
+    job = await claim_one(restarted, owner=OWNER)
+    assert (job.job_id, job.attempt) == (queued.job_id, 2)
 
 
 # --- release -------------------------------------------------------------------------
 
 
 async def test_release_returns_to_queued_without_spending_the_attempt(
-    store: SQLiteStore,
+    store: Store,
 ) -> None:
     await enqueue(store)
     job = await claim_one(store)
@@ -471,7 +499,7 @@ async def test_release_returns_to_queued_without_spending_the_attempt(
     assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "interrupted"), (1, "running")]
 
 
-async def test_release_after_a_retry_keeps_the_spent_attempts(store: SQLiteStore) -> None:
+async def test_release_after_a_retry_keeps_the_spent_attempts(store: Store) -> None:
     await enqueue(store)
     job = await claim_one(store)
     retry = AttemptEnd(
@@ -491,7 +519,7 @@ async def test_release_after_a_retry_keeps_the_spent_attempts(store: SQLiteStore
 # --- cancel --------------------------------------------------------------------------
 
 
-async def test_cancel_a_queued_job_at_once(store: SQLiteStore) -> None:
+async def test_cancel_a_queued_job_at_once(store: Store) -> None:
     job_id = await enqueue(store)
     assert await store.cancel_job(job_id) is Status.CANCELED
     job = await get(store, job_id)
@@ -500,7 +528,7 @@ async def test_cancel_a_queued_job_at_once(store: SQLiteStore) -> None:
     assert await store.claim_jobs("p", limit=1, owner=OWNER, lease_seconds=60) == []
 
 
-async def test_cancel_a_running_job_flags_it_for_its_holder(store: SQLiteStore) -> None:
+async def test_cancel_a_running_job_flags_it_for_its_holder(store: Store) -> None:
     await enqueue(store)
     job = await claim_one(store)
     assert await store.cancel_job(job.job_id) is Status.RUNNING
@@ -516,7 +544,7 @@ async def test_cancel_a_running_job_flags_it_for_its_holder(store: SQLiteStore) 
 
 
 async def test_a_cancel_request_is_not_lost_when_the_attempt_fails_into_a_retry(
-    store: SQLiteStore,
+    store: Store,
 ) -> None:
     """Cancel arrives while the attempt runs; the attempt then fails with a retry left.
     The job must end canceled, not wait for a retry that would run the plugin again."""
@@ -534,7 +562,7 @@ async def test_a_cancel_request_is_not_lost_when_the_attempt_fails_into_a_retry(
 
 
 async def test_a_cancel_request_is_honoured_when_the_job_is_released(
-    store: SQLiteStore,
+    store: Store,
 ) -> None:
     await enqueue(store)
     job = await claim_one(store)
@@ -545,7 +573,7 @@ async def test_a_cancel_request_is_honoured_when_the_job_is_released(
 
 
 @pytest.mark.parametrize("status", [Status.SUCCEEDED, Status.CANCELED])
-async def test_cancel_a_finished_job_is_a_conflict(store: SQLiteStore, status: Status) -> None:
+async def test_cancel_a_finished_job_is_a_conflict(store: Store, status: Status) -> None:
     job_id = await enqueue(store)
     if status is Status.SUCCEEDED:
         assert await finish_ok(store, await claim_one(store))
@@ -556,7 +584,7 @@ async def test_cancel_a_finished_job_is_a_conflict(store: SQLiteStore, status: S
     assert (await get(store, job_id)).status is status
 
 
-async def test_cancel_an_unknown_job(store: SQLiteStore) -> None:
+async def test_cancel_an_unknown_job(store: Store) -> None:
     with pytest.raises(JobNotFound):
         await store.cancel_job("00000000-0000-0000-0000-000000000000")
 
@@ -565,7 +593,7 @@ async def test_cancel_an_unknown_job(store: SQLiteStore) -> None:
 
 
 async def test_prune_deletes_only_finished_jobs_older_than_the_cutoff_in_batches(
-    store: SQLiteStore,
+    store: Store,
 ) -> None:
     old_queued = await enqueue(store, "queued-plugin")
     old_running_id = await enqueue(store, "running-plugin")
@@ -611,7 +639,7 @@ async def test_prune_deletes_only_finished_jobs_older_than_the_cutoff_in_batches
 # --- orphans -------------------------------------------------------------------------
 
 
-async def test_queued_by_plugin_counts_only_queued_local_jobs(store: SQLiteStore) -> None:
+async def test_queued_by_plugin_counts_only_queued_local_jobs(store: Store) -> None:
     for _ in range(3):
         await enqueue(store, "gone")
     running = await enqueue(store, "p")
@@ -620,7 +648,7 @@ async def test_queued_by_plugin_counts_only_queued_local_jobs(store: SQLiteStore
     assert await store.queued_by_plugin() == {"gone": 3, "p": 1}
 
 
-async def test_cancel_queued_by_filter_in_batches(store: SQLiteStore) -> None:
+async def test_cancel_queued_by_filter_in_batches(store: Store) -> None:
     polls = {await enqueue(store, "gone") for _ in range(3)}
     other = (await store.enqueue(NewJob("gone", "push"))).job_id
     running = await enqueue(store, "gone")
@@ -640,28 +668,16 @@ async def test_cancel_queued_by_filter_in_batches(store: SQLiteStore) -> None:
     assert await store.cancel_queued(plugin="gone") == [other]
 
 
-@pytest.fixture
-async def second_store(db_path: Path, store: SQLiteStore) -> AsyncIterator[SQLiteStore]:
-    other = SQLiteStore(db_path)
-    await other.open()
-    try:
-        yield other
-    finally:
-        await other.close()
-
-
-async def test_a_claim_in_one_store_is_seen_by_another(
-    store: SQLiteStore, second_store: SQLiteStore
-) -> None:
+async def test_a_claim_in_one_store_is_seen_by_another(store: Store, another_store: Store) -> None:
     job_id = await enqueue(store)
-    job = await claim_one(second_store, owner=OTHER)
+    job = await claim_one(another_store, owner=OTHER)
     assert job.job_id == job_id
     assert await store.claim_jobs("p", limit=1, owner=OWNER, lease_seconds=60) == []
     assert not await finish_ok(store, job, owner=OWNER)
     assert await finish_ok(store, job, owner=OTHER)
 
 
-async def test_a_mirrored_databricks_run_cannot_be_canceled_here(store: SQLiteStore) -> None:
+async def test_a_mirrored_databricks_run_cannot_be_canceled_here(store: Store) -> None:
     from queue_service.store import Conflict, ExternalJob
 
     run = ExternalJob(

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import os
 import random
-import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -24,10 +23,12 @@ import pytest
 from queue_service.config import ServiceConfig, parse_config
 from queue_service.plugins import AttemptOutcome, OutcomeKind, Registry, load
 from queue_service.statuses import TERMINAL, Source, Status
-from queue_service.store import Job, JobFilter, NewJob, SQLiteStore, StoreUnavailable
+from queue_service.store import Job, JobFilter, NewJob, Store, StoreUnavailable
 from queue_service.timeutil import format_ts, parse_rfc3339, utcnow
 from queue_service.worker import Worker, backoff_delay, decide_end
 from tests.processes import alive, kill_quietly, read_pid
+
+from .conftest import RawDatabase
 
 pytestmark = pytest.mark.anyio
 
@@ -66,7 +67,7 @@ def registry_for(config: ServiceConfig) -> Registry:
 
 @dataclass
 class Harness:
-    store: SQLiteStore
+    store: Store
     worker: Worker
     stop: asyncio.Event
     task: asyncio.Task[None] | None = None
@@ -120,9 +121,7 @@ HarnessFactory = Callable[..., Harness]
 
 
 @pytest.fixture
-async def harness(
-    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[HarnessFactory]:
+async def harness(store: Store, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[HarnessFactory]:
     # Plugins start with `#!/usr/bin/env python3`: let them find this interpreter first
     # rather than a slow shim (pyenv's costs about 0.1 s per run).
     monkeypatch.setenv(
@@ -304,6 +303,34 @@ async def test_ok_job_succeeds_with_result_logs_and_one_attempt(harness: Harness
     assert attempt["completed_at"] is not None and attempt["error"] is None
     handled = await h.finished(handle)
     assert handled.status is Status.SUCCEEDED and handled.result == {"event": "data"}
+
+
+async def idle_worker(h: Harness) -> None:
+    """Start the worker and let it run one job, so that it is idle afterwards: waiting
+    for work with nothing to claim."""
+    h.start()
+    await h.finished(await h.enqueue("ok"))
+    await asyncio.sleep(0.3)
+
+
+async def test_an_idle_worker_starts_a_job_its_store_enqueues_without_polling(
+    harness: HarnessFactory,
+) -> None:
+    h = harness(poll_interval=3600)  # only a wake-up can start the job within the test
+    await idle_worker(h)
+    job_id = (await h.store.enqueue(NewJob("ok", "poll", {"n": 2}))).job_id  # no worker.wake()
+    assert (await h.finished(job_id)).status is Status.SUCCEEDED
+
+
+async def test_an_idle_worker_starts_a_job_another_process_enqueues_without_polling(
+    harness: HarnessFactory, another_store: Store, store_backend: str
+) -> None:
+    if store_backend == "sqlite":
+        pytest.skip("SQLite workers find other processes' jobs by polling")
+    h = harness(poll_interval=3600)  # only a wake-up can start the job within the test
+    await idle_worker(h)
+    job_id = (await another_store.enqueue(NewJob("ok", "poll", {"n": 3}))).job_id
+    assert (await h.finished(job_id)).status is Status.SUCCEEDED
 
 
 async def test_error_retries_with_backoff_then_fails(
@@ -778,23 +805,20 @@ async def test_a_job_of_an_uninstalled_plugin_stays_queued_and_is_reported(
 
 
 async def test_a_crashed_workers_job_is_recovered_and_run_again(
-    harness: HarnessFactory, db_path: Path
+    harness: HarnessFactory, raw_db: RawDatabase
 ) -> None:
     h = harness()
     job_id = (await h.store.enqueue(NewJob("ok", "poll", {"n": 1}, max_attempts=3))).job_id
     past = format_ts(utcnow() - timedelta(minutes=5))
-    with sqlite3.connect(db_path, isolation_level=None) as conn:
-        conn.execute(
-            "UPDATE jobs SET status = 'running', attempt = 1, started_at = ?,"
-            " lease_expires_at = ?, lease_owner = 'crashed:1:x' WHERE job_id = ?",
-            (past, past, job_id),
-        )
-        conn.execute(
-            "INSERT INTO job_attempts (job_id, attempt, status, started_at)"
-            " VALUES (?, 1, 'running', ?)",
-            (job_id, past),
-        )
-    conn.close()
+    raw_db.execute(
+        "UPDATE jobs SET status = 'running', attempt = 1, started_at = ?,"
+        " lease_expires_at = ?, lease_owner = 'crashed:1:x' WHERE job_id = ?",
+        (past, past, job_id),
+    )
+    raw_db.execute(
+        "INSERT INTO job_attempts (job_id, attempt, status, started_at) VALUES (?, 1, 'running', ?)",
+        (job_id, past),
+    )
     h.start()
     job = await h.finished(job_id)
     assert job.status is Status.SUCCEEDED and job.attempt == 2 and job.result == {"n": 1}

@@ -44,8 +44,10 @@ class WorkListener:
         self._connect = connect
         self.signal = WakeSignal()
         self._task: asyncio.Task[None] | None = None
-        #: True while notifications can arrive (for /healthz-style diagnostics and tests).
+        #: True while notifications can arrive, and the server process of that connection
+        #: (for diagnostics and tests).
         self.listening = False
+        self.backend_pid: int | None = None
 
     async def wait(self) -> None:
         if self._task is None:
@@ -70,6 +72,7 @@ class WorkListener:
                 row = await cur.fetchone()
                 assert row is not None
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(row[0])))
+                self.backend_pid = conn.info.backend_pid
                 self.listening = True
                 if outage_logged:
                     log.warning("listening for work again: wake-ups from other hosts are back")

@@ -211,7 +211,10 @@ class WorkMixin(Database):
     ) -> dict[str, bool]:
         if not held:
             return {}
-        return await self._tx(_heartbeat, list(held), owner, _lease_end(now, lease_seconds))
+        # Extending a lease twice is harmless: one statement in autocommit (one round trip).
+        return await self._write_statement(
+            _heartbeat, list(held), owner, _lease_end(now, lease_seconds)
+        )
 
     async def finish_attempt(
         self, job_id: str, *, plugin: str, attempt: int, owner: str, end: AttemptEnd
