@@ -24,7 +24,13 @@ from queue_service.alerts.delivery import start_alerts
 from queue_service.api import ServiceState, create_app
 from queue_service.api.mcp import serve_stdio
 from queue_service.auth import AuthError
-from queue_service.bootstrap import StartupError, load_registry, open_store, read_config
+from queue_service.bootstrap import (
+    StartupError,
+    display_db,
+    load_registry,
+    open_store,
+    read_config,
+)
 from queue_service.errors import error_body
 from queue_service.http_limits import KEEP_ALIVE_TIMEOUT_S, RequestDeadlines
 from queue_service.scheduler import Scheduler, check_schedules
@@ -218,7 +224,7 @@ async def open_service(
     store = await open_store(db, must_exist=must_exist, synchronous=config.service.synchronous)
     if writes and store.read_only is not None:
         await store.close()
-        raise StartupError(f"{db}: {store.read_only}; a worker needs to write")
+        raise StartupError(f"{display_db(db)}: {store.read_only}; a worker needs to write")
     registry = load_registry(config)
     problems = check_schedules(config, registry)
     if problems:

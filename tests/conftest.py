@@ -14,7 +14,8 @@ import itertools
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -113,9 +114,8 @@ def postgresql_database() -> Iterator[PostgreSQLDatabase]:
     try:
         admin = psycopg.connect(server, autocommit=True, connect_timeout=3)
     except psycopg.Error as exc:
-        reason = (
-            f"no PostgreSQL server answers at {server} ({str(exc).strip()}); set {PG_SERVER_ENV}"
-        )
+        why = " ".join(str(exc).split())  # one line in the skip summary
+        reason = f"no PostgreSQL server answers at {server} ({why}); set {PG_SERVER_ENV}"
         if os.environ.get(PG_REQUIRE_ENV) == "1":
             pytest.fail(f"{reason} ({PG_REQUIRE_ENV}=1 requires one)")
         pytest.skip(reason)
@@ -149,6 +149,69 @@ def require_sqlite(store_backend: str) -> None:
     other backends."""
     if store_backend != "sqlite":
         pytest.skip(f"opens the SQLite file itself; the {store_backend} store has none")
+
+
+@pytest.fixture
+def db_url(request: pytest.FixtureRequest, store_backend: str) -> str:
+    """A `--db` value naming a fresh database of the backend under test: a file path that
+    does not exist yet, or the URL of an empty PostgreSQL schema."""
+    if store_backend == "postgresql":
+        return str(request.getfixturevalue("postgresql_url"))
+    return str(request.getfixturevalue("db_path"))
+
+
+@pytest.fixture
+async def another_store(
+    request: pytest.FixtureRequest, store_backend: str, store: Store
+) -> AsyncIterator[Store]:
+    """A second store on the database of `store`: what another process sees."""
+    other = STORE_BACKENDS[store_backend](request)
+    await other.open()
+    try:
+        yield other
+    finally:
+        await other.close()
+
+
+class RawDatabase:
+    """Plain SQL on the database under the test's store, beside it: each statement commits
+    on its own. Placeholders are `?` on every backend."""
+
+    def __init__(self, backend: str, request: pytest.FixtureRequest) -> None:
+        self.backend = backend
+        self._pg: psycopg.Connection[Any] | None = None
+        self._sqlite: sqlite3.Connection | None = None
+        if backend == "postgresql":
+            self._pg = psycopg.connect(request.getfixturevalue("postgresql_url"), autocommit=True)
+            self.integrity_error: type[Exception] = psycopg.IntegrityError
+        else:
+            self._sqlite = sqlite3.connect(request.getfixturevalue("db_path"), isolation_level=None)
+            self.integrity_error = sqlite3.IntegrityError
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement; its rows (none for a statement that returns none)."""
+        if self._pg is not None:
+            cur = self._pg.execute(sql.replace("?", "%s"), params)
+            return cur.fetchall() if cur.description else []
+        assert self._sqlite is not None
+        return self._sqlite.execute(sql, params).fetchall()
+
+    def close(self) -> None:
+        for conn in (self._pg, self._sqlite):
+            if conn is not None:
+                conn.close()
+
+
+@pytest.fixture
+def raw_db(
+    request: pytest.FixtureRequest, store_backend: str, store: Store
+) -> Iterator[RawDatabase]:
+    """Plain SQL on the test store's database (opened and migrated by then)."""
+    raw = RawDatabase(store_backend, request)
+    try:
+        yield raw
+    finally:
+        raw.close()
 
 
 @pytest.fixture

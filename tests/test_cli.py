@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from queue_service.cli import main
+from queue_service.store.postgresql.migrations import latest_version as pg_latest_version
 from queue_service.store.sqlite.migrations import latest_version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,12 +24,13 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def test_migrate_creates_and_is_idempotent(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    db_url: str, store_backend: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    db = str(tmp_path / "m.db")
-    assert run(capsys, "migrate", "--db", db)[0] == 0
-    code, out, _ = run(capsys, "migrate", "--db", db)
-    assert code == 0 and f"schema version {latest_version()}" in out
+    latest = pg_latest_version() if store_backend == "postgresql" else latest_version()
+    code, out, _ = run(capsys, "migrate", "--db", db_url)
+    assert code == 0 and f"schema version {latest}" in out
+    code, out, _ = run(capsys, "migrate", "--db", db_url)
+    assert code == 0 and f"schema version {latest}" in out
 
 
 def test_db_from_environment(
@@ -40,8 +42,8 @@ def test_db_from_environment(
     assert db.exists()
 
 
-def test_token_lifecycle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    db = str(tmp_path / "t.db")
+def test_token_lifecycle(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    db = db_url
     code, out, _ = run(
         capsys,
         "token",
@@ -86,8 +88,8 @@ def test_token_create_errors(
     assert code == 1 and out == "" and message in err
 
 
-def test_duplicate_token_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    db = str(tmp_path / "d.db")
+def test_duplicate_token_name(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    db = db_url
     run(capsys, "token", "create", "--name", "x", "--scope", "*", "--db", db)
     code, _, err = run(capsys, "token", "create", "--name", "x", "--scope", "*", "--db", db)
     assert code == 1 and "already exists" in err

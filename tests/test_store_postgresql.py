@@ -6,19 +6,27 @@ every backend."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
+from queue_service.statuses import Status
 from queue_service.store import (
+    NewJob,
     NotADatabase,
+    QueryTimeout,
     SchemaTooNew,
+    StoreError,
     StoreUnavailable,
     create_store,
 )
 from queue_service.store.postgresql import PostgreSQLStore
+from queue_service.store.postgresql.connection import Conn
 from queue_service.store.postgresql.migrations import available_migrations, latest_version
+from queue_service.timeutil import format_ts, utcnow
 
 pytestmark = pytest.mark.anyio
 
@@ -108,3 +116,221 @@ async def test_reads_stop_after_the_query_budget(postgresql_url: str) -> None:
         assert await store.setting("statement_timeout") == "500ms"
     finally:
         await store.close()
+
+
+# --- transactions ----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def pg_store(postgresql_url: str) -> AsyncIterator[PostgreSQLStore]:
+    store = PostgreSQLStore(postgresql_url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_a_slow_read_is_stopped_and_the_store_stays_usable(postgresql_url: str) -> None:
+    store = PostgreSQLStore(postgresql_url, query_timeout_s=0.2)
+    await store.open()
+    try:
+
+        async def endless(conn: Conn) -> None:
+            await conn.execute("SELECT pg_sleep(5)")
+
+        with pytest.raises(QueryTimeout):
+            await store._read(endless)
+        assert await store.get_job("nope") is None
+    finally:
+        await store.close()
+
+
+async def test_a_connection_lost_before_commit_runs_the_transaction_again(
+    pg_store: PostgreSQLStore, postgresql_url: str
+) -> None:
+    runs: list[int] = []
+
+    async def body(conn: Conn) -> str:
+        runs.append(1)
+        await conn.execute(
+            "INSERT INTO plugin_state (plugin, state, updated_at) VALUES ('p', %s, 'now')",
+            (str(len(runs)),),
+        )
+        if len(runs) == 1:
+            # What a server restart or pg_terminate_backend does to a connection.
+            await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return "done"
+
+    assert await pg_store._tx(body) == "done"
+    assert len(runs) == 2
+    with _raw(postgresql_url) as conn:
+        # The first run's insert was rolled back with its connection.
+        assert conn.execute("SELECT state FROM plugin_state").fetchall() == [("2",)]
+
+
+async def test_a_serialization_failure_runs_the_transaction_again(
+    pg_store: PostgreSQLStore,
+) -> None:
+    runs: list[int] = []
+
+    async def body(conn: Conn) -> int:
+        runs.append(1)
+        if len(runs) < 3:
+            await conn.execute(
+                "DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = 'serialization_failure'; "
+                "END $$"
+            )
+        return len(runs)
+
+    assert await pg_store._tx(body) == 3
+
+
+async def test_other_errors_are_not_retried_and_roll_back(pg_store: PostgreSQLStore) -> None:
+    runs: list[int] = []
+
+    async def body(conn: Conn) -> None:
+        runs.append(1)
+        await conn.execute(
+            "INSERT INTO tokens (name, token_hash, scopes, created_at) "
+            "VALUES ('a', 'h', '[]', 'now')"
+        )
+        await conn.execute("SELECT 1 / 0")
+
+    with pytest.raises(StoreError, match="division by zero"):
+        await pg_store._tx(body)
+    assert runs == [1]
+    assert await pg_store.list_tokens() == []
+
+
+async def test_every_pooled_connection_survives_the_servers_goodbye(
+    pg_store: PostgreSQLStore, postgresql_url: str
+) -> None:
+    """Connections killed while idle (a server restart, an administrator): the next calls
+    reconnect instead of failing."""
+    token = await pg_store.create_token("t", "ab" * 32, ["*"], None)
+    await asyncio.gather(*(pg_store.get_job(str(i)) for i in range(6)))  # several connections
+    with _raw(postgresql_url) as conn:
+        killed = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'queue-service' AND datname = current_database()"
+        ).fetchone()
+    assert killed is not None and killed[0] >= 1
+    found = await pg_store.token_by_hash("ab" * 32)
+    assert found is not None and found[0] == token
+
+
+# --- jobs --------------------------------------------------------------------------------
+
+
+async def test_enqueue_many_keeps_the_order_given_with_one_timestamp(
+    pg_store: PostgreSQLStore,
+) -> None:
+    jobs = [
+        NewJob("p", "c", {"i": 0}),
+        NewJob("p", "c", {"i": 1}, dedupe_key="k"),
+        NewJob("p", "c", {"i": 2}),
+        NewJob("p", "c", {"i": 3}, dedupe_key="k"),
+        NewJob("p", "c", {"i": 4}, submitted_by="bob", submitted_by_token=3),
+    ]
+    results = await pg_store.enqueue_many(jobs)
+    assert [r.deduplicated for r in results] == [False, False, False, True, False]
+    assert results[3].job_id == results[1].job_id
+    stored = [await pg_store.get_job(r.job_id) for r in results]
+    assert all(j is not None for j in stored)
+    seqs = [j.seq for j in stored if j is not None]
+    assert seqs[:3] == sorted(seqs[:3]) and seqs[4] > seqs[2]
+    assert len({j.created_at for j in stored if j is not None}) == 1
+    last = stored[4]
+    assert last is not None and (last.payload, last.submitted_by, last.submitted_by_token) == (
+        {"i": 4},
+        "bob",
+        3,
+    )
+
+
+async def test_concurrent_enqueues_of_one_key_make_one_job(postgresql_url: str) -> None:
+    stores = [PostgreSQLStore(postgresql_url) for _ in range(2)]
+    for s in stores:
+        await s.open()
+    try:
+        results = await asyncio.gather(
+            *(stores[i % 2].enqueue(NewJob("p", "c", {"i": i}, dedupe_key="k")) for i in range(20))
+        )
+    finally:
+        for s in stores:
+            await s.close()
+    assert len({r.job_id for r in results}) == 1
+    assert sorted(r.deduplicated for r in results) == [False] + [True] * 19
+
+
+async def test_a_failed_job_holds_the_event_lock_until_it_commits(
+    pg_store: PostgreSQLStore, postgresql_url: str
+) -> None:
+    """Alert events commit in id order: the transaction that records one keeps the others
+    that would record one waiting until it ends."""
+    job_id = (await pg_store.enqueue(NewJob("p", "c"))).job_id
+    await pg_store.set_status(job_id, Status.RUNNING)
+    probe = "SELECT pg_try_advisory_xact_lock('alert_events'::regclass::oid::integer, 0)"
+    with _raw(postgresql_url) as writer, _raw(postgresql_url) as other:
+        with writer.transaction():
+            writer.execute("UPDATE jobs SET status = 'failed' WHERE job_id = %s", (job_id,))
+            with other.transaction():
+                assert other.execute(probe).fetchone() == (False,)
+        with other.transaction():
+            assert other.execute(probe).fetchone() == (True,)
+        events = writer.execute("SELECT job_id, status FROM alert_events").fetchall()
+    assert events == [(job_id, "failed")]
+
+
+async def test_prune_takes_the_finished_alert_rows_with_the_jobs(
+    pg_store: PostgreSQLStore, postgresql_url: str
+) -> None:
+    failed = (await pg_store.enqueue(NewJob("p", "c"))).job_id
+    await pg_store.set_status(failed, Status.RUNNING)
+    await pg_store.set_status(failed, Status.FAILED, last_error="boom")
+    queued = (await pg_store.enqueue(NewJob("p", "c"))).job_id
+    with _raw(postgresql_url) as conn:
+        [(event_id,)] = conn.execute("SELECT event_id FROM alert_events").fetchall()
+        conn.execute(
+            "INSERT INTO alert_events (kind, job_id, plugin, command, source, status, attempt,"
+            " recorded_at) VALUES ('status', 'x', 'p', 'c', 'local', 'failed', 1, '2000')"
+        )
+        insert = (
+            "INSERT INTO alert_deliveries (delivery_id, alert, plugin, first_event_id,"
+            " last_event_id, status, created_at, not_before, next_attempt_at, finished_at)"
+            " VALUES (%s, 'ops', 'p', %s, %s, %s, '2000', '2000', '2000', %s)"
+        )
+        conn.execute(insert, ("sent-long-ago", event_id, event_id, "sent", "2000"))
+        conn.execute(insert, ("still-pending", event_id, event_id, "pending", None))
+    future = format_ts(utcnow() + timedelta(days=1))
+    assert await pg_store.prune_finished(before=future) == 1
+    assert await pg_store.get_job(failed) is None
+    assert await pg_store.get_job(queued) is not None
+    with _raw(postgresql_url) as conn:
+        deliveries = conn.execute("SELECT delivery_id FROM alert_deliveries").fetchall()
+        events = conn.execute("SELECT event_id FROM alert_events").fetchall()
+    # The pending delivery keeps the event it carries; the old orphan event goes.
+    assert deliveries == [("still-pending",)]
+    assert events == [(event_id,)]
+
+
+# --- tokens ------------------------------------------------------------------------------
+
+
+async def test_processes_starting_together_create_one_first_token(postgresql_url: str) -> None:
+    stores = [PostgreSQLStore(postgresql_url) for _ in range(3)]
+    for s in stores:
+        await s.open()
+    try:
+        made = await asyncio.gather(
+            *(s.create_first_token("admin", f"{i}" * 64, ["*"]) for i, s in enumerate(stores))
+        )
+        assert sum(token is not None for token in made) == 1
+        assert len(await stores[0].list_tokens()) == 1
+        # Revoked, the token still counts: no second first token, ever.
+        assert await stores[0].revoke_token("admin")
+        assert await stores[1].create_first_token("admin", "f" * 64, ["*"]) is None
+    finally:
+        for s in stores:
+            await s.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime, timedelta
 
-from queue_service.store.sqlite.jobs import new_job_id
+from queue_service.store.jobrules import new_job_id
 from queue_service.store.sqlite.sql import q
 from queue_service.store.types import (
     AlertDelivery,

@@ -4,14 +4,12 @@ Each runs on a store thread inside a transaction."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import time
-import uuid
 from typing import Any
 
 from queue_service.statuses import Source, Status, allowed_predecessors
 from queue_service.store.errors import IllegalTransition, JobNotFound
+from queue_service.store.jobrules import new_job_id
 from queue_service.store.sqlite.rows import encode_json, job_from_row
 from queue_service.store.sqlite.sql import q
 from queue_service.store.types import EnqueueResult, Job, JobCount, NewJob
@@ -36,22 +34,6 @@ def fold_count_deltas(conn: sqlite3.Connection) -> None:
     for name in _FOLDS:
         conn.execute(q(name))
     conn.execute(q("clear_count_deltas"))
-
-
-def new_job_id() -> str:
-    """A UUID version 7 (RFC 9562): 48 bits of Unix milliseconds, then random bits. Ids of
-    new jobs sort by time, so the job_id index and the attempts' (job_id, attempt) index
-    grow at their right edge instead of touching a random page of a large table."""
-    millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")  # 80 random bits, 74 used
-    value = (
-        (millis & (2**48 - 1)) << 80
-        | 0x7 << 76
-        | (rand >> 68) << 64
-        | 0b10 << 62
-        | rand & (2**62 - 1)
-    )
-    return str(uuid.UUID(int=value))
 
 
 def insert_jobs(conn: sqlite3.Connection, jobs: list[NewJob]) -> list[EnqueueResult]:

@@ -7,7 +7,8 @@ import sqlite3
 from collections.abc import Sequence
 
 from queue_service.statuses import Status
-from queue_service.store.errors import Conflict, JobNotFound
+from queue_service.store.errors import JobNotFound
+from queue_service.store.jobrules import cancel_refused
 from queue_service.store.sqlite import alerts
 from queue_service.store.sqlite.rows import encode_json, job_from_row
 from queue_service.store.sqlite.sql import q
@@ -150,12 +151,7 @@ def cancel(conn: sqlite3.Connection, job_id: str, reason: str) -> Status:
     current = conn.execute(q("get_status"), {"job_id": job_id}).fetchone()
     if current is None:
         raise JobNotFound(job_id)
-    if current["source"] != "local" and current["status"] in ("queued", "running"):
-        raise Conflict(
-            f"job {job_id} mirrors a {current['source']} run; cancel the run there "
-            "(the next sync records the cancellation)"
-        )
-    raise Conflict(f"job {job_id} already finished as {current['status']}; it cannot be canceled")
+    raise cancel_refused(job_id, current["status"], current["source"])
 
 
 def plugin_state(conn: sqlite3.Connection, plugin: str) -> dict[str, object]:
