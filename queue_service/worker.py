@@ -2,7 +2,11 @@
 
 Guarantees (see docs/RELIABILITY.md):
 - A job is claimed by exactly one worker at a time: the claim is one UPDATE … RETURNING in
-  BEGIN IMMEDIATE, and only the lease holder of the current attempt may finish it.
+  BEGIN IMMEDIATE (SQLite) or over rows locked FOR UPDATE SKIP LOCKED (PostgreSQL), and
+  only the lease holder of the current attempt may finish it.
+- An idle worker waits for `store.wait_for_work`: in-process enqueues wake it at once, and
+  on PostgreSQL so do jobs enqueued by any process on any host (LISTEN/NOTIFY); the poll
+  interval is the fallback.
 - A running job carries a lease that a heartbeat extends. If its worker dies, any serving
   process recovers the expired lease: the job is queued again (the lost attempt counts) or
   dead when no attempt is left. So no job stays `running` forever.
@@ -200,12 +204,15 @@ class Worker:
                     continue
                 self._wake.clear()
                 waker = asyncio.create_task(self._wake.wait())
+                # Jobs enqueued by other processes (PostgreSQL: on any host) wake it too.
+                arrived = asyncio.create_task(self.store.wait_for_work())
                 await asyncio.wait(
-                    {stopper, waker},
+                    {stopper, waker, arrived},
                     timeout=self.poll_interval,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 waker.cancel()
+                arrived.cancel()
         finally:
             stopper.cancel()
             await self.shutdown(self.config.service.shutdown_grace_seconds)

@@ -196,6 +196,17 @@ class RawDatabase:
         assert self._sqlite is not None
         return self._sqlite.execute(sql, params).fetchall()
 
+    def dump(self) -> str:
+        """Every row of every table, as text (to prove what is not stored anywhere)."""
+        if self._sqlite is not None:
+            return "\n".join(self._sqlite.iterdump())
+        tables = self.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1"
+        )
+        return "\n".join(
+            f"{table}: {self.execute(f'SELECT * FROM {table}')!r}" for (table,) in tables
+        )
+
     def close(self) -> None:
         for conn in (self._pg, self._sqlite):
             if conn is not None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
-
 import httpx
 import pytest
 
@@ -12,7 +9,7 @@ from queue_service.api import ServiceState
 from queue_service.auth import AuthError, hash_token
 from queue_service.scopes import UnknownScope, effective
 from queue_service.store import NewJob, SQLiteStore, Token
-from tests.conftest import TokenFactory, assert_error, bearer
+from tests.conftest import RawDatabase, TokenFactory, assert_error, bearer
 
 pytestmark = pytest.mark.anyio
 
@@ -70,14 +67,13 @@ async def test_revoked_token_is_401(
 
 
 async def test_expired_token_is_401(
-    client: httpx.AsyncClient, db_path: Path, state: ServiceState
+    client: httpx.AsyncClient, raw_db: RawDatabase, state: ServiceState
 ) -> None:
     secret, _ = await state.tokens.create("short", ["*"], expires_in="1h")
     assert (await client.get("/jobs", headers=bearer(secret))).status_code == 200
-    raw = sqlite3.connect(db_path)
-    raw.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z' WHERE name = 'short'")
-    raw.commit()
-    raw.close()
+    raw_db.execute(
+        "UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z' WHERE name = 'short'"
+    )
     body = assert_error(await client.get("/jobs", headers=bearer(secret)), 401, "invalid_token")
     assert "expired" in body["error"]
 
@@ -136,10 +132,10 @@ async def test_unknown_scope_is_rejected_at_creation(state: ServiceState) -> Non
     assert await state.store.count_live_tokens() == 0
 
 
-async def test_only_hashes_are_stored(state: ServiceState, db_path: Path) -> None:
+async def test_only_hashes_are_stored(state: ServiceState, raw_db: RawDatabase) -> None:
     secret, _ = await state.tokens.create("h", ["*"])
     assert secret.startswith("qs_") and len(secret) >= 3 + 43
-    dump = "\n".join(sqlite3.connect(db_path).iterdump())
+    dump = raw_db.dump()
     assert secret not in dump and secret[3:] not in dump
     assert hash_token(secret) in dump
 
@@ -224,7 +220,7 @@ async def test_first_admin_is_created_once_even_when_raced(state: ServiceState) 
 
 @pytest.mark.parametrize("how", ["revoked", "expired"])
 async def test_no_first_admin_once_the_database_has_had_a_token(
-    state: ServiceState, db_path: Path, how: str
+    state: ServiceState, raw_db: RawDatabase, how: str
 ) -> None:
     # An operator who revoked (or let expire) every token has locked the API on purpose:
     # the next start must not mint a fresh `*` token.
@@ -232,10 +228,7 @@ async def test_no_first_admin_once_the_database_has_had_a_token(
     if how == "revoked":
         assert await state.store.revoke_token("admin")
     else:
-        raw = sqlite3.connect(db_path)
-        raw.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z'")
-        raw.commit()
-        raw.close()
+        raw_db.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z'")
     assert await state.store.count_live_tokens() == 0
     assert await state.tokens.create_first_admin() is None
     assert len(await state.store.list_tokens()) == 1

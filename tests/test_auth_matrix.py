@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,7 +24,7 @@ from queue_service.plugins import load
 from queue_service.scopes import SCOPES
 from queue_service.statuses import Status
 from queue_service.store import NewJob, SQLiteStore
-from tests.conftest import TokenFactory, assert_error, bearer
+from tests.conftest import RawDatabase, TokenFactory, assert_error, bearer
 from tests.live_server import ROOT, LiveServer, start_server
 
 REALM = 'Bearer realm="queue-service"'
@@ -168,7 +167,7 @@ async def test_rfc6750_challenges(
     client: httpx.AsyncClient,
     state: ServiceState,
     store: SQLiteStore,
-    db_path: Path,
+    raw_db: RawDatabase,
     make_token: TokenFactory,
     method: str,
     path: str,
@@ -191,11 +190,9 @@ async def test_rfc6750_challenges(
     revoked, _ = await state.tokens.create("revoked", ["*"])
     assert await store.revoke_token("revoked")
     expired, _ = await state.tokens.create("expired", ["*"], "1h")
-    with sqlite3.connect(db_path) as raw:
-        raw.execute(
-            "UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z' WHERE name = 'expired'"
-        )
-    raw.close()
+    raw_db.execute(
+        "UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z' WHERE name = 'expired'"
+    )
     for secret, word in ((revoked, "revoked"), (expired, "expired")):
         response = await client.request(method, concrete, json=body, headers=bearer(secret))
         error = assert_error(response, 401, "invalid_token")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import free_port
+from queue_service.store import Store
+from tests.conftest import RawDatabase, free_port
 from tests.processes import Processes, stop, wait_healthy, wait_until
 
 pytestmark = pytest.mark.slow
@@ -27,11 +27,12 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path: Path, processes: Processes) -> Server:
+def server(tmp_path: Path, db_url: str, processes: Processes) -> Server:
+    """`serve` on a new database of each backend (an SQLite file, a PostgreSQL schema)."""
     port = free_port()
     proc = processes.start(
         "server",
-        *("serve", "--db", str(tmp_path / "q.db"), "--port", str(port)),
+        *("serve", "--db", db_url, "--port", str(port)),
         cwd=tmp_path,
         separate_stdout=True,  # the first admin token goes to stdout, the log to stderr
     )
@@ -133,10 +134,10 @@ def test_a_schedule_naming_an_unknown_command_stops_start_up(tmp_path: Path) -> 
 
 
 def serve_until_healthy(
-    processes: Processes, db: Path, *extra: str
+    processes: Processes, db: Path | str, *extra: str
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start `queue-service serve` (stdout in serve.out, stderr in serve.log); return it
-    once /healthz answers."""
+    """Start `queue-service serve --db DB` (stdout in serve.out, stderr in serve.log); return
+    it once /healthz answers."""
     port = free_port()
     proc = processes.start(
         "serve", "serve", "--db", str(db), "--port", str(port), *extra, separate_stdout=True
@@ -145,43 +146,32 @@ def serve_until_healthy(
     return proc, f"http://127.0.0.1:{port}"
 
 
+@pytest.mark.anyio
 @pytest.mark.parametrize("how", ["revoked", "expired"])
-def test_revoking_every_token_keeps_the_api_locked_across_restarts(
-    tmp_path: Path, how: str, processes: Processes
+async def test_revoking_every_token_keeps_the_api_locked_across_restarts(
+    tmp_path: Path,
+    how: str,
+    processes: Processes,
+    db_url: str,
+    store: Store,
+    raw_db: RawDatabase,
 ) -> None:
-    import asyncio
-
     from queue_service.api import ServiceState
-    from queue_service.store import SQLiteStore
 
-    db = tmp_path / "locked.db"
-
-    async def seed() -> str:
-        store = SQLiteStore(db)
-        await store.open()
-        try:
-            secret, _ = await ServiceState.for_store(store).tokens.create("only", ["*"], "1h")
-            if how == "revoked":
-                assert await store.revoke_token("only")
-            return secret
-        finally:
-            await store.close()
-
-    secret = asyncio.run(seed())
-    if how == "expired":
-        raw = sqlite3.connect(db)
-        with raw:
-            raw.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z'")
-        raw.close()
-    proc, base = serve_until_healthy(processes, db)
-    assert (
-        httpx.get(f"{base}/jobs", headers={"Authorization": f"Bearer {secret}"}).status_code == 401
-    )
+    secret, _ = await ServiceState.for_store(store).tokens.create("only", ["*"], "1h")
+    if how == "revoked":
+        assert await store.revoke_token("only")
+    else:
+        raw_db.execute("UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z'")
+    proc, base = serve_until_healthy(processes, db_url)
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{base}/jobs", headers={"Authorization": f"Bearer {secret}"})
+    assert response.status_code == 401
     stop(proc)
     out = (tmp_path / "serve.out").read_text()
     err = (tmp_path / "serve.log").read_text()
     assert "qs_" not in out + err, "a new token was minted"
-    assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM tokens").fetchone()[0] == 1
+    assert raw_db.execute("SELECT COUNT(*) FROM tokens") == [(1,)]
     assert "no live token" in err and "queue-service token create" in err and "--scope '*'" in err
 
 

@@ -6,8 +6,10 @@ every backend."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,6 +21,7 @@ from queue_service.store import (
     NotADatabase,
     QueryTimeout,
     SchemaTooNew,
+    SQLiteStore,
     StoreError,
     StoreUnavailable,
     create_store,
@@ -334,3 +337,72 @@ async def test_processes_starting_together_create_one_first_token(postgresql_url
     finally:
         for s in stores:
             await s.close()
+
+
+# --- the schema ----------------------------------------------------------------------------
+
+
+async def test_the_schema_has_every_table_column_index_and_trigger_of_sqlite(
+    postgresql_url: str, db_path: Path
+) -> None:
+    """The PostgreSQL schema transcribes SQLite's final one, so a copy moves rows unchanged:
+    the same tables with the same columns in the same order, the same named indexes and
+    triggers (PostgreSQL may have more: its own mechanisms)."""
+    lite = SQLiteStore(db_path)
+    await lite.open()
+    await lite.close()
+    with sqlite3.connect(db_path) as conn:
+        tables = [
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite%'"
+            )
+        ]
+        sqlite_columns = {
+            t: [row[1] for row in conn.execute(f"PRAGMA table_info({t})")] for t in tables
+        }
+        sqlite_indexes = {
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"
+            )
+        }
+        sqlite_triggers = {
+            name
+            for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        }
+    conn.close()
+    store = PostgreSQLStore(postgresql_url)
+    await store.open()
+    await store.close()
+    with _raw(postgresql_url) as pg:
+        pg_columns: dict[str, list[str]] = {}
+        for table, column in pg.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
+        ):
+            pg_columns.setdefault(table, []).append(column)
+        pg_indexes = {
+            name
+            for (name,) in pg.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+            )
+        }
+        pg_triggers = {
+            name
+            for (name,) in pg.execute(
+                "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal"
+                " AND tgrelid = 'jobs'::regclass"
+            )
+        }
+    assert {t: pg_columns.get(t) for t in sqlite_columns} == sqlite_columns
+    assert sqlite_indexes <= pg_indexes, sqlite_indexes - pg_indexes
+    assert sqlite_triggers <= pg_triggers, sqlite_triggers - pg_triggers
+
+
+async def test_touch_stamps_last_used_at(pg_store: PostgreSQLStore) -> None:
+    token = await pg_store.create_token("t", "ab" * 32, ["*"], None)
+    assert token.last_used_at is None
+    await pg_store.touch_token(token.token_id)
+    [listed] = await pg_store.list_tokens()
+    assert listed.last_used_at is not None and listed.last_used_at >= listed.created_at

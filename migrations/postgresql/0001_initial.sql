@@ -373,3 +373,29 @@ CREATE TRIGGER jobs_alert_status AFTER UPDATE OF status ON jobs
     FOR EACH ROW
     WHEN (NEW.status IN ('failed', 'timed_out', 'dead') AND NEW.status IS DISTINCT FROM OLD.status)
     EXECUTE FUNCTION jobs_alert_event();
+
+-- Work wake-ups (h-pgwork) ---------------------------------------------------------------
+--
+-- A job that becomes claimable (inserted queued, or put back to queued by a retry, a lease
+-- recovery or a release) notifies the channel `queue_service_work_<oid of jobs>`: one
+-- channel per schema, so stores in several schemas of one database do not wake each other.
+-- Every worker process LISTENs on it (postgresql/wakeups.py), so a job enqueued on one host
+-- starts on another host's idle worker without waiting for its poll interval. PostgreSQL
+-- delivers the identical notifications of one transaction once: an enqueue of 100 jobs
+-- wakes each listener once. The payload is empty: a woken worker looks at every plugin.
+CREATE FUNCTION jobs_notify_work() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('queue_service_work_' || TG_RELID::text, '');
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER jobs_work_insert AFTER INSERT ON jobs
+    FOR EACH ROW
+    WHEN (NEW.status = 'queued' AND NEW.source = 'local')
+    EXECUTE FUNCTION jobs_notify_work();
+
+CREATE TRIGGER jobs_work_requeue AFTER UPDATE OF status ON jobs
+    FOR EACH ROW
+    WHEN (NEW.status = 'queued' AND OLD.status <> 'queued' AND NEW.source = 'local')
+    EXECUTE FUNCTION jobs_notify_work();

@@ -24,6 +24,12 @@ One sync of a workspace ("a pass"):
    becomes ``dead``: only after both listings succeeded, and only on an explicit
    "does not exist" (never on a 404 from an unknown endpoint or a fault).
 
+Several processes (hosts) may run the sync against one store: a pass runs only in the
+process that holds the workspace's ``store.exclusive_sync`` (PostgreSQL: a session advisory
+lock, released when that process ends, even by a crash); the others skip the pass. So each
+run is fetched and written by one pass at a time, and a host dying mid-pass leaves the
+committed batches and their state for the next pass, wherever it runs.
+
 Faults: 401/403 (and configuration errors) mark the workspace unhealthy and
 are retried every ``backoff_max_seconds`` with a freshly built client (so a
 fixed token or profile is picked up). Transient faults (unreachable, 5xx,
@@ -89,6 +95,8 @@ class WorkspaceResult:
     workspace: str
     host: str | None = None
     ok: bool = False
+    #: Another process was syncing the workspace, so this pass did nothing.
+    skipped: bool = False
     fault_kind: str | None = None
     error: str | None = None
     pages: int = 0
@@ -125,7 +133,9 @@ class SyncSummary:
         """One human-readable line per workspace, for the CLI."""
         out = []
         for w in self.workspaces:
-            if w.ok:
+            if w.skipped:
+                out.append(f"{w.workspace}: skipped, another process is syncing it")
+            elif w.ok:
                 out.append(
                     f"{w.workspace}: ok, {w.runs} runs in {w.pages} pages "
                     f"({w.inserted} new, {w.updated} updated, {w.unchanged} unchanged), "
@@ -227,18 +237,19 @@ class DatabricksSync:
         return float(min(delay, self.config.backoff_max_seconds))
 
     async def sync_workspace(self, name: str) -> WorkspaceResult:
-        """One pass over workspace ``name``; faults are recorded, never raised."""
+        """One pass over workspace ``name``; faults are recorded, never raised. When
+        another process is syncing the workspace (``store.exclusive_sync``), the pass is
+        skipped: ``ok`` and ``skipped`` are set and nothing is written."""
         async with self._locks[name]:
             started = time.monotonic()
             result = WorkspaceResult(workspace=name)
             try:
-                state = await self._state(name)
-                client = await self._client(name)
-                result.host = client.host
-                if state.host != client.host:
-                    # Saved with the first batch (every pass writes at least one).
-                    state = replace(self._fresh(state), host=client.host)
-                await self._pass(client, state, result)
+                async with self._store.exclusive_sync(name) as mine:
+                    if mine:
+                        await self._sync(name, result)
+                    else:
+                        result.ok = result.skipped = True
+                        log.info("databricks sync of %r: another process is syncing it", name)
             except DatabricksFault as fault:
                 await self._record_fault(name, fault, result)
             except Exception as exc:
@@ -253,6 +264,15 @@ class DatabricksSync:
             return result
 
     # ---------------------------------------------------------------- helpers
+
+    async def _sync(self, name: str, result: WorkspaceResult) -> None:
+        state = await self._state(name)
+        client = await self._client(name)
+        result.host = client.host
+        if state.host != client.host:
+            # Saved with the first batch (every pass writes at least one).
+            state = replace(self._fresh(state), host=client.host)
+        await self._pass(client, state, result)
 
     async def _state(self, name: str) -> SyncState:
         # Re-read at every pass: the store is the truth (a restart, or a one-off

@@ -9,6 +9,7 @@ order is time order in every backend.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -254,7 +255,33 @@ class Store(Protocol):
         transaction; returns their ids (call repeatedly for more)."""
         ...
 
+    async def wait_for_work(self) -> None:
+        """Return when a job may have become claimable; the caller bounds the wait (the
+        worker: its poll interval) and may cancel it. Never raises for an unavailable
+        database. A wake-up that comes while nobody waits is kept for the next call, so a
+        job enqueued between a claim round and the wait that follows is not left for the
+        poll interval.
+
+        SQLite: the jobs this store enqueues (or requeues) wake it; other processes' are
+        found when the caller's wait ends. PostgreSQL: every process's, on any host
+        (LISTEN/NOTIFY on a connection of its own, opened by the first call); while that
+        connection is down (a server restart) only the caller's bound ends the wait, so
+        the worker polls until it is back.
+        """
+        ...
+
     # -- external runs (Databricks sync) ---------------------------------
+
+    def exclusive_sync(self, workspace: str) -> AbstractAsyncContextManager[bool]:
+        """`async with store.exclusive_sync(workspace) as mine:` -- while the block runs,
+        no other process syncs `workspace` when `mine` is True; False means another
+        process is syncing it now (skip this pass).
+
+        PostgreSQL: a session advisory lock on a connection of its own, so a process that
+        dies mid-sync releases it with its session (what it committed stays consistent:
+        runs and the sync state go in one transaction). SQLite: always True: the sync's
+        in-process lock is the exclusion."""
+        ...
 
     async def record_sync_page(self, state: SyncState, jobs: Sequence[ExternalJob]) -> UpsertCounts:
         """Upsert a page of mirrored runs and save the sync state, in one transaction."""

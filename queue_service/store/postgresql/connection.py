@@ -10,7 +10,8 @@
   may have been saved.
 - `_read(fn, *args)` runs `fn` in one REPEATABLE READ, READ ONLY transaction: one snapshot
   for several statements (a page and its total). `_read_statement` runs a read of one
-  statement with no transaction around it (one round trip).
+  statement with no transaction around it (one round trip); `_write_statement` the same
+  for a write of one idempotent statement.
 - Every statement outside `_tx` is stopped after `query_timeout_s` (the session's
   statement_timeout); a write transaction allows `write_timeout_s`.
 - Errors become the store's (queue_service/store/errors.py; postgresql/errors.py says how).
@@ -188,6 +189,15 @@ class Database:
         if self.read_only is not None:
             raise StoreUnavailable(self.read_only)
         return await self._run(fn, args, self._begin_write)
+
+    async def _write_statement(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run `fn(conn, *args)`, a write of ONE statement, in autocommit (it commits by
+        itself): one round trip instead of three. Only for a statement that may run twice
+        without harm (extending a lease, stamping last_used_at): like `_tx`, it runs again
+        after a lost connection, which may have lost the answer rather than the write."""
+        if self.read_only is not None:
+            raise StoreUnavailable(self.read_only)
+        return await self._run(fn, args, None)
 
     async def _read(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run `fn(conn, *args)` in one read-only snapshot."""

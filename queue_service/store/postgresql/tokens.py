@@ -109,4 +109,4 @@ class TokensMixin(Database):
         return await self._tx(revoke, name)
 
     async def touch_token(self, token_id: int) -> None:
-        await self._tx(touch, token_id)
+        await self._write_statement(touch, token_id)

@@ -27,6 +27,7 @@ from queue_service.store.sqlite.jobs import fold_count_deltas
 from queue_service.store.sqlite.opening import Opening
 from queue_service.store.sqlite.writer import WriterThread, wait_busy
 from queue_service.store.types import Migration
+from queue_service.store.wakeups import WakeSignal
 
 T = TypeVar("T")
 
@@ -64,6 +65,8 @@ class Database(Opening):
         self.read_only: str | None = None
         #: The URI every connection opens in read-only mode.
         self._read_only_uri: str | None = None
+        #: Set when this store enqueues (or requeues) a job: what wait_for_work waits for.
+        self._work = WakeSignal()
 
     # -- connections -----------------------------------------------------
 

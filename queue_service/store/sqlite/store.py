@@ -7,7 +7,8 @@ on the protocol (queue_service/store/protocol.py).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,10 +47,14 @@ class SQLiteStore(Database):
     # -- jobs ------------------------------------------------------------
 
     async def enqueue(self, job: NewJob) -> EnqueueResult:
-        return (await self._write(_jobs.insert_jobs, [job]))[0]
+        (result,) = await self._write(_jobs.insert_jobs, [job])
+        self._work.set()
+        return result
 
     async def enqueue_many(self, jobs: Sequence[NewJob]) -> list[EnqueueResult]:
-        return await self._write(_jobs.insert_jobs, list(jobs))
+        results = await self._write(_jobs.insert_jobs, list(jobs))
+        self._work.set()
+        return results
 
     async def get_job(self, job_id: str) -> Job | None:
         return await self._read_statement(_jobs.get_job, job_id)
@@ -168,7 +173,10 @@ class SQLiteStore(Database):
     async def recover_expired_leases(
         self, *, now: datetime | None = None, limit: int = 500
     ) -> list[RecoveredJob]:
-        return await self._write(work.recover_expired, format_ts(now or utcnow()), limit)
+        recovered = await self._write(work.recover_expired, format_ts(now or utcnow()), limit)
+        if any(job.status is Status.QUEUED for job in recovered):
+            self._work.set()
+        return recovered
 
     async def release_jobs(self, held: Sequence[tuple[str, int]], *, owner: str) -> list[str]:
         if not held:
@@ -191,7 +199,16 @@ class SQLiteStore(Database):
     ) -> list[str]:
         return await self._write(work.cancel_queued, plugin, command, reason, limit)
 
+    async def wait_for_work(self) -> None:
+        # Other processes' jobs are found when the caller's wait (its poll interval) ends.
+        await self._work.wait()
+
     # -- external runs (Databricks sync) ---------------------------------
+
+    @contextlib.asynccontextmanager
+    async def exclusive_sync(self, workspace: str) -> AsyncIterator[bool]:
+        # The sync's in-process lock is the exclusion (one serving process per file).
+        yield True
 
     async def record_sync_page(self, state: SyncState, jobs: Sequence[ExternalJob]) -> UpsertCounts:
         return await self._write(sync.record_sync_page, state, list(jobs))
@@ -221,9 +238,12 @@ class SQLiteStore(Database):
         job: NewJob,
         skip_if_running: bool,
     ) -> FireResult:
-        return await self._write(
+        fired = await self._write(
             schedules.fire_slot, schedule_key, slot, next_run_at, job, skip_if_running
         )
+        if fired.job_id is not None:
+            self._work.set()
+        return fired
 
     async def set_schedule_next_run(self, schedule_key: str, next_run_at: str) -> None:
         await self._write(schedules.set_next_run, schedule_key, next_run_at)

@@ -2,45 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
 
 from queue_service.statuses import Source
-from queue_service.store.sqlite.rows import encode_json, job_from_row, sync_state_from_row
+from queue_service.store.sqlite.rows import job_from_row, sync_state_from_row
 from queue_service.store.sqlite.sql import q
+from queue_service.store.syncrows import external_job_params, sync_state_params
 from queue_service.store.types import ExternalJob, Job, SyncState, UpsertCounts
-
-
-def _params(job: ExternalJob) -> dict[str, Any]:
-    return {
-        "job_id": job.job_id,
-        "plugin": job.plugin,
-        "command": job.command,
-        "source": job.source.value,
-        "result": encode_json(job.result),
-        "last_error": job.last_error,
-        "attempt": job.attempt,
-        "external_id": job.external_id,
-        "external_url": job.external_url,
-        "created_at": job.created_at,
-        "started_at": job.started_at,
-        "completed_at": job.completed_at,
-    }
 
 
 def upsert_external_jobs(conn: sqlite3.Connection, jobs: Sequence[ExternalJob]) -> UpsertCounts:
     inserted = updated = unchanged = 0
     for job in jobs:
-        params = _params(job)
-        new_status = job.status if job.status is not None else job.status_if_new
-        cursor = conn.execute(q("insert_external_job"), {**params, "status": new_status.value})
+        params = external_job_params(job)
+        cursor = conn.execute(q("insert_external_job"), params)
         if cursor.rowcount == 1:
             inserted += 1
             continue
-        status = job.status.value if job.status is not None else None
-        cursor = conn.execute(q("update_external_job"), {**params, "status": status})
+        cursor = conn.execute(q("update_external_job"), params)
         if cursor.rowcount == 1:
             updated += 1
         else:
@@ -49,20 +29,7 @@ def upsert_external_jobs(conn: sqlite3.Connection, jobs: Sequence[ExternalJob]) 
 
 
 def save_sync_state(conn: sqlite3.Connection, state: SyncState) -> None:
-    conn.execute(
-        q("upsert_sync_state"),
-        {
-            "workspace": state.workspace,
-            "host": state.host,
-            "watermark_ms": state.watermark_ms,
-            "last_success_at": state.last_success_at,
-            "last_error": state.last_error,
-            "last_error_at": state.last_error_at,
-            "runs_ingested": state.runs_ingested,
-            "healthy": int(state.healthy),
-            "extra": json.dumps(state.extra),
-        },
-    )
+    conn.execute(q("upsert_sync_state"), sync_state_params(state))
 
 
 def record_sync_page(

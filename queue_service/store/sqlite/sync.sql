@@ -1,10 +1,11 @@
 -- Named queries for mirrored external runs (the Databricks sync).
 
 -- name: insert_external_job
+-- :new_status is the status of a run seen for the first time (syncrows.py).
 INSERT INTO jobs (job_id, plugin, command, status, source, result, last_error, attempt,
                   max_attempts, external_id, external_url, created_at, started_at,
                   completed_at, run_after)
-VALUES (:job_id, :plugin, :command, :status, :source, :result, :last_error, :attempt,
+VALUES (:job_id, :plugin, :command, :new_status, :source, :result, :last_error, :attempt,
         MAX(:attempt, 1), :external_id, :external_url, :created_at, :started_at,
         :completed_at, :created_at)
 ON CONFLICT (job_id) DO NOTHING;
