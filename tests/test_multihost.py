@@ -17,6 +17,7 @@ The figures (jobs/s, recovery time, fires per process) are printed: run with `-s
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import signal
@@ -355,11 +356,20 @@ def test_three_workers_and_two_apis_on_one_database_run_every_job_once(
 
 RUNS = 300
 HOUR_MS = 3_600_000
+LIST = "/api/2.2/jobs/runs/list"
 SUMMARY = re.compile(
     r"^prod: ok, (?P<runs>\d+) runs in (?P<pages>\d+) pages \((?P<new>\d+) new, "
     r"(?P<updated>\d+) updated, (?P<unchanged>\d+) unchanged\)",
     re.M,
 )
+SKIPPED = "prod: skipped, another process is syncing it"
+
+
+def synced_runs(url: str) -> list[str]:
+    """The external ids (run ids) of the mirrored jobs, one per row."""
+    return [
+        row[0] for row in query(url, "SELECT external_id FROM jobs WHERE source = 'databricks'")
+    ]
 
 
 def test_two_sync_processes_ingest_each_databricks_run_once(
@@ -370,31 +380,74 @@ def test_two_sync_processes_ingest_each_databricks_run_once(
     # Only what the config names: nothing from this machine's Databricks set-up.
     env = {k: v for k, v in ENV.items() if not k.startswith(("DATABRICKS_", "ARM_", "AZURE_"))}
     env["DATABRICKS_CONFIG_FILE"] = str(tmp_path / "no-databrickscfg")
+    config = tmp_path / "sync.toml"
+    names = itertools.count()
+
+    def sync_once() -> tuple[subprocess.Popen[bytes], Path]:
+        """`sync databricks --once` in a process of its own; its stdout's file."""
+        name = f"sync-{next(names)}"
+        args = ("sync", "databricks", "--once", "--db", url, "--config", str(config))
+        return processes.start(name, *args, env=env, separate_stdout=True), tmp_path / f"{name}.out"
+
     with FakeDatabricks() as fake:
         env["QS_MULTIHOST_DATABRICKS_TOKEN"] = fake.token
-        # Finished an hour ago or more, one a second: the second pass's window (from the
-        # watermark, no overlap) holds only the newest run, not all of them again.
-        fake.add_finished_runs(RUNS, newest_start=now_ms() - HOUR_MS, step_ms=1000)
-        # Slow pages, so that the two passes are sure to be under way at the same time.
-        fake.inject(Fault.slow(0.3), times=None, path="/api/2.2/jobs/runs/list")
-        config = tmp_path / "sync.toml"
         config.write_text(
-            "[databricks]\nlookback_hours = 24\noverlap_seconds = 0\nretry_timeout_seconds = 5\n"
+            "[databricks]\nlookback_hours = 24\noverlap_seconds = 0\n"
+            "retry_timeout_seconds = 5\nhttp_timeout_seconds = 120\n"
             f'[[databricks.workspaces]]\nname = "prod"\nhost = "{fake.url}"\n'
             'token_env = "QS_MULTIHOST_DATABRICKS_TOKEN"\n'
         )
-        args = ("sync", "databricks", "--once", "--db", url, "--config", str(config))
-        syncs = [
-            processes.start(f"sync-{n}", *args, env=env, separate_stdout=True) for n in range(2)
-        ]
-        for proc in syncs:
-            assert proc.wait(timeout=300) == 0, processes.tails()
-        listed = fake.count("/api/2.2/jobs/runs/list")
-    outputs = [(tmp_path / f"sync-{n}.out").read_text() for n in range(2)]
-    passes = [m.groupdict() for out in outputs for m in SUMMARY.finditer(out)]
-    assert len(passes) == 2, outputs
+        # Finished an hour ago and before, one a second.
+        old = fake.add_finished_runs(RUNS, newest_start=now_ms() - HOUR_MS, step_ms=1000)
 
-    rows = query(url, "SELECT job_id, external_id FROM jobs WHERE source = 'databricks'")
-    assert len(rows) == RUNS == len({external_id for _, external_id in rows})
-    assert sum(int(p["new"]) for p in passes) == RUNS, passes
-    print(f"\nmultihost sync: {passes}; runs/list requests: {listed}")
+        # 1. Two processes at once. The pages hang until one process has given up: whichever
+        # took the workspace's lock is still syncing then, so the other one met it.
+        fake.inject(Fault.slow(300), times=None, path=LIST)
+        (first, first_out), (second, second_out) = sync_once(), sync_once()
+        done = wait_until(
+            lambda: next((p for p in (first, second) if p.poll() is not None), None),
+            "one of the two sync processes to finish",
+            60,
+            processes,
+        )
+        assert done.returncode == 0, processes.tails()
+        fake.clear_faults()
+        for proc in (first, second):
+            assert proc.wait(timeout=120) == 0, processes.tails()
+        outputs = sorted([first_out.read_text().strip(), second_out.read_text().strip()])
+        assert outputs[1] == SKIPPED, outputs
+        (synced,) = [m.groupdict() for m in SUMMARY.finditer(outputs[0])]
+        assert (synced["runs"], synced["new"]) == (str(RUNS), str(RUNS)), synced
+        assert sorted(synced_runs(url)) == sorted(str(run_id) for run_id in old)
+
+        # 2. A process SIGKILLed in the middle of a pass (after it committed a batch): the
+        # next one is not locked out, resumes, and stores the rest, each run once.
+        new = fake.add_finished_runs(RUNS, newest_start=now_ms() - HOUR_MS // 2, step_ms=1000)
+        fake.inject(Fault.slow(0.5), times=None, path=LIST)
+        doomed, _ = sync_once()
+        wait_until(
+            lambda: len(synced_runs(url)) > RUNS, "the doomed sync to commit a batch", 60, processes
+        )
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=30)
+        stored_by_doomed = len(synced_runs(url)) - RUNS
+        assert 0 < stored_by_doomed < RUNS, "the kill did not land mid-pass"
+        fake.clear_faults()
+        resumed, resumed_out = sync_once()
+        assert resumed.wait(timeout=120) == 0, processes.tails()
+        (after, *more) = [m.groupdict() for m in SUMMARY.finditer(resumed_out.read_text())]
+        assert not more
+        newest_start = fake.run(new[0])["start_time"]
+
+    runs = synced_runs(url)
+    assert len(runs) == len(set(runs)) == 2 * RUNS, "a run stored twice, or missing"
+    assert set(runs) == {str(run_id) for run_id in old + new}
+    assert int(after["new"]) == RUNS - stored_by_doomed, after
+    ((watermark,),) = query(url, "SELECT watermark_ms FROM sync_state WHERE workspace = 'prod'")
+    assert watermark == newest_start
+    print(
+        f"\nmultihost sync: two processes at once: one synced {synced['runs']} runs "
+        f"({synced['new']} new), the other skipped; a pass SIGKILLed after storing "
+        f"{stored_by_doomed} of {RUNS} new runs, the next one stored the other {after['new']} "
+        f"({after['runs']} runs read)"
+    )
