@@ -31,8 +31,15 @@ from queue_service.api.params import exact_pattern
 from queue_service.config import parse_config
 from queue_service.plugins import load
 from queue_service.store import NewJob, SQLiteStore
-from tests.conftest import TokenFactory, assert_error, bearer
-from tests.live_server import ROOT, LiveServer, jobs_snapshot, raw_request, start_server
+from tests.conftest import STORE_BACKENDS, TokenFactory, assert_error, bearer
+from tests.live_server import (
+    ROOT,
+    LiveServer,
+    jobs_snapshot,
+    live_database,
+    raw_request,
+    start_server,
+)
 
 HUGE = "x" * 100_000
 #: Values no parameter of ours should take, by family.
@@ -149,7 +156,7 @@ async def asgi_request(
 class Unchanged:
     """Asserts the job tables are exactly as they were when it was made."""
 
-    def __init__(self, db: Path) -> None:
+    def __init__(self, db: Path | str) -> None:
         self.db = db
         self.before = jobs_snapshot(db)
 
@@ -158,8 +165,12 @@ class Unchanged:
 
 
 @pytest.fixture
-def unchanged(db_path: Path, seeded: list[str]) -> Iterator[Unchanged]:
-    guard = Unchanged(db_path)
+def unchanged(
+    request: pytest.FixtureRequest, store_backend: str, seeded: list[str]
+) -> Iterator[Unchanged]:
+    # The database under the test's store: its SQLite file, or its PostgreSQL schema.
+    db = "db_path" if store_backend == "sqlite" else "postgresql_url"
+    guard = Unchanged(request.getfixturevalue(db))
     yield guard
     guard.check()
 
@@ -469,14 +480,17 @@ async def test_a_real_id_with_a_prefix_or_suffix_is_not_that_job(
 # -- over the wire, against a real server ------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = start_server(tmp_path_factory.mktemp("hostile"))
-    try:
-        yield server
-    finally:
-        log = server.stop()
-    assert "Traceback" not in log, log[-5000:]
+@pytest.fixture(scope="module", params=sorted(STORE_BACKENDS))
+def live(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    with live_database(request) as db:
+        server = start_server(tmp_path_factory.mktemp("hostile"), db=db)
+        try:
+            yield server
+        finally:
+            log = server.stop()
+        assert "Traceback" not in log, log[-5000:]
 
 
 def _assert_canonical(status: int, headers: dict[str, str], payload: bytes) -> dict[str, Any]:

@@ -86,11 +86,23 @@ OPERATIONS = (
         path="/healthz",
         operation_id="get_health",
         summary="Liveness, version and queue depth",
-        description="`queue_depth` counts jobs that are queued or running.",
+        description=(
+            "`queue_depth` counts jobs that are queued or running. A 503 means the process "
+            "is up but its database does not answer (a PostgreSQL server that is down, "
+            "restarting or refusing connections, say); it answers 200 again as soon as the "
+            "database does, without a restart."
+        ),
         handler=health,
         scope=None,
-        responses={200: (models.Health, "The service is up.")},
-        examples={200: examples.HEALTH},
+        responses={
+            200: (models.Health, "The service is up."),
+            503: (
+                models.ErrorBody,
+                "The database does not answer: unreachable, busy, or a query ran too long "
+                "(`code` unavailable, `Retry-After: 1`).",
+            ),
+        },
+        examples={200: examples.HEALTH, 503: examples.HEALTH_OUTAGE},
         tags=("service",),
     ),
     Operation(
