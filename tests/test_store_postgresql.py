@@ -29,6 +29,7 @@ from queue_service.store import (
 from queue_service.store.postgresql import PostgreSQLStore
 from queue_service.store.postgresql.connection import Conn
 from queue_service.store.postgresql.migrations import available_migrations, latest_version
+from queue_service.store.rows import encode_json
 from queue_service.timeutil import format_ts, utcnow
 
 pytestmark = pytest.mark.anyio
@@ -87,7 +88,7 @@ async def test_another_applications_schema_is_left_alone(postgresql_url: str) ->
     with _raw(postgresql_url) as conn:
         conn.execute("CREATE TABLE invoices (id int)")
     store = PostgreSQLStore(postgresql_url)
-    with pytest.raises(NotADatabase, match="another application \\(invoices"):
+    with pytest.raises(NotADatabase, match="another application \\(tables: invoices;"):
         await store.open()
     await store.close()
     with _raw(postgresql_url) as conn:
@@ -250,6 +251,28 @@ async def test_enqueue_many_keeps_the_order_given_with_one_timestamp(
         "bob",
         3,
     )
+
+
+async def test_payloads_are_stored_as_the_same_json_text_as_on_sqlite(
+    pg_store: PostgreSQLStore, postgresql_url: str
+) -> None:
+    """What `queue-service copy` compares: the exact text, escapes and key order included,
+    whether the job went in a batch or alone (with a dedupe key)."""
+    payloads = [
+        {"z": 1, "a": [1.5, None, True], "s": 'h\u00e9llo \u2713 \U0001f600 \\ " \n \x00'},
+        {"big": 10**30, "neg": -1, "empty": "", "nested": {"b": {"a": {}}}},
+        "just a string",
+        None,
+    ]
+    batch = await pg_store.enqueue_many([NewJob("p", "c", p) for p in payloads])
+    alone = await pg_store.enqueue(NewJob("p", "c", payloads[0], dedupe_key="k"))
+    ids = [r.job_id for r in batch] + [alone.job_id]
+    with _raw(postgresql_url) as conn:
+        stored = dict(conn.execute("SELECT job_id, payload FROM jobs").fetchall())
+    assert [stored[i] for i in ids] == [encode_json(p) for p in [*payloads, payloads[0]]]
+    for job_id, payload in zip(ids, [*payloads, payloads[0]], strict=True):
+        job = await pg_store.get_job(job_id)
+        assert job is not None and job.payload == payload
 
 
 async def test_concurrent_enqueues_of_one_key_make_one_job(postgresql_url: str) -> None:
