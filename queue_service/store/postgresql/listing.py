@@ -37,6 +37,8 @@ from psycopg.rows import dict_row
 from queue_service.statuses import Source, Status
 from queue_service.store.errors import StoreUnavailable
 from queue_service.store.listing_plan import (
+    END,
+    MAX_SEQ,
     CountRow,
     base_params,
     bounded_total,
@@ -210,7 +212,12 @@ def _cheapest(candidates: list[Candidate]) -> Candidate:
 
 async def _list_jobs(conn: Conn, filters: JobFilter, limit: int, cursor: Cursor | None) -> JobPage:
     statuses, sources = statuses_of(filters), sources_of(filters)
-    params = {**base_params(filters, limit, cursor), "statuses": statuses, "sources": sources}
+    params = {
+        **base_params(filters, limit, cursor),
+        **_upper_bound(filters, cursor),
+        "statuses": statuses,
+        "sources": sources,
+    }
     if filters.submitted_by_token is not None:
         return await _own_jobs(conn, filters, params, limit)
     counts = await _read_counts(conn, filters)
@@ -230,9 +237,10 @@ async def _list_jobs(conn: Conn, filters: JobFilter, limit: int, cursor: Cursor 
                 hour_after, hour_before = parts.hours
                 hours = {**params, "hour_after": hour_after, "hour_before": hour_before}
                 totals.append(await conn.execute(q(_HOURS_QUERY[shape]), hours))
-            edge = _edge_query(filters, shape)
+            edge = name.replace("walk_", "edge_")
             for lo, hi in parts.edges:
-                totals.append(await conn.execute(q(edge), {**params, "lo": lo, "hi": hi}))
+                edges = {**params, **keys, "lo": lo, "hi": hi}
+                totals.append(await conn.execute(q(edge), edges))
     jobs, next_cursor = cut_page(await walk.fetchall(), limit, summary_from_row)
     if not bounded:
         total = sum(n for *_, n in matching)
@@ -245,13 +253,13 @@ async def _list_jobs(conn: Conn, filters: JobFilter, limit: int, cursor: Cursor 
     return JobPage(jobs=jobs, total=total, next_cursor=next_cursor)
 
 
-def _edge_query(filters: JobFilter, shape: tuple[bool, bool]) -> str:
-    """Which index counts a partial hour at an edge of the time bounds."""
-    if shape == (True, True):
-        return "edge_count_plugin_command"
-    if filters.statuses and Status.SUCCEEDED not in filters.statuses:
-        return "edge_count_status"
-    return "edge_count_time"
+def _upper_bound(filters: JobFilter, cursor: Cursor | None) -> dict[str, Any]:
+    """The upper end of a walk as one (created_at, seq) bound: the cursor, or just below
+    `created_before` (every seq is positive) when that is tighter."""
+    upper = (cursor.created_at, cursor.seq) if cursor else (END, MAX_SEQ)
+    if filters.created_before is not None:
+        upper = min(upper, (filters.created_before, 0))
+    return {"upper_created": upper[0], "upper_seq": upper[1]}
 
 
 async def _own_jobs(conn: Conn, filters: JobFilter, params: dict[str, Any], limit: int) -> JobPage:

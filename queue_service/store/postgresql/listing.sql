@@ -3,7 +3,7 @@
 --
 -- Listing reads run with sorts disabled (listing.py: _LISTING_BEGIN), so every walk below
 -- can only be planned as an ordered index scan that stops after `limit` rows: the plan
--- never depends on statistics. A NULL :plugin or :command means any.
+-- does not depend on statistics. A NULL :plugin or :command means any.
 
 -- name: list_counts_status
 -- The counts a listing plans with, in one snapshot: per (status, source) (kind 's'), and
@@ -42,19 +42,25 @@ SELECT 'k', status, source, plugin, command, n FROM job_counts
 UNION ALL
 SELECT 'd', status, source, plugin, command, d FROM job_count_deltas;
 
--- Walks: each reads the jobs of one index range newest first and checks every filter on
--- the row. The ones over several keys (a status, a (plugin, command), ...) walk each key
--- in a LATERAL subquery of `limit` rows and keep the newest `limit` of them.
+-- Walks: each reads the jobs of one index range newest first and checks every other
+-- filter on the row. A walk over several keys (statuses, (plugin, command) pairs, ...)
+-- walks each key in a LATERAL subquery of `limit` rows and keeps the newest `limit`.
+--
+-- The upper end of a walk is one row comparison, (created_at, seq) < :upper: the tighter
+-- of the cursor and `created_at < before` (listing.py), because the index scan starts
+-- from the row comparison and would not see that a plain bound on created_at is tighter.
+-- Row filters on plugin and command are written IS NOT DISTINCT FROM, which no index
+-- serves: the planner cannot trade the walk's index for one that merely starts with
+-- plugin and would read all of its jobs.
 
 -- name: walk_time
 SELECT job_id, plugin, command, status, source, created_at, started_at, completed_at,
        attempt, external_url, seq
 FROM jobs
-WHERE created_at > %(after)s AND created_at < %(before)s
-  AND (created_at, seq) < (%(cursor_created)s, %(cursor_seq)s::bigint)
+WHERE created_at > %(after)s AND (created_at, seq) < (%(upper_created)s, %(upper_seq)s::bigint)
   AND status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-  AND (%(plugin)s::text IS NULL OR plugin = %(plugin)s)
-  AND (%(command)s::text IS NULL OR command = %(command)s)
+  AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
+  AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s)
 ORDER BY created_at DESC, seq DESC LIMIT %(limit)s;
 
 -- name: walk_plugin_command
@@ -65,8 +71,8 @@ CROSS JOIN LATERAL (
            attempt, external_url, seq
     FROM jobs
     WHERE plugin = k.walk_plugin AND command = k.walk_command
-      AND created_at > %(after)s AND created_at < %(before)s
-      AND (created_at, seq) < (%(cursor_created)s, %(cursor_seq)s::bigint)
+      AND created_at > %(after)s
+      AND (created_at, seq) < (%(upper_created)s, %(upper_seq)s::bigint)
       AND status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
     ORDER BY created_at DESC, seq DESC LIMIT %(limit)s
 ) AS w
@@ -80,11 +86,11 @@ CROSS JOIN LATERAL (
            attempt, external_url, seq
     FROM jobs
     WHERE status = k.walk_status AND status <> 'succeeded'
-      AND created_at > %(after)s AND created_at < %(before)s
-      AND (created_at, seq) < (%(cursor_created)s, %(cursor_seq)s::bigint)
+      AND created_at > %(after)s
+      AND (created_at, seq) < (%(upper_created)s, %(upper_seq)s::bigint)
       AND source = ANY(%(sources)s::text[])
-      AND (%(plugin)s::text IS NULL OR plugin = %(plugin)s)
-      AND (%(command)s::text IS NULL OR command = %(command)s)
+      AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
+      AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s)
     ORDER BY created_at DESC, seq DESC LIMIT %(limit)s
 ) AS w
 ORDER BY w.created_at DESC, w.seq DESC LIMIT %(limit)s;
@@ -98,8 +104,8 @@ CROSS JOIN LATERAL (
     FROM jobs
     WHERE status = k.walk_status AND status <> 'succeeded'
       AND plugin = k.walk_plugin AND command = k.walk_command
-      AND created_at > %(after)s AND created_at < %(before)s
-      AND (created_at, seq) < (%(cursor_created)s, %(cursor_seq)s::bigint)
+      AND created_at > %(after)s
+      AND (created_at, seq) < (%(upper_created)s, %(upper_seq)s::bigint)
       AND source = ANY(%(sources)s::text[])
     ORDER BY created_at DESC, seq DESC LIMIT %(limit)s
 ) AS w
@@ -111,27 +117,26 @@ SELECT job_id, plugin, command, status, source, created_at, started_at, complete
        attempt, external_url, seq
 FROM jobs
 WHERE submitted_by_token = %(token)s AND submitted_by_token IS NOT NULL
-  AND created_at > %(after)s AND created_at < %(before)s
-  AND (created_at, seq) < (%(cursor_created)s, %(cursor_seq)s::bigint)
+  AND created_at > %(after)s AND (created_at, seq) < (%(upper_created)s, %(upper_seq)s::bigint)
   AND status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-  AND (%(plugin)s::text IS NULL OR plugin = %(plugin)s)
-  AND (%(command)s::text IS NULL OR command = %(command)s)
+  AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
+  AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s)
 ORDER BY created_at DESC, seq DESC LIMIT %(limit)s;
 
 -- name: count_submitter_by_time
--- The same with no filter beyond the time bounds: counted in the index alone.
+-- walk_submitter's total when nothing but time is filtered: counted in the index alone.
 SELECT count(*) FROM jobs
 WHERE submitted_by_token = %(token)s AND submitted_by_token IS NOT NULL
   AND created_at > %(after)s AND created_at < %(before)s;
 
 -- name: count_submitter
--- The exact total of walk_submitter's filter: the token's index entries, and their rows.
+-- walk_submitter's total: the token's index entries, and their rows.
 SELECT count(*) FROM jobs
 WHERE submitted_by_token = %(token)s AND submitted_by_token IS NOT NULL
   AND created_at > %(after)s AND created_at < %(before)s
   AND status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-  AND (%(plugin)s::text IS NULL OR plugin = %(plugin)s)
-  AND (%(command)s::text IS NULL OR command = %(command)s);
+  AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
+  AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s);
 
 -- Totals with time bounds: whole hours strictly between :hour_after and :hour_before from
 -- the hourly rollups (index-only) plus unfolded deltas, then the partial hours at the
@@ -183,28 +188,48 @@ SELECT coalesce(sum(n), 0) FROM (
       AND hour > %(hour_after)s AND hour < %(hour_before)s
 ) AS c;
 
--- name: edge_count_time
--- An edge is at most an hour of jobs: the other filters are checked on the row.
+-- Edges: the jobs of (:lo, :hi), at most an hour, counted over the keys of the page's walk
+-- (edge_<walk>), every other filter checked on the row.
+
+-- name: edge_time
 SELECT count(*) FROM jobs
 WHERE created_at > %(lo)s AND created_at < %(hi)s
   AND status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-  AND (%(plugin)s::text IS NULL OR plugin = %(plugin)s)
-  AND (%(command)s::text IS NULL OR command = %(command)s);
+  AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
+  AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s);
 
--- name: edge_count_status
--- The same for statuses without succeeded: only their entries of jobs_by_status.
-SELECT count(*) FROM jobs
-WHERE status = ANY(%(statuses)s::text[]) AND status <> 'succeeded'
-  AND created_at > %(lo)s AND created_at < %(hi)s
-  AND source = ANY(%(sources)s::text[])
-  AND (%(plugin)s::text IS NULL OR plugin = %(plugin)s)
-  AND (%(command)s::text IS NULL OR command = %(command)s);
+-- name: edge_plugin_command
+SELECT coalesce(sum(e.n), 0) FROM unnest(%(walk_plugins)s::text[], %(walk_commands)s::text[])
+    AS k (walk_plugin, walk_command)
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n FROM jobs
+    WHERE plugin = k.walk_plugin AND command = k.walk_command
+      AND created_at > %(lo)s AND created_at < %(hi)s
+      AND status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
+) AS e;
 
--- name: edge_count_plugin_command
-SELECT count(*) FROM jobs
-WHERE plugin = %(plugin)s AND command = %(command)s
-  AND created_at > %(lo)s AND created_at < %(hi)s
-  AND status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[]);
+-- name: edge_status
+SELECT coalesce(sum(e.n), 0) FROM unnest(%(walk_statuses)s::text[]) AS k (walk_status)
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n FROM jobs
+    WHERE status = k.walk_status AND status <> 'succeeded'
+      AND created_at > %(lo)s AND created_at < %(hi)s
+      AND source = ANY(%(sources)s::text[])
+      AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
+      AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s)
+) AS e;
+
+-- name: edge_status_plugin_command
+SELECT coalesce(sum(e.n), 0) FROM unnest(%(walk_statuses)s::text[], %(walk_plugins)s::text[],
+                                         %(walk_commands)s::text[])
+    AS k (walk_status, walk_plugin, walk_command)
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n FROM jobs
+    WHERE status = k.walk_status AND status <> 'succeeded'
+      AND plugin = k.walk_plugin AND command = k.walk_command
+      AND created_at > %(lo)s AND created_at < %(hi)s
+      AND source = ANY(%(sources)s::text[])
+) AS e;
 
 -- Counts for overviews and the worker, from the rollups plus the unfolded deltas.
 
