@@ -256,7 +256,10 @@ def test_three_workers_and_two_apis_on_one_database_run_every_job_once(
             return held
 
         held = wait_until(
-            victim_stopped_holding_jobs, "the victim worker to hold jobs mid-load", 300, processes
+            victim_stopped_holding_jobs,
+            "the victim worker to hold jobs mid-load",
+            120 + JOBS / 20,
+            processes,
         )
         victim.send_signal(signal.SIGKILL)  # its plugins die with it (setpriv --pdeathsig)
         killed_at = time.monotonic()
