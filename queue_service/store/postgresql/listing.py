@@ -34,10 +34,12 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from queue_service.statuses import Source, Status
-from queue_service.store.errors import StoreUnavailable
+from queue_service.statuses import SOURCES, Source, Status
+from queue_service.store.errors import StoreError
 from queue_service.store.listing_plan import (
+    DAY,
     END,
+    HOUR,
     MAX_SEQ,
     CountRow,
     base_params,
@@ -77,6 +79,9 @@ _FOLD_BUSY_S = 0.2
 _FOLD_IDLE_MAX_S = 2.0
 #: The folded deltas' space is given back at most this often (a VACUUM of the delta log).
 _VACUUM_EVERY_S = 1.0
+#: The rollups are vacuumed at most this often (after folds), so the pages of past days
+#: and hours stay all-visible and their sums index-only even without autovacuum.
+_ROLLUPS_VACUUM_S = 60.0
 #: close() folds what is left for at most this long (a process that enqueued or imported
 #: many jobs leaves the counts compact for the next one).
 _CLOSE_FOLD_S = 60.0
@@ -87,11 +92,15 @@ _COUNTS_QUERY = {
     (True, True): "list_counts_plugin_command",
     (False, True): "list_counts_command",
 }
-_HOURS_QUERY = {
-    (False, False): "hours_all",
-    (True, False): "hours_plugin",
-    (True, True): "hours_plugin_command",
-    (False, True): "hours_command",
+#: The rollup sums of whole units of time, per level (DAY, HOUR) and filter shape.
+_UNITS_QUERY = {
+    level: {
+        (False, False): f"{unit}_all",
+        (True, False): f"{unit}_plugin",
+        (True, True): f"{unit}_plugin_command",
+        (False, True): f"{unit}_command",
+    }
+    for level, unit in ((DAY, "days"), (HOUR, "hours"))
 }
 _FOLDS = (
     "fold_job_counts",
@@ -100,6 +109,10 @@ _FOLDS = (
     "fold_hour_plugin",
     "fold_hour_command",
     "fold_hour_plugin_command",
+    "fold_day",
+    "fold_day_plugin",
+    "fold_day_command",
+    "fold_day_plugin_command",
 )
 _STATUSES = {s.value: s for s in Status}
 _SOURCES = {s.value: s for s in Source}
@@ -128,13 +141,13 @@ class _Counts:
 
 
 async def _read_counts(conn: Conn, filters: JobFilter) -> _Counts:
-    """The counts a listing plans with (one statement: one snapshot). Keys are read when
-    the filter names a plugin, a command or a source: per-key walks may then be cheaper."""
+    """The counts a listing plans with (one statement: one snapshot). Per key only when the
+    filter names a plugin or a command: a few keys then (a plugin's commands, or the plugins
+    with a command)."""
     plugin, command = filters.plugin, filters.command
     shape = (plugin is not None, command is not None)
-    keys = shape != (False, False) or bool(filters.sources)
-    name = "list_counts_every_key" if shape == (False, False) and keys else _COUNTS_QUERY[shape]
-    cur = await conn.execute(q(name), {"plugin": plugin, "command": command})
+    keys = shape != (False, False)
+    cur = await conn.execute(q(_COUNTS_QUERY[shape]), {"plugin": plugin, "command": command})
     per_status_source: dict[tuple[str, str], int] = {}
     per_key: dict[Key, int] = {}
     for kind, status, source, row_plugin, row_command, n in await cur.fetchall():
@@ -160,20 +173,19 @@ def _plan_walk(
     def cost(index_rows: int, matches: int) -> float:
         return _SEEK_ROWS + min(index_rows, rows * index_rows / matches)
 
-    status_totals: dict[str, int] = {}
-    for (status, _source), n in counts.per_status_source.items():
-        status_totals[status] = status_totals.get(status, 0) + n
-    every = sum(status_totals.values())
-    matches_by_status: dict[str, int] = {}
-    for status, _source, _plugin, _command, n in matching:
-        matches_by_status[status] = matches_by_status.get(status, 0) + n
-    candidates: list[Candidate] = [(cost(every, sum(matches_by_status.values())), "walk_time", {})]
-    # The status-led indexes hold every job but the succeeded ones.
-    no_succeeded = _SUCCEEDED not in matches_by_status
+    every = sum(counts.per_status_source.values())
+    matches: Counter[tuple[str, str]] = Counter()
+    for status, source, _plugin, _command, n in matching:
+        matches[(status, source)] += n
+    candidates: list[Candidate] = [(cost(every, sum(matches.values())), "walk_time", {})]
+    # The status-led indexes hold every job but the succeeded ones; jobs_by_status is per
+    # (status, source).
+    no_succeeded = all(status != _SUCCEEDED for status, _ in matches)
     if no_succeeded:
-        walks = sorted(matches_by_status)
-        estimate = sum(cost(status_totals[s], matches_by_status[s]) for s in walks)
-        candidates.append((estimate, "walk_status", {"walk_statuses": walks}))
+        walks = sorted(matches)
+        estimate = sum(cost(counts.per_status_source[w], matches[w]) for w in walks)
+        keys = {"walk_statuses": [s for s, _ in walks], "walk_sources": [src for _, src in walks]}
+        candidates.append((estimate, "walk_status", keys))
     if counts.per_key is not None:
         # Per key: every job of the key (what its walk reads), and those that match.
         keyed = [(s, p, c, n) for (s, _src, p, c), n in counts.per_key.items()]
@@ -226,17 +238,16 @@ async def _list_jobs(conn: Conn, filters: JobFilter, limit: int, cursor: Cursor 
         return JobPage(jobs=[], total=0, next_cursor=None)
     name, keys = _plan_walk(filters, counts, matching, limit)
     bounded = filters.created_after is not None or filters.created_before is not None
-    parts = bounded_total(filters) if bounded else None
+    parts = bounded_total(filters, (DAY, HOUR)) if bounded else None
     walk = conn.cursor(row_factory=dict_row)
     totals = []
     async with conn.pipeline():
         await walk.execute(q(name), {**params, **keys})
         if parts is not None:
             shape = (filters.plugin is not None, filters.command is not None)
-            if parts.hours is not None:
-                hour_after, hour_before = parts.hours
-                hours = {**params, "hour_after": hour_after, "hour_before": hour_before}
-                totals.append(await conn.execute(q(_HOURS_QUERY[shape]), hours))
+            for level, unit_after, unit_before in parts.units:
+                units = {**params, "unit_after": unit_after, "unit_before": unit_before}
+                totals.append(await conn.execute(q(_UNITS_QUERY[level][shape]), units))
             edge = name.replace("walk_", "edge_")
             for lo, hi in parts.edges:
                 edges = {**params, **keys, "lo": lo, "hi": hi}
@@ -304,7 +315,7 @@ async def _job_counts(conn: Conn) -> list[JobCount]:
 
 async def _oldest_queued(conn: Conn) -> JobSummary | None:
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(q("oldest_queued"))
+    await cur.execute(q("oldest_queued"), {"sources": sorted(SOURCES)})
     row = await cur.fetchone()
     return None if row is None else summary_from_row(row)
 
@@ -336,6 +347,7 @@ async def _fold(conn: Conn, batch: int) -> int | None:
             "statuses": [r[2] for r in sums],
             "sources": [r[3] for r in sums],
             "hours": [r[4] for r in sums],
+            "days": [r[4][:DAY] for r in sums],
             "ds": [r[5] for r in sums],
         }
         async with conn.pipeline():
@@ -346,6 +358,21 @@ async def _fold(conn: Conn, batch: int) -> int | None:
 
 async def _vacuum_deltas(conn: Conn, truncate: bool) -> None:
     await conn.execute(q("vacuum_count_deltas" if truncate else "vacuum_count_deltas_keep"))
+
+
+async def _vacuum_rollups(conn: Conn) -> None:
+    await conn.execute(q("vacuum_count_rollups"))
+
+
+@dataclass(slots=True)
+class _Upkeep:
+    """What the fold task did since it last vacuumed the delta log and the rollups."""
+
+    folded: int = 0
+    vacuumed_at: float = 0.0
+    truncated: bool = True
+    rollups_clean: bool = True
+    rollups_vacuumed_at: float = 0.0
 
 
 class ListingMixin(Database):
@@ -387,29 +414,18 @@ class ListingMixin(Database):
         await self._read_statement(_vacuum_deltas, truncate)
 
     async def _fold_forever(self) -> None:
+        """Fold while there is something to fold, then less and less often; keep the delta
+        log's heap small and the rollups' visibility maps set (index-only sums), whether
+        or not the server's autovacuum runs."""
+        upkeep = _Upkeep()
         pause = _FOLD_BUSY_S
-        vacuumed_at = time.monotonic()
-        moved_since_vacuum = 0
-        truncated = True
         while True:
             try:
                 moved = await self.fold_count_deltas()
-                if moved:
-                    moved_since_vacuum += moved
-                    truncated = False
-                now = time.monotonic()
-                if moved_since_vacuum and now - vacuumed_at >= _VACUUM_EVERY_S:
-                    await self.vacuum_count_deltas(truncate=False)
-                    vacuumed_at, moved_since_vacuum = now, 0
-                elif moved == 0 and not truncated:
-                    # Idle after folding: give the heap's empty pages back while no writer
-                    # needs the table.
-                    await self.vacuum_count_deltas(truncate=True)
-                    vacuumed_at, moved_since_vacuum, truncated = now, 0, True
-            except StoreUnavailable as exc:
+                await self._after_fold(moved or 0, upkeep)
+            except StoreError as exc:
                 log.warning("folding the count deltas failed (retrying): %s", exc)
-                moved = 0
-                pause = _FOLD_IDLE_MAX_S
+                moved, pause = 0, _FOLD_IDLE_MAX_S
             if moved is not None and moved >= FOLD_BATCH:
                 pause = 0
             elif moved:
@@ -418,9 +434,28 @@ class ListingMixin(Database):
                 pause = min(max(pause, _FOLD_BUSY_S) * 2, _FOLD_IDLE_MAX_S)
             await asyncio.sleep(pause)
 
+    async def _after_fold(self, moved: int, upkeep: _Upkeep) -> None:
+        now = time.monotonic()
+        if moved:
+            upkeep.folded += moved
+            upkeep.truncated = upkeep.rollups_clean = False
+        if upkeep.folded and now - upkeep.vacuumed_at >= _VACUUM_EVERY_S:
+            await self.vacuum_count_deltas(truncate=False)
+            upkeep.folded, upkeep.vacuumed_at = 0, now
+        elif not moved and not upkeep.truncated:
+            # Idle after folding: give the heap's empty pages back while no writer needs
+            # the table.
+            await self.vacuum_count_deltas(truncate=True)
+            upkeep.folded, upkeep.vacuumed_at, upkeep.truncated = 0, now, True
+        if not upkeep.rollups_clean and now - upkeep.rollups_vacuumed_at >= _ROLLUPS_VACUUM_S:
+            await self._read_statement(_vacuum_rollups)
+            upkeep.rollups_clean, upkeep.rollups_vacuumed_at = True, now
+
     async def _fold_what_is_left(self) -> None:
         """At close: fold every delta left (unless another process is folding), then give
-        the log's space back. Failures are logged: the next store folds them."""
+        the log's space back and vacuum the rollups (a process that imported many jobs
+        leaves them ready for index-only sums). Failures are logged: the next store folds
+        what is left."""
         if self._pool is None or self.read_only is not None:
             return
         try:
@@ -431,7 +466,8 @@ class ListingMixin(Database):
                     break
             if folded:
                 await self.vacuum_count_deltas(truncate=True)
-        except StoreUnavailable as exc:
+                await self._read_statement(_vacuum_rollups)
+        except StoreError as exc:
             log.warning("the count deltas were not folded at close: %s", exc)
 
     # -- listing and counts ------------------------------------------------

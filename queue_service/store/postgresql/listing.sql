@@ -35,13 +35,6 @@ WHERE plugin = %(plugin)s AND command = %(command)s
 UNION ALL
 SELECT 'd', status, source, plugin, command, d FROM job_count_deltas;
 
--- name: list_counts_every_key
-SELECT 's', status, source, NULL, NULL, n FROM job_counts_status
-UNION ALL
-SELECT 'k', status, source, plugin, command, n FROM job_counts
-UNION ALL
-SELECT 'd', status, source, plugin, command, d FROM job_count_deltas;
-
 -- Walks: each reads the jobs of one index range newest first and checks every other
 -- filter on the row. A walk over several keys (statuses, (plugin, command) pairs, ...)
 -- walks each key in a LATERAL subquery of `limit` rows and keeps the newest `limit`.
@@ -79,16 +72,17 @@ CROSS JOIN LATERAL (
 ORDER BY w.created_at DESC, w.seq DESC LIMIT %(limit)s;
 
 -- name: walk_status
--- `status <> 'succeeded'` repeats the partial index's condition, so the walk may use it.
-SELECT w.* FROM unnest(%(walk_statuses)s::text[]) AS k (walk_status)
+-- Per (status, source). `status <> 'succeeded'` repeats the partial index's condition, so
+-- the walk may use it.
+SELECT w.* FROM unnest(%(walk_statuses)s::text[], %(walk_sources)s::text[])
+    AS k (walk_status, walk_source)
 CROSS JOIN LATERAL (
     SELECT job_id, plugin, command, status, source, created_at, started_at, completed_at,
            attempt, external_url, seq
     FROM jobs
-    WHERE status = k.walk_status AND status <> 'succeeded'
+    WHERE status = k.walk_status AND source = k.walk_source AND status <> 'succeeded'
       AND created_at > %(after)s
       AND (created_at, seq) < (%(upper_created)s, %(upper_seq)s::bigint)
-      AND source = ANY(%(sources)s::text[])
       AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
       AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s)
     ORDER BY created_at DESC, seq DESC LIMIT %(limit)s
@@ -138,41 +132,41 @@ WHERE submitted_by_token = %(token)s AND submitted_by_token IS NOT NULL
   AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
   AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s);
 
--- Totals with time bounds: whole hours strictly between :hour_after and :hour_before from
--- the hourly rollups (index-only) plus unfolded deltas, then the partial hours at the
--- edges counted in an index (edge_count_*).
+-- Totals with time bounds (store/listing_plan.py: bounded_total): whole days, then whole
+-- hours, strictly between :unit_after and :unit_before, from the rollups (index-only
+-- scans) plus unfolded deltas; then the partial hours at the edges counted in an index.
 
 -- name: hours_all
 SELECT coalesce(sum(n), 0) FROM (
     SELECT n FROM job_counts_hour
     WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-      AND hour > %(hour_after)s AND hour < %(hour_before)s
+      AND hour > %(unit_after)s AND hour < %(unit_before)s
     UNION ALL
     SELECT d FROM job_count_deltas
     WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-      AND hour > %(hour_after)s AND hour < %(hour_before)s
+      AND hour > %(unit_after)s AND hour < %(unit_before)s
 ) AS c;
 
 -- name: hours_plugin
 SELECT coalesce(sum(n), 0) FROM (
     SELECT n FROM job_counts_hour_plugin
     WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-      AND plugin = %(plugin)s AND hour > %(hour_after)s AND hour < %(hour_before)s
+      AND plugin = %(plugin)s AND hour > %(unit_after)s AND hour < %(unit_before)s
     UNION ALL
     SELECT d FROM job_count_deltas
     WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-      AND plugin = %(plugin)s AND hour > %(hour_after)s AND hour < %(hour_before)s
+      AND plugin = %(plugin)s AND hour > %(unit_after)s AND hour < %(unit_before)s
 ) AS c;
 
 -- name: hours_command
 SELECT coalesce(sum(n), 0) FROM (
     SELECT n FROM job_counts_hour_command
     WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-      AND command = %(command)s AND hour > %(hour_after)s AND hour < %(hour_before)s
+      AND command = %(command)s AND hour > %(unit_after)s AND hour < %(unit_before)s
     UNION ALL
     SELECT d FROM job_count_deltas
     WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-      AND command = %(command)s AND hour > %(hour_after)s AND hour < %(hour_before)s
+      AND command = %(command)s AND hour > %(unit_after)s AND hour < %(unit_before)s
 ) AS c;
 
 -- name: hours_plugin_command
@@ -180,12 +174,58 @@ SELECT coalesce(sum(n), 0) FROM (
     SELECT n FROM job_counts_hour_plugin_command
     WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
       AND plugin = %(plugin)s AND command = %(command)s
-      AND hour > %(hour_after)s AND hour < %(hour_before)s
+      AND hour > %(unit_after)s AND hour < %(unit_before)s
     UNION ALL
     SELECT d FROM job_count_deltas
     WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
       AND plugin = %(plugin)s AND command = %(command)s
-      AND hour > %(hour_after)s AND hour < %(hour_before)s
+      AND hour > %(unit_after)s AND hour < %(unit_before)s
+) AS c;
+
+-- name: days_all
+SELECT coalesce(sum(n), 0) FROM (
+    SELECT n FROM job_counts_day
+    WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
+      AND day > %(unit_after)s AND day < %(unit_before)s
+    UNION ALL
+    SELECT d FROM job_count_deltas
+    WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
+      AND left(hour, 10) > %(unit_after)s AND left(hour, 10) < %(unit_before)s
+) AS c;
+
+-- name: days_plugin
+SELECT coalesce(sum(n), 0) FROM (
+    SELECT n FROM job_counts_day_plugin
+    WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
+      AND plugin = %(plugin)s AND day > %(unit_after)s AND day < %(unit_before)s
+    UNION ALL
+    SELECT d FROM job_count_deltas
+    WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
+      AND plugin = %(plugin)s AND left(hour, 10) > %(unit_after)s AND left(hour, 10) < %(unit_before)s
+) AS c;
+
+-- name: days_command
+SELECT coalesce(sum(n), 0) FROM (
+    SELECT n FROM job_counts_day_command
+    WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
+      AND command = %(command)s AND day > %(unit_after)s AND day < %(unit_before)s
+    UNION ALL
+    SELECT d FROM job_count_deltas
+    WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
+      AND command = %(command)s AND left(hour, 10) > %(unit_after)s AND left(hour, 10) < %(unit_before)s
+) AS c;
+
+-- name: days_plugin_command
+SELECT coalesce(sum(n), 0) FROM (
+    SELECT n FROM job_counts_day_plugin_command
+    WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
+      AND plugin = %(plugin)s AND command = %(command)s
+      AND day > %(unit_after)s AND day < %(unit_before)s
+    UNION ALL
+    SELECT d FROM job_count_deltas
+    WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
+      AND plugin = %(plugin)s AND command = %(command)s
+      AND left(hour, 10) > %(unit_after)s AND left(hour, 10) < %(unit_before)s
 ) AS c;
 
 -- Edges: the jobs of (:lo, :hi), at most an hour, counted over the keys of the page's walk
@@ -209,12 +249,12 @@ CROSS JOIN LATERAL (
 ) AS e;
 
 -- name: edge_status
-SELECT coalesce(sum(e.n), 0) FROM unnest(%(walk_statuses)s::text[]) AS k (walk_status)
+SELECT coalesce(sum(e.n), 0) FROM unnest(%(walk_statuses)s::text[], %(walk_sources)s::text[])
+    AS k (walk_status, walk_source)
 CROSS JOIN LATERAL (
     SELECT count(*) AS n FROM jobs
-    WHERE status = k.walk_status AND status <> 'succeeded'
+    WHERE status = k.walk_status AND source = k.walk_source AND status <> 'succeeded'
       AND created_at > %(lo)s AND created_at < %(hi)s
-      AND source = ANY(%(sources)s::text[])
       AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
       AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s)
 ) AS e;
@@ -267,12 +307,16 @@ SELECT plugin, sum(n) FROM (
 GROUP BY plugin HAVING sum(n) > 0;
 
 -- name: oldest_queued
--- One seek in jobs_by_status: (status, created_at, seq).
-SELECT job_id, plugin, command, status, source, created_at, started_at, completed_at,
-       attempt, external_url, seq
-FROM jobs
-WHERE status = 'queued' AND status <> 'succeeded'
-ORDER BY created_at, seq LIMIT 1;
+-- One seek per source in jobs_by_status: (status, source, created_at, seq).
+SELECT o.* FROM unnest(%(sources)s::text[]) AS k (walk_source)
+CROSS JOIN LATERAL (
+    SELECT job_id, plugin, command, status, source, created_at, started_at, completed_at,
+           attempt, external_url, seq
+    FROM jobs
+    WHERE status = 'queued' AND status <> 'succeeded' AND source = k.walk_source
+    ORDER BY created_at, seq LIMIT 1
+) AS o
+ORDER BY o.created_at, o.seq LIMIT 1;
 
 -- name: oldest_queued_by_plugin
 -- Plugins with queued local jobs from the counts, then one seek each in the claim index
@@ -402,6 +446,70 @@ WHEN NOT MATCHED AND s.d <> 0 THEN
     INSERT (status, source, plugin, command, hour, n)
     VALUES (s.status, s.source, s.plugin, s.command, s.hour, s.d);
 
+-- name: fold_day
+MERGE INTO job_counts_day AS t
+USING (
+    SELECT status, source, day, sum(d) AS d
+    FROM unnest(%(statuses)s::text[], %(sources)s::text[], %(days)s::text[], %(ds)s::bigint[])
+        AS k (status, source, day, d)
+    GROUP BY status, source, day
+) AS s
+ON t.status = s.status AND t.source = s.source AND t.day = s.day
+WHEN MATCHED AND s.d = 0 THEN DO NOTHING
+WHEN MATCHED AND t.n + s.d = 0 THEN DELETE
+WHEN MATCHED THEN UPDATE SET n = t.n + s.d
+WHEN NOT MATCHED AND s.d <> 0 THEN
+    INSERT (status, source, day, n) VALUES (s.status, s.source, s.day, s.d);
+
+-- name: fold_day_plugin
+MERGE INTO job_counts_day_plugin AS t
+USING (
+    SELECT status, source, plugin, day, sum(d) AS d
+    FROM unnest(%(statuses)s::text[], %(sources)s::text[], %(plugins)s::text[],
+                %(days)s::text[], %(ds)s::bigint[]) AS k (status, source, plugin, day, d)
+    GROUP BY status, source, plugin, day
+) AS s
+ON t.status = s.status AND t.source = s.source AND t.plugin = s.plugin AND t.day = s.day
+WHEN MATCHED AND s.d = 0 THEN DO NOTHING
+WHEN MATCHED AND t.n + s.d = 0 THEN DELETE
+WHEN MATCHED THEN UPDATE SET n = t.n + s.d
+WHEN NOT MATCHED AND s.d <> 0 THEN
+    INSERT (status, source, plugin, day, n) VALUES (s.status, s.source, s.plugin, s.day, s.d);
+
+-- name: fold_day_command
+MERGE INTO job_counts_day_command AS t
+USING (
+    SELECT status, source, command, day, sum(d) AS d
+    FROM unnest(%(statuses)s::text[], %(sources)s::text[], %(commands)s::text[],
+                %(days)s::text[], %(ds)s::bigint[]) AS k (status, source, command, day, d)
+    GROUP BY status, source, command, day
+) AS s
+ON t.status = s.status AND t.source = s.source AND t.command = s.command AND t.day = s.day
+WHEN MATCHED AND s.d = 0 THEN DO NOTHING
+WHEN MATCHED AND t.n + s.d = 0 THEN DELETE
+WHEN MATCHED THEN UPDATE SET n = t.n + s.d
+WHEN NOT MATCHED AND s.d <> 0 THEN
+    INSERT (status, source, command, day, n)
+    VALUES (s.status, s.source, s.command, s.day, s.d);
+
+-- name: fold_day_plugin_command
+MERGE INTO job_counts_day_plugin_command AS t
+USING (
+    SELECT status, source, plugin, command, day, sum(d) AS d
+    FROM unnest(%(statuses)s::text[], %(sources)s::text[], %(plugins)s::text[],
+                %(commands)s::text[], %(days)s::text[], %(ds)s::bigint[])
+        AS k (status, source, plugin, command, day, d)
+    GROUP BY status, source, plugin, command, day
+) AS s
+ON t.status = s.status AND t.source = s.source AND t.plugin = s.plugin
+   AND t.command = s.command AND t.day = s.day
+WHEN MATCHED AND s.d = 0 THEN DO NOTHING
+WHEN MATCHED AND t.n + s.d = 0 THEN DELETE
+WHEN MATCHED THEN UPDATE SET n = t.n + s.d
+WHEN NOT MATCHED AND s.d <> 0 THEN
+    INSERT (status, source, plugin, command, day, n)
+    VALUES (s.status, s.source, s.plugin, s.command, s.day, s.d);
+
 -- name: vacuum_count_deltas
 -- Outside any transaction: the space of folded deltas is used again, and the empty pages
 -- at the end of the heap are given back (readers scan the whole heap). Giving them back
@@ -411,3 +519,10 @@ VACUUM job_count_deltas;
 -- name: vacuum_count_deltas_keep
 -- The same, keeping the heap's empty pages (never waits for a lock).
 VACUUM (TRUNCATE false) job_count_deltas;
+
+-- name: vacuum_count_rollups
+-- Outside any transaction: sets the visibility map of the rollups' pages (folds keep
+-- changing a few rows), so sums over past days and hours stay index-only scans.
+VACUUM (TRUNCATE false) job_counts, job_counts_status, job_counts_hour, job_counts_hour_plugin,
+    job_counts_hour_command, job_counts_hour_plugin_command, job_counts_day, job_counts_day_plugin,
+    job_counts_day_command, job_counts_day_plugin_command;
