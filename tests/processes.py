@@ -19,7 +19,7 @@ import subprocess
 import sys
 import termios
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -52,15 +52,27 @@ class Processes:
         self.terminals: list[Terminal] = []
 
     def start(
-        self, name: str, *args: str, cwd: Path = REPO, separate_stdout: bool = False
+        self,
+        name: str,
+        *args: str,
+        cwd: Path = REPO,
+        separate_stdout: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         """`queue-service ARGS…` (run as `python -m queue_service`)."""
         argv = [sys.executable, "-m", "queue_service", *args]
-        return self.start_command(name, argv, cwd=cwd, separate_stdout=separate_stdout)
+        return self.start_command(name, argv, cwd=cwd, separate_stdout=separate_stdout, env=env)
 
     def start_command(
-        self, name: str, argv: list[str], *, cwd: Path = REPO, separate_stdout: bool = False
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        cwd: Path = REPO,
+        separate_stdout: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
+        """`argv` with ENV, or `env` (a whole environment) when given."""
         log = self.logs / f"{name}.log"
         out = (self.logs / f"{name}.out").open("wb") if separate_stdout else None
         with log.open("wb") as sink, out or contextlib.nullcontext():
@@ -70,7 +82,7 @@ class Processes:
                 stderr=sink,
                 stdin=subprocess.DEVNULL,
                 cwd=cwd,
-                env=ENV,
+                env=ENV if env is None else env,
             )
         self.procs.append((proc, log))
         return proc
