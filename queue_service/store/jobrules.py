@@ -6,8 +6,11 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from typing import Any
 
 from queue_service.store.errors import Conflict
+from queue_service.store.rows import encode_json
+from queue_service.store.types import NewJob
 
 
 def new_job_id() -> str:
@@ -24,6 +27,24 @@ def new_job_id() -> str:
         | rand & (2**62 - 1)
     )
     return str(uuid.UUID(int=value))
+
+
+def new_job_row(job: NewJob, job_id: str, now: str) -> dict[str, Any]:
+    """The stored values of a job being enqueued at `now`, by column (status queued,
+    source local and attempt 0 are the insert's own)."""
+    return {
+        "job_id": job_id,
+        "plugin": job.plugin,
+        "command": job.command,
+        "payload": encode_json(job.payload),
+        "max_attempts": job.max_attempts,
+        "submitted_by": job.submitted_by,
+        "submitted_by_token": job.submitted_by_token,
+        "dedupe_key": job.dedupe_key,
+        "schedule_id": job.schedule_id,
+        "created_at": now,
+        "run_after": job.run_after or now,
+    }
 
 
 def cancel_refused(job_id: str, status: str, source: str) -> Conflict:

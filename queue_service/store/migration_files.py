@@ -12,7 +12,7 @@ from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
 
-from queue_service.store.errors import SchemaTooNew
+from queue_service.store.errors import NotADatabase, SchemaTooNew
 from queue_service.store.types import Migration
 
 _FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -53,4 +53,16 @@ def refuse_newer(current: int, latest: int) -> None:
         raise SchemaTooNew(
             f"the database schema is version {current}, newer than this queue-service "
             f"understands (up to {latest}); upgrade queue-service or use another --db"
+        )
+
+
+def refuse_foreign(tables: list[str], what: str, instead: str) -> None:
+    """Refuse a database (`what`: "an SQLite database", "the schema") whose `tables` are
+    another application's: it has tables but no schema_migrations. Migrating never adds
+    our tables to someone else's; `instead` says what to give --db."""
+    if tables and "schema_migrations" not in tables:
+        shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+        raise NotADatabase(
+            f"{what} of another application (tables: {shown}; no schema_migrations); "
+            f"queue-service will not add its tables to it. Give --db {instead}"
         )

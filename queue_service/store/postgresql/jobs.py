@@ -8,13 +8,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from psycopg.rows import dict_row
 
 from queue_service.statuses import Source, Status, allowed_predecessors
 from queue_service.store.errors import IllegalTransition, JobNotFound, StoreUnavailable
-from queue_service.store.jobrules import cancel_refused, new_job_id
+from queue_service.store.jobrules import cancel_refused, new_job_id, new_job_row
 from queue_service.store.postgresql.connection import Conn, Database
-from queue_service.store.postgresql.rows import encode_json, job_from_row
+from queue_service.store.postgresql.rows import (
+    NUL,
+    encode_json,
+    free_text,
+    job_from_row,
+    refuse_nul,
+)
 from queue_service.store.postgresql.sql import q
 from queue_service.store.types import EnqueueResult, Job, NewJob
 from queue_service.timeutil import now_ts
@@ -30,65 +37,43 @@ async def insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[EnqueueResult]
     a keyed job alone (to learn whether it was deduplicated)."""
     now = now_ts()
     results: list[EnqueueResult] = []
-    plain: list[tuple[str, NewJob]] = []
+    plain: list[dict[str, Any]] = []
 
     async def flush() -> None:
         if not plain:
             return
         await conn.execute(
-            q("insert_jobs"),
-            {
-                "created_at": now,
-                "job_ids": [job_id for job_id, _ in plain],
-                "plugins": [j.plugin for _, j in plain],
-                "commands": [j.command for _, j in plain],
-                "payloads": [encode_json(j.payload) for _, j in plain],
-                "max_attempts": [j.max_attempts for _, j in plain],
-                "submitted_by": [j.submitted_by for _, j in plain],
-                "submitted_by_token": [j.submitted_by_token for _, j in plain],
-                "schedule_ids": [j.schedule_id for _, j in plain],
-                "run_after": [j.run_after or now for _, j in plain],
-            },
+            q("insert_jobs"), {"created_at": now, "jobs": orjson.dumps(plain).decode()}
         )
-        results.extend(EnqueueResult(job_id, deduplicated=False) for job_id, _ in plain)
+        results.extend(EnqueueResult(row["job_id"], deduplicated=False) for row in plain)
         plain.clear()
 
     for job in jobs:
-        job_id = job.job_id or new_job_id()
+        row = new_job_row(job, job.job_id or new_job_id(), now)
+        refuse_nul(**{k: v for k, v in row.items() if k != "payload" and isinstance(v, str)})
         if job.dedupe_key is None:
-            plain.append((job_id, job))
+            plain.append(row)
             continue
         await flush()
-        results.append(await _insert_deduped(conn, job_id, job, now))
+        results.append(await _insert_deduped(conn, row, job.dedupe_key))
     await flush()
     return results
 
 
-async def _insert_deduped(conn: Conn, job_id: str, job: NewJob, now: str) -> EnqueueResult:
-    params = {
-        "job_id": job_id,
-        "plugin": job.plugin,
-        "command": job.command,
-        "payload": encode_json(job.payload),
-        "max_attempts": job.max_attempts,
-        "submitted_by": job.submitted_by,
-        "submitted_by_token": job.submitted_by_token,
-        "dedupe_key": job.dedupe_key,
-        "schedule_id": job.schedule_id,
-        "created_at": now,
-        "run_after": job.run_after or now,
-    }
+async def _insert_deduped(conn: Conn, row: dict[str, Any], dedupe_key: str) -> EnqueueResult:
     for _ in range(_DEDUPE_LOOKS):
-        cur = await conn.execute(q("insert_job_deduped"), params)
-        row = await cur.fetchone()
-        if row is not None:
-            return EnqueueResult(row[0], deduplicated=row[1])
+        cur = await conn.execute(q("insert_job_deduped"), row)
+        found = await cur.fetchone()
+        if found is not None:
+            return EnqueueResult(found[0], deduplicated=found[1])
     raise StoreUnavailable(
-        f"the job holding dedupe key {job.dedupe_key!r} kept changing; try again shortly"
+        f"the job holding dedupe key {dedupe_key!r} kept changing; try again shortly"
     )
 
 
 async def get_job(conn: Conn, job_id: str) -> Job | None:
+    if NUL in job_id:
+        return None  # no stored id holds one
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(q("get_job"), {"job_id": job_id})
     row = await cur.fetchone()
@@ -96,6 +81,8 @@ async def get_job(conn: Conn, job_id: str) -> Job | None:
 
 
 async def get_attempts(conn: Conn, job_id: str) -> list[dict[str, Any]]:
+    if NUL in job_id:
+        return []
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(q("get_attempts"), {"job_id": job_id})
     return await cur.fetchall()
@@ -104,6 +91,8 @@ async def get_attempts(conn: Conn, job_id: str) -> list[dict[str, Any]]:
 async def set_status(
     conn: Conn, job_id: str, status: Status, result: Any, last_error: str | None
 ) -> Status:
+    if NUL in job_id:
+        raise JobNotFound(job_id)
     cur = await conn.execute(q("lock_job_status"), {"job_id": job_id})
     current = await cur.fetchone()
     if current is None:
@@ -115,7 +104,7 @@ async def set_status(
             "job_id": job_id,
             "status": status.value,
             "result": encode_json(result),
-            "last_error": last_error,
+            "last_error": free_text(last_error),
             "now": now_ts(),
             "allowed_from": allowed,
         },
@@ -128,7 +117,10 @@ async def set_status(
 
 async def cancel(conn: Conn, job_id: str, reason: str) -> Status:
     """Cancel a queued job now, or flag a running one; Conflict when it already finished."""
-    cur = await conn.execute(q("cancel_job"), {"job_id": job_id, "now": now_ts(), "reason": reason})
+    if NUL in job_id:
+        raise JobNotFound(job_id)
+    params = {"job_id": job_id, "now": now_ts(), "reason": free_text(reason)}
+    cur = await conn.execute(q("cancel_job"), params)
     row = await cur.fetchone()
     if row is None:
         raise JobNotFound(job_id)
@@ -147,10 +139,8 @@ async def prune_finished(conn: Conn, before: str, limit: int) -> int:
     await conn.execute(q("prune_schedule_fires"), params)
     await conn.execute(q("prune_alert_deliveries"), params)
     await conn.execute(q("prune_alert_events"), params)
-    if deleted < limit:
-        # The last batch of a pass (callers repeat while a batch is full): sweep the count
-        # rows that fell to zero once per pass, not once per batch.
-        await conn.execute(q("drop_empty_counts"))
+    # (No sweep of count rows that fell to zero, as SQLite's prune does: the fold drops a
+    # rollup row when it reaches zero.)
     return deleted
 
 

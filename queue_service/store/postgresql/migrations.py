@@ -12,7 +12,6 @@ from typing import Any
 import psycopg
 
 from queue_service.store import migration_files
-from queue_service.store.errors import NotADatabase
 from queue_service.store.types import Migration
 from queue_service.timeutil import now_ts
 
@@ -63,14 +62,12 @@ async def applied_version(conn: Conn) -> int:
     schema_migrations), so migrating never adds our tables to someone else's."""
     cur = await conn.execute(_USER_TABLES)
     tables = [row[0] for row in await cur.fetchall()]
+    migration_files.refuse_foreign(
+        tables,
+        "the schema holds tables",
+        "another database, or a schema of its own (options=-csearch_path=...)",
+    )
     if "schema_migrations" not in tables:
-        if tables:
-            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
-            raise NotADatabase(
-                f"the schema holds tables of another application ({shown}; no "
-                "schema_migrations); queue-service will not add its tables to it. "
-                "Give --db another database, or a schema of its own (options=-csearch_path=...)"
-            )
         return 0
     cur = await conn.execute(_APPLIED)
     row = await cur.fetchone()

@@ -9,7 +9,7 @@ from typing import Any
 
 from queue_service.statuses import Source, Status, allowed_predecessors
 from queue_service.store.errors import IllegalTransition, JobNotFound
-from queue_service.store.jobrules import new_job_id
+from queue_service.store.jobrules import new_job_id, new_job_row
 from queue_service.store.sqlite.rows import encode_json, job_from_row
 from queue_service.store.sqlite.sql import q
 from queue_service.store.types import EnqueueResult, Job, JobCount, NewJob
@@ -51,19 +51,7 @@ def insert_jobs(conn: sqlite3.Connection, jobs: list[NewJob]) -> list[EnqueueRes
 
     for job in jobs:
         job_id = job.job_id or new_job_id()
-        params: dict[str, Any] = {
-            "job_id": job_id,
-            "plugin": job.plugin,
-            "command": job.command,
-            "payload": encode_json(job.payload),
-            "max_attempts": job.max_attempts,
-            "submitted_by": job.submitted_by,
-            "submitted_by_token": job.submitted_by_token,
-            "dedupe_key": job.dedupe_key,
-            "schedule_id": job.schedule_id,
-            "created_at": now,
-            "run_after": job.run_after or now,
-        }
+        params = new_job_row(job, job_id, now)
         if job.dedupe_key is None:
             plain.append(params)
             continue

@@ -7,7 +7,6 @@ import sqlite3
 from importlib.abc import Traversable
 
 from queue_service.store import migration_files
-from queue_service.store.errors import NotADatabase
 from queue_service.store.sqlite.sql import q
 from queue_service.store.types import Migration
 from queue_service.timeutil import now_ts
@@ -57,14 +56,8 @@ def applied_version(conn: sqlite3.Connection) -> int:
     schema_migrations), so that migrating never adds our tables to someone else's file.
     """
     tables = [row[0] for row in conn.execute(q("user_tables"))]
+    migration_files.refuse_foreign(tables, "it is an SQLite database", "a new file")
     if "schema_migrations" not in tables:
-        if tables:
-            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
-            raise NotADatabase(
-                f"it is an SQLite database of another application (tables: {shown}; no "
-                "schema_migrations); queue-service will not add its tables to it. "
-                "Give --db a new file"
-            )
         return 0
     rows = conn.execute(q("applied_migrations")).fetchall()
     return max((row[0] for row in rows), default=0)
