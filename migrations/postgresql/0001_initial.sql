@@ -148,7 +148,10 @@ CREATE INDEX jobs_by_submitter ON jobs (submitted_by_token, created_at, seq)
 --   rows that reach zero;
 -- * readers add the unfolded deltas to the rollups in one snapshot, so counts and totals
 --   are exact whatever the fold has reached.
--- The rollups' keys INCLUDE n, so a sum over a range of hours is an index-only scan.
+-- Rollups per (plugin, command, status, source), per (status, source), and per hour and
+-- per day of created_at (all of them, by plugin, by command, by both): a total with time
+-- bounds sums whole days, then whole hours, then counts two partial hours in an index.
+-- Their keys INCLUDE n and the store vacuums them, so those sums are index-only scans.
 
 CREATE TABLE job_count_deltas (
     plugin  text    COLLATE "C" NOT NULL,
