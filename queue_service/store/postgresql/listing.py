@@ -188,9 +188,7 @@ def _walk_known_beforehand(filters: JobFilter) -> tuple[str, dict[str, Any]] | N
     return None
 
 
-def _plan_walk(
-    filters: JobFilter, counts: _Counts, matching: list[CountRow], limit: int
-) -> tuple[str, dict[str, Any]]:
+def _plan_walk(counts: _Counts, matching: list[CountRow], limit: int) -> tuple[str, dict[str, Any]]:
     """The walk (query name, key arrays) expected to read the fewest rows for a page.
 
     A walk over one index range whose jobs match with probability m / n reads about
@@ -274,7 +272,7 @@ async def _list_jobs(conn: Conn, filters: JobFilter, limit: int, cursor: Cursor 
         matching = counts.matching(statuses, sources)
         if not matching:
             return JobPage(jobs=[], total=0, next_cursor=None)
-        planned = _plan_walk(filters, counts, matching, limit)
+        planned = _plan_walk(counts, matching, limit)
     name, keys = planned
     bounded = filters.created_after is not None or filters.created_before is not None
     parts = bounded_total(filters, (DAY, HOUR)) if bounded else None
