@@ -206,8 +206,11 @@ class EnqueueRequest(_Model):
         default=None,
         min_length=1,
         max_length=200,
+        # No NUL character: a PostgreSQL store cannot hold one, and every store takes the same keys.
+        pattern=r"^[^\x00]*$",
         description="While a job with this plugin, command and key is queued or running, "
-        "enqueueing again returns that job (200, deduplicated) instead of a new one.",
+        "enqueueing again returns that job (200, deduplicated) instead of a new one. "
+        "No NUL character.",
     )
     max_attempts: int | None = Field(
         default=None, ge=1, le=100, description="Default: the plugin's max_attempts (4)."

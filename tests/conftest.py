@@ -5,11 +5,14 @@ PostgreSQL: the first test that needs it creates a database `qs_test_<pid>_<rand
 server `QS_TEST_PG` names (default postgresql://127.0.0.1:5432/test), dropped when the session
 ends; each test gets a fresh schema in it (`postgresql_url`: the search_path rides in the URL's
 `options`, so a process started with `--db URL` sees the same schema). When no server answers,
-the postgresql tests are skipped, unless QS_REQUIRE_POSTGRESQL=1 (CI): then they fail.
+the postgresql tests are skipped, unless QS_REQUIRE_POSTGRESQL=1 (CI): then they fail. A
+session killed before its clean-up leaves its database behind; the next session on this
+machine drops it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import secrets
@@ -106,6 +109,34 @@ class PostgreSQLDatabase:
         self.admin.close()
 
 
+def _drop_abandoned_databases(server: str, admin: psycopg.Connection[Any]) -> None:
+    """Drop the test databases of sessions that died before their clean-up (killed, timed
+    out): on a server on this machine, one whose pid no longer runs. A plain DROP DATABASE
+    fails while anyone is connected, and a live session keeps its connection open, so a
+    session in another pid namespace is never touched."""
+    if urlsplit(server).hostname not in ("127.0.0.1", "localhost", "::1", None):
+        return  # the pids of another machine's sessions mean nothing here
+    names = admin.execute(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'qs\\_test\\_%'"
+    ).fetchall()
+    for (name,) in names:
+        pid = name.split("_")[2]
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        with contextlib.suppress(psycopg.Error):
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @pytest.fixture(scope="session")
 def postgresql_database() -> Iterator[PostgreSQLDatabase]:
     """A database of this session on the test server; skipped (failed under
@@ -119,6 +150,7 @@ def postgresql_database() -> Iterator[PostgreSQLDatabase]:
         if os.environ.get(PG_REQUIRE_ENV) == "1":
             pytest.fail(f"{reason} ({PG_REQUIRE_ENV}=1 requires one)")
         pytest.skip(reason)
+    _drop_abandoned_databases(server, admin)
     database = PostgreSQLDatabase(server, admin)
     try:
         yield database

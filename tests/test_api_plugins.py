@@ -162,6 +162,8 @@ def test_a_limit_past_year_9999_bounds_nothing() -> None:
         ({"payload": {}, "max_attempts": 0}, "max_attempts"),
         ({"payload": 3}, "payload"),
         ({"payload": {}, "dedupe_key": ""}, "dedupe_key"),
+        # No store may hold a NUL in a key (PostgreSQL text cannot): refused on every backend.
+        ({"payload": {}, "dedupe_key": "a\u0000b"}, "dedupe_key"),
     ],
 )
 async def test_enqueue_rejects_bad_body_fields(

@@ -17,6 +17,7 @@ import pytest
 
 from queue_service.statuses import Status
 from queue_service.store import (
+    JobNotFound,
     NewJob,
     NotADatabase,
     QueryTimeout,
@@ -106,9 +107,16 @@ async def test_an_unreachable_server_is_reported_without_the_password() -> None:
     await store.close()
 
 
-def test_both_postgresql_schemes_open_the_postgresql_store() -> None:
-    for url in ("postgresql://127.0.0.1/db", "postgres://127.0.0.1/db"):
-        assert isinstance(create_store(url), PostgreSQLStore)
+async def test_both_postgresql_schemes_open_the_postgresql_store(postgresql_url: str) -> None:
+    short = "postgres://" + postgresql_url.split("://", 1)[1]
+    for url in (postgresql_url, short):
+        store = create_store(url)
+        assert isinstance(store, PostgreSQLStore)
+        await store.open()
+        try:
+            assert await store.schema_version() == latest_version()
+        finally:
+            await store.close()
     with pytest.raises(StoreUnavailable, match="mysql://"):
         create_store("mysql://127.0.0.1/db")
 
@@ -146,6 +154,23 @@ async def test_a_slow_read_is_stopped_and_the_store_stays_usable(postgresql_url:
         with pytest.raises(QueryTimeout):
             await store._read(endless)
         assert await store.get_job("nope") is None
+    finally:
+        await store.close()
+
+
+async def test_upkeep_gets_the_write_budget_and_reads_keep_theirs(postgresql_url: str) -> None:
+    store = PostgreSQLStore(postgresql_url, pool_size=1, query_timeout_s=0.2)
+    await store.open()
+    try:
+
+        async def long(conn: Conn) -> str:
+            await conn.execute("SELECT pg_sleep(0.4)")
+            await conn.execute("VACUUM job_count_deltas")  # no transaction block around it
+            return "done"
+
+        assert await store._maintenance(long) == "done"
+        with pytest.raises(QueryTimeout):  # the same (only) connection, back on the read budget
+            await store._read_statement(long)
     finally:
         await store.close()
 
@@ -188,6 +213,39 @@ async def test_a_serialization_failure_runs_the_transaction_again(
         return len(runs)
 
     assert await pg_store._tx(body) == 3
+
+
+async def test_a_caller_cancelled_while_it_waits_for_a_connection_is_cancelled(
+    postgresql_url: str,
+) -> None:
+    """Not resumed as if nothing happened (the pool's wait can lose a cancellation), and
+    the connection it was waiting for is not lost to the pool."""
+    store = PostgreSQLStore(postgresql_url, pool_size=1, connect_timeout_s=2)
+    await store.open()
+    try:
+
+        async def hold(conn: Conn) -> None:
+            await conn.execute("SELECT pg_sleep(0.3)")
+
+        async def quick(conn: Conn) -> str:
+            await conn.execute("SELECT 1")
+            return "ran"
+
+        busy = asyncio.create_task(store._read_statement(hold))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.create_task(store._tx(quick))
+        await asyncio.sleep(0.05)
+        await busy
+        # The connection was just handed to the waiting caller, which has not run since:
+        # the moment a cancellation used to be lost.
+        assert not waiting.done() and waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        # The one connection came back: these would wait out the pool's timeout otherwise.
+        for _ in range(3):
+            assert await store._tx(quick) == "ran"
+    finally:
+        await store.close()
 
 
 async def test_other_errors_are_not_retried_and_roll_back(pg_store: PostgreSQLStore) -> None:
@@ -339,6 +397,80 @@ async def test_prune_takes_the_finished_alert_rows_with_the_jobs(
     # The pending delivery keeps the event it carries; the old orphan event goes.
     assert deliveries == [("still-pending",)]
     assert events == [(event_id,)]
+
+
+async def test_nul_characters_never_reach_the_server(pg_store: PostgreSQLStore) -> None:
+    """PostgreSQL text cannot hold NUL: a key with one names nothing, free text keeps its
+    other characters, and an identifier with one is refused before any SQL."""
+    assert await pg_store.get_job("a\x00b") is None
+    assert await pg_store.get_attempts("a\x00b") == []
+    with pytest.raises(JobNotFound):
+        await pg_store.cancel_job("a\x00b")
+    with pytest.raises(JobNotFound):
+        await pg_store.set_status("a\x00b", Status.RUNNING)
+    with pytest.raises(ValueError, match="dedupe_key cannot contain NUL"):
+        await pg_store.enqueue(
+            NewJob("p", "c", {"nul": "\x00 is fine in a payload"}, dedupe_key="\x00")
+        )
+    job_id = (await pg_store.enqueue(NewJob("p", "c", {"nul": "\x00"}))).job_id
+    await pg_store.set_status(job_id, Status.RUNNING)
+    await pg_store.set_status(job_id, Status.FAILED, last_error="bad\x00byte")
+    job = await pg_store.get_job(job_id)
+    assert job is not None and job.payload == {"nul": "\x00"}
+    assert job.last_error == "bad\ufffdbyte"
+    assert await pg_store.token_by_hash("\x00") is None
+    assert not await pg_store.revoke_token("\x00")
+    with pytest.raises(ValueError, match="name cannot contain NUL"):
+        await pg_store.create_token("a\x00", "ab" * 32, ["*"], None)
+
+
+async def test_counts_follow_statements_that_change_many_jobs(
+    pg_store: PostgreSQLStore, postgresql_url: str
+) -> None:
+    """The count triggers run per statement: one summed delta per key a statement changed
+    (none for a heartbeat), and the counts stay exact through updates of many jobs with
+    different keys, hour changes and deletes."""
+    await pg_store.enqueue_many(
+        [NewJob(p, c, {"i": i}) for i in range(5) for p in ("a", "b") for c in ("x", "y")]
+    )
+    mine = "SELECT count(*) FROM job_count_deltas WHERE xmin = pg_current_xact_id()::xid"
+    with _raw(postgresql_url) as conn:
+        with conn.transaction():
+            conn.execute("UPDATE jobs SET lease_expires_at = 'later'")
+            assert conn.execute(mine).fetchone() == (0,)
+        with conn.transaction():
+            conn.execute("UPDATE jobs SET status = 'running' WHERE plugin = 'a'")
+            assert conn.execute(mine).fetchone() == (4,)  # a/x and a/y: -queued, +running
+        conn.execute(
+            "UPDATE jobs SET created_at = '2020-01-01T00:00:00.000000Z' WHERE command = 'y'"
+        )
+        conn.execute("UPDATE jobs SET status = 'succeeded' WHERE plugin = 'a' AND command = 'x'")
+        conn.execute(
+            "DELETE FROM jobs WHERE plugin = 'b' AND command = 'x' AND payload = '{\"i\":0}'"
+        )
+        keys = "plugin, command, status, source"
+        hour_keys = f"{keys}, substr(created_at, 1, 13)"
+        truth = conn.execute(f"SELECT {keys}, count(*) FROM jobs GROUP BY {keys}").fetchall()
+        counted = conn.execute(
+            f"SELECT {keys}, sum(n) FROM (SELECT {keys}, n FROM job_counts"
+            f" UNION ALL SELECT {keys}, d FROM job_count_deltas) AS c"
+            f" GROUP BY {keys} HAVING sum(n) <> 0"
+        ).fetchall()
+        hourly_truth = conn.execute(
+            f"SELECT {hour_keys}, count(*) FROM jobs GROUP BY {hour_keys}"
+        ).fetchall()
+        hourly = conn.execute(
+            f"SELECT {keys}, hour, sum(n) FROM (SELECT {keys}, hour, n"
+            f" FROM job_counts_hour_plugin_command"
+            f" UNION ALL SELECT {keys}, hour, d FROM job_count_deltas) AS c"
+            f" GROUP BY {keys}, hour HAVING sum(n) <> 0"
+        ).fetchall()
+
+    def exact(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        return sorted((*row[:-1], int(row[-1])) for row in rows)
+
+    assert exact(counted) == exact(truth) and len(truth) == 4
+    assert exact(hourly) == exact(hourly_truth) and len(hourly_truth) == 4
 
 
 # --- tokens ------------------------------------------------------------------------------

@@ -11,7 +11,8 @@
 - `_read(fn, *args)` runs `fn` in one REPEATABLE READ, READ ONLY transaction: one snapshot
   for several statements (a page and its total). `_read_statement` runs a read of one
   statement with no transaction around it (one round trip); `_write_statement` the same
-  for a write of one idempotent statement.
+  for a write of one idempotent statement; `_maintenance` runs upkeep (VACUUM) outside a
+  transaction block with the write budget.
 - Every statement outside `_tx` is stopped after `query_timeout_s` (the session's
   statement_timeout); a write transaction allows `write_timeout_s`.
 - Errors become the store's (queue_service/store/errors.py; postgresql/errors.py says how).
@@ -32,6 +33,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from queue_service.store.errors import StoreUnavailable
@@ -99,7 +101,11 @@ class Database:
         #: Why the store only reads (a standby server), or None.
         self.read_only: str | None = None
         self._pool: AsyncConnectionPool[Conn] | None = None
+        #: Connections on their way back to the pool (see _getconn).
+        self._returning: set[asyncio.Future[None]] = set()
         self._closed = False
+        self._read_budget = f"SET statement_timeout = {int(query_timeout_s * 1000)}"
+        self._write_budget = f"SET statement_timeout = {int(write_timeout_s * 1000)}"
         self._begin_write = f"BEGIN; SET LOCAL statement_timeout = {int(write_timeout_s * 1000)}"
 
     # -- connections -----------------------------------------------------
@@ -115,7 +121,7 @@ class Database:
         """Every new pooled connection: reads stop after the query budget; a client that
         stops inside a transaction (hung, SIGSTOPped) does not hold its locks forever."""
         await conn.execute(
-            f"SET statement_timeout = {int(self.query_timeout_s * 1000)}; "
+            f"{self._read_budget}; "
             f"SET idle_in_transaction_session_timeout = {int(self.write_timeout_s * 2000)}",
             prepare=False,
         )
@@ -142,10 +148,14 @@ class Database:
         for run in range(1, _MAX_RUNS + 1):
             conn: Conn | None = None
             try:
-                async with self.pool.connection() as conn:
+                conn = await self._getconn()
+                try:
                     if begin is None:
                         return await fn(conn, *args)
                     return await self._in_transaction(conn, begin, fn, args)
+                finally:
+                    # The pool rolls back (or discards) a connection left mid-transaction.
+                    await self.pool.putconn(conn)
             except CommitUnknown:
                 raise
             except Exception as exc:
@@ -161,14 +171,35 @@ class Database:
             pause *= 2
         raise AssertionError("unreachable")
 
+    async def _getconn(self) -> Conn:
+        """A connection from the pool. The wait runs shielded: cancelling a caller that waits
+        for a connection (a request that went away, a task stopped at close) can be lost
+        inside the pool's wait on Python 3.11 (asyncio.wait_for), and the caller would go
+        on as if never cancelled. So the caller is cancelled at once, and a connection that
+        arrives afterwards goes straight back to the pool."""
+        pool = self.pool
+        getting = asyncio.ensure_future(pool.getconn())
+        try:
+            return await asyncio.shield(getting)
+        except asyncio.CancelledError:
+            getting.add_done_callback(self._give_back)
+            raise
+
+    def _give_back(self, getting: asyncio.Future[Conn]) -> None:
+        if getting.cancelled() or getting.exception() is not None or self._pool is None:
+            return
+        task = asyncio.ensure_future(self._pool.putconn(getting.result()))
+        self._returning.add(task)
+        task.add_done_callback(self._returning.discard)
+
     async def _in_transaction(
         self, conn: Conn, begin: str, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]
     ) -> T:
-        await conn.execute(begin, prepare=False)
         try:
+            await conn.execute(begin, prepare=False)
             result = await fn(conn, *args)
         except BaseException:
-            if not conn.broken:
+            if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
                 # The pool discards a connection it cannot reset.
                 with contextlib.suppress(psycopg.Error):
                     await conn.execute("ROLLBACK", prepare=False)
@@ -198,6 +229,23 @@ class Database:
         if self.read_only is not None:
             raise StoreUnavailable(self.read_only)
         return await self._run(fn, args, None)
+
+    async def _maintenance(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run `fn(conn, *args)` in autocommit, outside any transaction block (VACUUM
+        cannot run in one), with the write budget instead of the read budget: upkeep a
+        large table may need longer for than a request may wait."""
+        if self.read_only is not None:
+            raise StoreUnavailable(self.read_only)
+
+        async def with_write_budget(conn: Conn, *fn_args: Any) -> T:
+            await conn.execute(self._write_budget, prepare=False)
+            try:
+                return await fn(conn, *fn_args)
+            finally:
+                if not conn.broken:
+                    await conn.execute(self._read_budget, prepare=False)
+
+        return await self._run(with_write_budget, args, None)
 
     async def _read(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run `fn(conn, *args)` in one read-only snapshot."""

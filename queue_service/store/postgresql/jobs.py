@@ -15,7 +15,13 @@ from queue_service.statuses import Source, Status, allowed_predecessors
 from queue_service.store.errors import IllegalTransition, JobNotFound, StoreUnavailable
 from queue_service.store.jobrules import cancel_refused, new_job_id, new_job_row
 from queue_service.store.postgresql.connection import Conn, Database
-from queue_service.store.postgresql.rows import encode_json, job_from_row
+from queue_service.store.postgresql.rows import (
+    NUL,
+    encode_json,
+    free_text,
+    job_from_row,
+    refuse_nul,
+)
 from queue_service.store.postgresql.sql import q
 from queue_service.store.types import EnqueueResult, Job, NewJob
 from queue_service.timeutil import now_ts
@@ -44,6 +50,7 @@ async def insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> list[EnqueueResult]
 
     for job in jobs:
         row = new_job_row(job, job.job_id or new_job_id(), now)
+        refuse_nul(**{k: v for k, v in row.items() if k != "payload" and isinstance(v, str)})
         if job.dedupe_key is None:
             plain.append(row)
             continue
@@ -65,6 +72,8 @@ async def _insert_deduped(conn: Conn, row: dict[str, Any], dedupe_key: str) -> E
 
 
 async def get_job(conn: Conn, job_id: str) -> Job | None:
+    if NUL in job_id:
+        return None  # no stored id holds one
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(q("get_job"), {"job_id": job_id})
     row = await cur.fetchone()
@@ -72,6 +81,8 @@ async def get_job(conn: Conn, job_id: str) -> Job | None:
 
 
 async def get_attempts(conn: Conn, job_id: str) -> list[dict[str, Any]]:
+    if NUL in job_id:
+        return []
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(q("get_attempts"), {"job_id": job_id})
     return await cur.fetchall()
@@ -80,6 +91,8 @@ async def get_attempts(conn: Conn, job_id: str) -> list[dict[str, Any]]:
 async def set_status(
     conn: Conn, job_id: str, status: Status, result: Any, last_error: str | None
 ) -> Status:
+    if NUL in job_id:
+        raise JobNotFound(job_id)
     cur = await conn.execute(q("lock_job_status"), {"job_id": job_id})
     current = await cur.fetchone()
     if current is None:
@@ -91,7 +104,7 @@ async def set_status(
             "job_id": job_id,
             "status": status.value,
             "result": encode_json(result),
-            "last_error": last_error,
+            "last_error": free_text(last_error),
             "now": now_ts(),
             "allowed_from": allowed,
         },
@@ -104,7 +117,10 @@ async def set_status(
 
 async def cancel(conn: Conn, job_id: str, reason: str) -> Status:
     """Cancel a queued job now, or flag a running one; Conflict when it already finished."""
-    cur = await conn.execute(q("cancel_job"), {"job_id": job_id, "now": now_ts(), "reason": reason})
+    if NUL in job_id:
+        raise JobNotFound(job_id)
+    params = {"job_id": job_id, "now": now_ts(), "reason": free_text(reason)}
+    cur = await conn.execute(q("cancel_job"), params)
     row = await cur.fetchone()
     if row is None:
         raise JobNotFound(job_id)
@@ -123,10 +139,8 @@ async def prune_finished(conn: Conn, before: str, limit: int) -> int:
     await conn.execute(q("prune_schedule_fires"), params)
     await conn.execute(q("prune_alert_deliveries"), params)
     await conn.execute(q("prune_alert_events"), params)
-    if deleted < limit:
-        # The last batch of a pass (callers repeat while a batch is full): sweep the count
-        # rows that fell to zero once per pass, not once per batch.
-        await conn.execute(q("drop_empty_counts"))
+    # (No sweep of count rows that fell to zero, as SQLite's prune does: the fold drops a
+    # rollup row when it reaches zero.)
     return deleted
 
 

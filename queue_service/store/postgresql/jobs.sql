@@ -129,12 +129,3 @@ DELETE FROM alert_events WHERE event_id IN (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 );
-
--- name: drop_empty_counts
--- Count rows that fell to zero (the queued and running hours of finished jobs, say): dropped
--- once per pruning pass, not on every fold. A fold adding to a key meanwhile inserts it anew.
-WITH a AS (DELETE FROM job_counts WHERE n = 0),
-     b AS (DELETE FROM job_counts_hour WHERE n = 0),
-     c AS (DELETE FROM job_counts_hour_plugin WHERE n = 0),
-     d AS (DELETE FROM job_counts_hour_command WHERE n = 0)
-DELETE FROM job_counts_hour_plugin_command WHERE n = 0;

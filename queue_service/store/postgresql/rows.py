@@ -14,10 +14,30 @@ from queue_service.store.rows import (
 )
 
 __all__ = [
+    "NUL",
     "decode_json",
     "encode_json",
+    "free_text",
     "job_from_row",
+    "refuse_nul",
     "summary_from_row",
     "sync_state_from_row",
     "token_from_row",
 ]
+
+#: The one character PostgreSQL text cannot hold (SQLite's can).
+NUL = "\x00"
+
+
+def free_text(value: str | None) -> str | None:
+    """Free text (an error message, a reason) as PostgreSQL can store it: each NUL becomes
+    U+FFFD, every other character is kept."""
+    return None if value is None else value.replace(NUL, "\ufffd")
+
+
+def refuse_nul(**values: str | None) -> None:
+    """Raise ValueError naming the first of `values` (identifiers, keys) holding a NUL:
+    PostgreSQL cannot store it, and changing a key would change what it names."""
+    for name, value in values.items():
+        if value is not None and NUL in value:
+            raise ValueError(f"{name} cannot contain NUL characters (PostgreSQL text)")

@@ -12,7 +12,7 @@ from psycopg.rows import dict_row
 
 from queue_service.store.errors import Conflict
 from queue_service.store.postgresql.connection import Conn, Database
-from queue_service.store.postgresql.rows import token_from_row
+from queue_service.store.postgresql.rows import NUL, refuse_nul, token_from_row
 from queue_service.store.postgresql.sql import q
 from queue_service.store.types import Token
 from queue_service.timeutil import now_ts
@@ -21,6 +21,7 @@ from queue_service.timeutil import now_ts
 async def create(
     conn: Conn, name: str, token_hash: str, scopes: Sequence[str], expires_at: str | None
 ) -> Token:
+    refuse_nul(name=name, token_hash=token_hash, expires_at=expires_at)
     cur = conn.cursor(row_factory=dict_row)
     try:
         await cur.execute(
@@ -56,6 +57,8 @@ async def create_first(
 
 
 async def by_hash(conn: Conn, token_hash: str) -> tuple[Token, str] | None:
+    if NUL in token_hash:
+        return None
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(q("token_by_hash"), {"token_hash": token_hash})
     row = await cur.fetchone()
@@ -75,6 +78,8 @@ async def count_live(conn: Conn) -> int:
 
 
 async def revoke(conn: Conn, name: str) -> bool:
+    if NUL in name:
+        return False
     cur = await conn.execute(q("revoke_token"), {"name": name, "now": now_ts()})
     return await cur.fetchone() is not None
 
