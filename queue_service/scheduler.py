@@ -26,7 +26,7 @@ from queue_service.scheduling import (
     decide,
     schedule_key,
 )
-from queue_service.store import NewJob, Store
+from queue_service.store import NewJob, Store, StoreUnavailable
 from queue_service.timeutil import utcnow
 
 __all__ = ["PluginSchedule", "Scheduler", "SlotFiring"]
@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 #: Who scheduled jobs are submitted by, as stored in `submitted_by`.
 SUBMITTED_BY = "scheduler"
+#: The longest pause between two ticks while the store is unavailable (well inside
+#: scheduling.MISFIRE_GRACE, so slots due during a short outage still fire on time).
+MAX_OUTAGE_PAUSE = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,20 +180,43 @@ class Scheduler:
     async def run_forever(self, stop_event: asyncio.Event) -> None:
         """Tick about once per `tick_seconds` until `stop_event` is set.
 
-        Errors are logged and the loop goes on: a locked or briefly unavailable
-        database delays slots (within MISFIRE_GRACE they still fire on time), it
-        never stops the scheduler.
+        Errors are logged and the loop goes on: a locked or unavailable database
+        delays slots (within MISFIRE_GRACE they still fire on time), it never stops
+        the scheduler. While it stays unavailable, ticks come further apart (twice the
+        pause per failure in a row, up to MAX_OUTAGE_PAUSE), one log line each.
         """
         if not self._schedules:
             await stop_event.wait()
             return
+        failures = 0
         while not stop_event.is_set():
             try:
                 await self.tick()
-            except Exception:
-                logger.exception("scheduler tick failed")
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                _log_tick_failure(exc)
+            pause = self._tick_seconds
+            if failures:
+                pause = min(pause * 2.0 ** min(failures, 30), MAX_OUTAGE_PAUSE)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop_event.wait(), timeout=self._tick_seconds)
+                await asyncio.wait_for(stop_event.wait(), timeout=pause)
+
+
+def _log_tick_failure(exc: Exception) -> None:
+    """One line when the store is unavailable (the message says why, and repeats until it
+    is fixed); a traceback for anything unexpected."""
+    unavailable: BaseException | None = exc
+    if isinstance(exc, ExceptionGroup):
+        unavailable, rest = exc.split(StoreUnavailable)
+        if rest is not None:
+            unavailable = None
+    if isinstance(unavailable, ExceptionGroup):
+        unavailable = unavailable.exceptions[0]
+    if isinstance(unavailable, StoreUnavailable):
+        logger.warning("scheduler tick failed; will retry: %s", unavailable)
+    else:
+        logger.error("scheduler tick failed", exc_info=exc)
 
 
 def check_schedules(config: ServiceConfig, registry: Registry) -> list[str]:

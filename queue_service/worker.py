@@ -12,6 +12,10 @@ Guarantees (see docs/RELIABILITY.md):
   dead when no attempt is left. So no job stays `running` forever.
 - On shutdown the worker stops claiming, lets running jobs finish within a grace period, and
   returns the rest to `queued` without spending an attempt.
+- An unavailable store (a busy or full disk, a PostgreSQL server restarting or unreachable)
+  never ends the worker: claims back off until it answers again, and an attempt's outcome
+  is retried for as long as the lease would have kept the job, so an outage shorter than
+  the lease costs no attempt.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from queue_service.config import ServiceConfig
 from queue_service.histograms import Histogram
@@ -41,6 +46,11 @@ from queue_service.timeutil import format_ts, utcnow
 log = logging.getLogger("queue_service.worker")
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
+
+#: The longest pause between two claim rounds, or two tries of an attempt's outcome, while
+#: the store is unavailable: how soon after an outage ends work resumes at the latest.
+MAX_OUTAGE_PAUSE = 5.0
 
 
 def backoff_delay(base_seconds: float, attempt: int, rng: random.Random) -> float:
@@ -185,19 +195,26 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Claim and run jobs until `stop` is set, then shut down gracefully."""
-        await self.missing_plugins()
+        try:
+            await self.missing_plugins()
+        except StoreUnavailable as exc:  # only a report: it must not keep the worker down
+            log_failure("counting the jobs of missing plugins failed", exc)
         self._background = [
             asyncio.create_task(self._every(self.lease_seconds / 3, self._heartbeat)),
             asyncio.create_task(self._every(self.recover_interval, self.recover)),
             asyncio.create_task(self._every(self.retention_interval, self.prune)),
         ]
         stopper = asyncio.create_task(stop.wait())
+        failures = 0
         try:
             while not stop.is_set():
                 try:
                     claimed = await self._claim_round()
+                    failures = 0
                 except Exception as exc:
-                    # A busy or briefly unavailable database must not end the worker.
+                    # A busy or unavailable database must not end the worker: wait longer
+                    # after each failure in a row (a wake-up still ends the wait).
+                    failures += 1
                     log_failure("claiming jobs failed; will retry", exc)
                     claimed = 0
                 if claimed:
@@ -208,7 +225,7 @@ class Worker:
                 arrived = asyncio.create_task(self.store.wait_for_work())
                 await asyncio.wait(
                     {stopper, waker, arrived},
-                    timeout=self.poll_interval,
+                    timeout=self._pause_after(failures, self.poll_interval),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 waker.cancel()
@@ -345,12 +362,13 @@ class Worker:
     async def _attempt(self, job: Job) -> None:
         running = self._running[job.job_id]
         plugin = self.registry.get(job.plugin)
+        held = [(job.job_id, job.attempt)]
         if plugin is None or not plugin.valid:
             # Claimed a moment before the registry changed: give the job back.
-            await self.store.release_jobs([(job.job_id, job.attempt)], owner=self.owner)
+            await self._while_leased("release", self.store.release_jobs, held, owner=self.owner)
             return
         settings = self.config.plugin(job.plugin)
-        state = await self.store.get_plugin_state(job.plugin)
+        state = await self._while_leased("read the state", self.store.get_plugin_state, job.plugin)
 
         def spawned(_pid: int) -> None:
             running.spawned = time.perf_counter()
@@ -379,7 +397,6 @@ class Worker:
             current = asyncio.current_task()
             if current is not None and current.cancelling() and running.abort is None:
                 raise  # the worker task itself was cancelled
-        held = [(job.job_id, job.attempt)]
         if outcome is None:
             if running.abort == "canceled":
                 self._observe_duration(running, AttemptStatus.CANCELED)
@@ -388,17 +405,19 @@ class Worker:
                     attempt_status=AttemptStatus.CANCELED,
                     error="canceled by request",
                 )
-                await self.store.finish_attempt(
-                    job.job_id, plugin=job.plugin, attempt=job.attempt, owner=self.owner, end=end
-                )
+                await self._finish(job, end)
                 log.info("job %s canceled while running", job.job_id)
             elif running.abort == "shutdown":
+                # Tried once: a shutdown must not wait out an outage (the lease's expiry
+                # then requeues the job, counting the attempt).
                 await self.store.release_jobs(held, owner=self.owner)
                 log.info("job %s returned to queued at shutdown", job.job_id)
             return
         if outcome.succeeded and outcome.state_updates:
             # Read now, not at job start: another job of the plugin may have changed it.
-            stored = await self.store.get_plugin_state(job.plugin)
+            stored = await self._while_leased(
+                "read the state", self.store.get_plugin_state, job.plugin
+            )
             problem = state_cap_problem(stored, outcome.state_updates)
             if problem is not None:  # the same input would overflow again: no retry
                 outcome = replace(
@@ -413,12 +432,11 @@ class Worker:
             job, outcome, backoff_seconds=settings.backoff_seconds, now=self.clock(), rng=self.rng
         )
         self._observe_duration(running, end.attempt_status)
-        status = await self.store.finish_attempt(
-            job.job_id, plugin=job.plugin, attempt=job.attempt, owner=self.owner, end=end
-        )
+        status = await self._finish(job, end)
         if status is None:
             log.warning(
-                "job %s: attempt %d finished after its lease was lost; outcome discarded",
+                "job %s: attempt %d finished after its lease was lost; outcome discarded "
+                "(or saved already by a try cut off while committing)",
                 job.job_id,
                 job.attempt,
             )
@@ -435,6 +453,47 @@ class Worker:
             log.info(
                 "job %s: attempt %d ended; job %s (requested)", job.job_id, job.attempt, status
             )
+
+    async def _finish(self, job: Job, end: AttemptEnd) -> Status | None:
+        return await self._while_leased(
+            "record the outcome",
+            self.store.finish_attempt,
+            job.job_id,
+            plugin=job.plugin,
+            attempt=job.attempt,
+            owner=self.owner,
+            end=end,
+        )
+
+    async def _while_leased(
+        self, what: str, action: Callable[..., Awaitable[T]], *args: object, **kwargs: object
+    ) -> T:
+        """`action(*args, **kwargs)`, tried again while the store is unavailable, for as
+        long as the job's lease lasts; after that recovery requeues the job anyway, so the
+        last failure is raised. Safe to repeat: a write of a lease holder that already
+        happened (its COMMIT cut off on its way back) finds the lease gone and writes
+        nothing."""
+        deadline = time.monotonic() + self.lease_seconds
+        failures = 0
+        while True:
+            try:
+                return await action(*args, **kwargs)
+            except StoreUnavailable as exc:
+                failures += 1
+                pause = self._pause_after(failures, 0.05)
+                if time.monotonic() + pause > deadline:
+                    raise
+                if failures == 1:
+                    log.warning("could not %s: %s; retrying while the lease lasts", what, exc)
+                await asyncio.sleep(pause)
+
+    def _pause_after(self, failures: int, base: float) -> float:
+        """`base` when the store answered last time; after `failures` in a row, twice as
+        long per failure up to MAX_OUTAGE_PAUSE, with jitter so that workers do not come
+        back all at once."""
+        if not failures:
+            return base
+        return min(base * 2.0 ** min(failures, 30), MAX_OUTAGE_PAUSE) * self.rng.uniform(0.5, 1)
 
     def _observe_duration(self, running: _Running, outcome: AttemptStatus) -> None:
         start = running.claimed if running.spawned is None else running.spawned

@@ -1,24 +1,31 @@
 """A real `queue-service serve` process on 127.0.0.1, with a seeded database and a token per
 scope, for the tests that must see the product as it runs: fuzzing, hostile input over the
-wire, auth and log capture, and memory under load. Not a test module itself."""
+wire, auth and log capture, and memory under load. Not a test module itself.
+
+The database is an SQLite file, or a PostgreSQL URL (`db=` of start_server): it is seeded
+through the Store protocol, so both backends hold the same jobs and tokens."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sqlite3
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
+import pytest
+
 from queue_service.api import ServiceState
-from queue_service.auth import hash_token
+from queue_service.auth import hash_token, new_secret
 from queue_service.scopes import SCOPES
 from queue_service.statuses import Source, Status
-from queue_service.store import ExternalJob, NewJob, SQLiteStore
+from queue_service.store import ExternalJob, NewJob, create_store
 from queue_service.timeutil import now_ts
-from tests.conftest import free_port
+from tests.conftest import PostgreSQLDatabase, free_port
 from tests.processes import Processes, stop, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,12 +48,17 @@ class Seeded:
         return [job_id for ids in self.jobs.values() for job_id in ids]
 
 
-async def seed_database(db: Path, preset_tokens: dict[str, str] | None = None) -> Seeded:
-    """Migrate `db`, create the tokens and jobs in every status, and close it.
+def is_postgresql(db: Path | str) -> bool:
+    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
+
+
+async def seed_database(db: Path | str, preset_tokens: dict[str, str] | None = None) -> Seeded:
+    """Migrate `db` (an SQLite file or a PostgreSQL URL), create the tokens and jobs in
+    every status, and close it.
 
     `preset_tokens` maps a scope to a secret made beforehand (with auth.new_secret), for
     callers that must know a token before the server exists; only its hash is stored."""
-    store = SQLiteStore(db)
+    store = create_store(str(db))
     await store.open()
     try:
         state = ServiceState.for_store(store)
@@ -58,7 +70,11 @@ async def seed_database(db: Path, preset_tokens: dict[str, str] | None = None) -
             else:
                 await store.create_token(f"scope-{scope}", hash_token(secret), [scope], None)
             seeded.tokens[scope] = secret
-        seeded.tokens["expired"], _ = await state.tokens.create("expired", ["*"], "1h")
+        # An expired token: stored with an expiry in the past, as if its time ran out.
+        seeded.tokens["expired"] = new_secret()
+        await store.create_token(
+            "expired", hash_token(seeded.tokens["expired"]), ["*"], "2000-01-01T00:00:00.000000Z"
+        )
         seeded.tokens["revoked"], _ = await state.tokens.create("revoked", ["*"])
         assert await store.revoke_token("revoked")
 
@@ -119,14 +135,6 @@ async def seed_database(db: Path, preset_tokens: dict[str, str] | None = None) -
         add("databricks", "databricks-ws-123")
     finally:
         await store.close()
-    # An expired token: its expiry moved into the past behind the service's back.
-    raw = sqlite3.connect(db)
-    with raw:
-        raw.execute(
-            "UPDATE tokens SET expires_at = '2000-01-01T00:00:00.000000Z' WHERE name = ?",
-            ("expired",),
-        )
-    raw.close()
     return seeded
 
 
@@ -134,7 +142,8 @@ async def seed_database(db: Path, preset_tokens: dict[str, str] | None = None) -
 class LiveServer:
     proc: subprocess.Popen[bytes]
     base: str
-    db: Path
+    #: The SQLite file, or the PostgreSQL URL.
+    db: Path | str
     log: Path
     seeded: Seeded
 
@@ -162,18 +171,37 @@ def read_rss_kib(pid: int | str = "self") -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+@contextlib.contextmanager
+def live_database(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """For a module fixture parametrized by backend name (sorted(STORE_BACKENDS)): None on
+    "sqlite" (start_server makes the file), or the URL of a fresh schema on the PostgreSQL
+    test server, dropped afterwards (skipped, or failed under QS_REQUIRE_POSTGRESQL=1, when
+    no server answers)."""
+    if request.param == "sqlite":
+        yield None
+        return
+    database: PostgreSQLDatabase = request.getfixturevalue("postgresql_database")
+    schema, url = database.new_schema()
+    try:
+        yield url
+    finally:
+        database.drop_schema(schema)
+
+
 def start_server(
     tmp: Path,
     *,
+    db: str | None = None,
     log_level: str = "info",
     preset_tokens: dict[str, str] | None = None,
     service_settings: str = "",
 ) -> LiveServer:
-    """Seed a database under `tmp`, start `queue-service serve` on a free port, wait for it.
-    `service_settings`: more TOML lines for the [service] table."""
+    """Seed a database (the PostgreSQL URL `db`, else an SQLite file under `tmp`), start
+    `queue-service serve` on a free port, wait for it. `service_settings`: more TOML lines
+    for the [service] table."""
     tmp.mkdir(parents=True, exist_ok=True)
-    db = tmp / "live.db"
-    seeded = asyncio.run(seed_database(db, preset_tokens))
+    database: Path | str = db if db is not None else tmp / "live.db"
+    seeded = asyncio.run(seed_database(database, preset_tokens))
     config = tmp / "config.toml"
     config.write_text(
         f'[service]\nplugin_dirs = ["{PLUGIN_DIR}"]\nworkers = 1\n{service_settings}\n'
@@ -182,11 +210,11 @@ def start_server(
     processes = Processes(tmp)
     proc = processes.start(
         "server",
-        *("serve", "--db", str(db), "--port", str(port), "--config", str(config)),
+        *("serve", "--db", str(database), "--port", str(port), "--config", str(config)),
         *("--log-level", log_level),
         cwd=tmp,
     )
-    server = LiveServer(proc, f"http://127.0.0.1:{port}", db, tmp / "server.log", seeded)
+    server = LiveServer(proc, f"http://127.0.0.1:{port}", database, tmp / "server.log", seeded)
     try:
         wait_healthy(proc, port, processes)
     except BaseException:
@@ -195,18 +223,36 @@ def start_server(
     return server
 
 
-#: The tables a request could change when it touches jobs (tokens are left out: a good
-#: token's last_used_at is bookkeeping, not state).
-JOB_TABLES = ("jobs", "job_counts", "job_attempts")
+#: What a request that touches jobs could change, as queries (the same text on both
+#: backends): every row of the job tables, and the exact counts as readers see them, the
+#: rollup plus the deltas not folded in yet (a fold moves rows between the two without
+#: changing a count). Tokens are left out: a good token's last_used_at is bookkeeping.
+SNAPSHOT_QUERIES = {
+    "jobs": "SELECT * FROM jobs",
+    "job_counts": (
+        "SELECT plugin, command, status, source, SUM(n) FROM ("
+        " SELECT plugin, command, status, source, n FROM job_counts UNION ALL"
+        " SELECT plugin, command, status, source, d FROM job_count_deltas) AS c"
+        " GROUP BY plugin, command, status, source HAVING SUM(n) <> 0"
+    ),
+    "job_attempts": "SELECT * FROM job_attempts",
+}
 
 
-def jobs_snapshot(db: Path) -> dict[str, list[tuple[object, ...]]]:
-    """Every row of the job tables, in a stable order: to prove requests changed nothing."""
+def jobs_snapshot(db: Path | str) -> dict[str, list[tuple[object, ...]]]:
+    """SNAPSHOT_QUERIES' rows, in a stable order: to prove requests changed nothing.
+    `db`: an SQLite file, or a PostgreSQL URL."""
+    if is_postgresql(db):
+        with psycopg.connect(str(db)) as conn:
+            return {
+                name: sorted(conn.execute(sql).fetchall(), key=repr)
+                for name, sql in SNAPSHOT_QUERIES.items()
+            }
     raw = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         return {
-            table: sorted(raw.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
-            for table in JOB_TABLES
+            name: sorted(raw.execute(sql).fetchall(), key=repr)
+            for name, sql in SNAPSHOT_QUERIES.items()
         }
     finally:
         raw.close()

@@ -25,7 +25,7 @@ from typing import TypeVar
 
 import httpx
 
-from queue_service.store import NewJob, SQLiteStore
+from queue_service.store import NewJob, Store, create_store
 
 REPO = Path(__file__).resolve().parents[1]
 #: The test plugins (tests/plugins/); the sample plugin shipped with the project is in REPO/plugins.
@@ -230,7 +230,9 @@ def write_config(folder: Path, text: str, plugin_dir: Path = PLUGINS) -> Path:
     return path
 
 
-def worker(processes: Processes, name: str, db: Path, config: Path) -> subprocess.Popen[bytes]:
+def worker(
+    processes: Processes, name: str, db: Path | str, config: Path
+) -> subprocess.Popen[bytes]:
     return processes.start(name, "worker", "--db", str(db), "--config", str(config))
 
 
@@ -257,11 +259,12 @@ def read_pid(path: Path) -> int | None:
 # --- the database the processes share, through the store ----------------------------------
 
 
-def with_store(db: Path, action: Callable[[SQLiteStore], Awaitable[R]]) -> R:
-    """Open the store on `db` (migrating it), run `action`, close it."""
+def with_store(db: Path | str, action: Callable[[Store], Awaitable[R]]) -> R:
+    """Open the store on `db` (an SQLite file or a PostgreSQL URL; migrating it), run
+    `action`, close it."""
 
     async def main() -> R:
-        store = SQLiteStore(db)
+        store = create_store(str(db))
         await store.open()
         try:
             return await action(store)
@@ -271,5 +274,5 @@ def with_store(db: Path, action: Callable[[SQLiteStore], Awaitable[R]]) -> R:
     return asyncio.run(main())
 
 
-def enqueue_many(db: Path, jobs: list[NewJob]) -> list[str]:
+def enqueue_many(db: Path | str, jobs: list[NewJob]) -> list[str]:
     return [r.job_id for r in with_store(db, lambda s: s.enqueue_many(jobs))]

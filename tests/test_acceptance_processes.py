@@ -1,4 +1,5 @@
-"""Acceptance: real `queue-service worker` and `serve` OS processes sharing one database file.
+"""Acceptance: real `queue-service worker` and `serve` OS processes sharing one database: an
+SQLite file, and a PostgreSQL schema (every test runs on both backends).
 
 - a worker SIGKILLed mid-job, and another worker process recovering the job;
 - three worker processes running 300 jobs, each exactly once (a ledger file proves it);
@@ -22,6 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from queue_service.statuses import Status
@@ -44,32 +46,43 @@ from tests.processes import (
 
 pytestmark = pytest.mark.slow
 
+#: What `--db` names: an SQLite file or a PostgreSQL URL.
+Db = Path | str
+
+
+@pytest.fixture
+def db(db_url: str) -> Db:
+    """The database the test's processes share: a new SQLite file, or a fresh PostgreSQL
+    schema (conftest's db_url: each test runs once per backend)."""
+    return db_url
+
+
 # --- the database, read through the store ------------------------------------------------------
 
 
-def get_job(db: Path, job_id: str) -> Job:
+def get_job(db: Db, job_id: str) -> Job:
     job = with_store(db, lambda s: s.get_job(job_id))
     assert job is not None, f"job {job_id} is gone"
     return job
 
 
-def job_if(db: Path, job_id: str, status: Status) -> Job | None:
+def job_if(db: Db, job_id: str, status: Status) -> Job | None:
     """The job when it has `status`, else None (for wait_until)."""
     job = get_job(db, job_id)
     return job if job.status is status else None
 
 
-def attempts_of(db: Path, job_id: str) -> list[dict[str, Any]]:
+def attempts_of(db: Db, job_id: str) -> list[dict[str, Any]]:
     return with_store(db, lambda s: s.get_attempts(job_id))
 
 
-def count(db: Path, status: Status, plugin: str) -> int:
+def count(db: Db, status: Status, plugin: str) -> int:
     filters = JobFilter(plugin=plugin, statuses=(status,))
     page = with_store(db, lambda s: s.list_jobs(filters, limit=1))
     return int(page.total)
 
 
-def cli_enqueue(db: Path, config: Path, plugin: str, payload: dict[str, Any]) -> str:
+def cli_enqueue(db: Db, config: Path, plugin: str, payload: dict[str, Any]) -> str:
     result = subprocess.run(
         [
             sys.executable,
@@ -98,9 +111,8 @@ def cli_enqueue(db: Path, config: Path, plugin: str, payload: dict[str, Any]) ->
 
 
 def test_a_sigkilled_workers_job_is_recovered_by_another_worker_process(
-    tmp_path: Path, processes: Processes
+    db: Db, tmp_path: Path, processes: Processes
 ) -> None:
-    db = tmp_path / "q.db"
     config = write_config(
         tmp_path, "workers = 2\nlease_seconds = 2\n\n[plugins.sleepy]\nmax_attempts = 3\n"
     )
@@ -142,9 +154,8 @@ def test_a_sigkilled_workers_job_is_recovered_by_another_worker_process(
 
 
 def test_three_worker_processes_run_each_of_300_jobs_exactly_once(
-    tmp_path: Path, processes: Processes
+    db: Db, tmp_path: Path, processes: Processes
 ) -> None:
-    db = tmp_path / "q.db"
     ledger = tmp_path / "ledger.txt"
     # A generous lease: this test is about claims, not recovery; a loaded machine must not
     # turn a slow heartbeat into a legitimate second run.
@@ -195,9 +206,8 @@ def test_three_worker_processes_run_each_of_300_jobs_exactly_once(
 
 
 def test_sigterm_returns_running_jobs_to_queued_without_spending_an_attempt(
-    tmp_path: Path, processes: Processes
+    db: Db, tmp_path: Path, processes: Processes
 ) -> None:
-    db = tmp_path / "q.db"
     config = write_config(
         tmp_path, "workers = 2\nlease_seconds = 2\nshutdown_grace_seconds = 0.5\n"
     )
@@ -234,29 +244,29 @@ def test_sigterm_returns_running_jobs_to_queued_without_spending_an_attempt(
 # --- schedules with two serve processes ----------------------------------------------------------
 
 
-def read_fires(db: Path, schedule_key: str) -> tuple[list[tuple[str, str | None]], list[str]]:
+FIRES = "SELECT slot, job_id FROM schedule_fires WHERE schedule_key = {} ORDER BY slot"
+SCHEDULED_JOBS = "SELECT job_id FROM jobs WHERE schedule_id = {}"
+
+
+def read_fires(db: Db, schedule_key: str) -> tuple[list[tuple[str, str | None]], list[str]]:
     """The (slot, job_id) rows of schedule_fires and the ids of the schedule's jobs."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        fires = conn.execute(
-            "SELECT slot, job_id FROM schedule_fires WHERE schedule_key = ? ORDER BY slot",
-            (schedule_key,),
-        ).fetchall()
-        jobs = [
-            row[0]
-            for row in conn.execute(
-                "SELECT job_id FROM jobs WHERE schedule_id = ?", (schedule_key,)
-            )
-        ]
-    finally:
-        conn.close()
-    return fires, jobs
+    if str(db).startswith("postgresql://"):
+        with psycopg.connect(str(db)) as pg:
+            fires = pg.execute(FIRES.format("%s"), (schedule_key,)).fetchall()
+            jobs = pg.execute(SCHEDULED_JOBS.format("%s"), (schedule_key,)).fetchall()
+    else:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            fires = conn.execute(FIRES.format("?"), (schedule_key,)).fetchall()
+            jobs = conn.execute(SCHEDULED_JOBS.format("?"), (schedule_key,)).fetchall()
+        finally:
+            conn.close()
+    return fires, [row[0] for row in jobs]
 
 
 def test_two_serve_processes_fire_each_schedule_slot_once(
-    tmp_path: Path, processes: Processes
+    db: Db, tmp_path: Path, processes: Processes
 ) -> None:
-    db = tmp_path / "q.db"
     config = write_config(
         tmp_path,
         "lease_seconds = 2\nshutdown_grace_seconds = 1\n\n[plugins.ok]\n"

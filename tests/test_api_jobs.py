@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from queue_service.statuses import STATUS_WORDS, Status
-from queue_service.store import NewJob, SQLiteStore
+from queue_service.store import NewJob, SQLiteStore, StoreUnavailable
 from tests.conftest import TokenFactory, assert_error, bearer
 
 pytestmark = pytest.mark.anyio
@@ -62,6 +62,28 @@ async def test_healthz_needs_no_token_and_counts_active_jobs(
     assert body["status"] == "ok" and body["queue_depth"] == 1
     assert isinstance(body["uptime_seconds"], float) and body["version"]
     assert body["writable"] is True
+
+
+async def test_healthz_answers_503_while_the_database_does_not_and_200_after(
+    client: httpx.AsyncClient, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real outage (a PostgreSQL server refusing connections) is driven in
+    tests/test_storage_faults_postgresql.py; here the answer's shape."""
+    real_depth = store.queue_depth
+    outage = [StoreUnavailable("cannot reach PostgreSQL: the server is restarting")]
+
+    async def depth() -> int:
+        if outage:
+            raise outage[0]
+        return await real_depth()
+
+    monkeypatch.setattr(store, "queue_depth", depth)
+    response = await client.get("/healthz")
+    body = assert_error(response, 503, "unavailable")
+    assert body["error"] == "cannot reach PostgreSQL: the server is restarting"
+    assert response.headers["retry-after"] == "1"
+    outage.clear()
+    assert (await client.get("/healthz")).status_code == 200
 
 
 async def test_empty_listing_shape(

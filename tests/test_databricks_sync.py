@@ -22,7 +22,15 @@ from queue_service.databricks.mapping import run_job_id
 from queue_service.databricks.status import EXTRA_PROGRESS, build_status
 from queue_service.databricks.sync import COMMIT_MAX_RUNS, DatabricksSync
 from queue_service.statuses import Source, Status
-from queue_service.store import ExternalJob, Job, JobFilter, Store, SyncState, UpsertCounts
+from queue_service.store import (
+    ExternalJob,
+    Job,
+    JobFilter,
+    Store,
+    StoreUnavailable,
+    SyncState,
+    UpsertCounts,
+)
 from tests.fakes.databricks_server import FakeDatabricks, Fault, now_ms
 
 pytestmark = pytest.mark.anyio
@@ -748,6 +756,38 @@ async def test_run_forever_survives_faults_and_stops(
     assert "InternalError" in (state.last_error or "")  # it failed, then recovered
     stop.set()
     await asyncio.wait_for(forever, timeout=5)
+
+
+class UnavailableStore(SpyStore):
+    """The store away for the first `outage` page writes (a PostgreSQL server restarting)."""
+
+    def __init__(self, store: Store, outage: int) -> None:
+        super().__init__(store)
+        self.outage = outage
+
+    async def record_sync_page(self, state: SyncState, jobs: Sequence[ExternalJob]) -> UpsertCounts:
+        if self.outage:
+            self.outage -= 1
+            raise StoreUnavailable("cannot reach PostgreSQL: the server is restarting")
+        return await super().record_sync_page(state, jobs)
+
+
+async def test_an_unavailable_store_is_one_line_and_the_next_pass_syncs(
+    fake: FakeDatabricks,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    run_id = fake.start_run(None)
+    unavailable = UnavailableStore(store, outage=1)
+    sync = DatabricksSync(settings(workspace(fake, monkeypatch)), unavailable)
+    with caplog.at_level(logging.WARNING, logger="queue_service.databricks"):
+        assert not (await sync.sync_once()).ok
+    said = [r for r in caplog.records if "the store is unavailable" in r.getMessage()]
+    assert len(said) == 1 and "the server is restarting" in said[0].getMessage(), caplog.text
+    assert all(r.exc_info is None for r in caplog.records), "no traceback for an outage"
+    assert (await sync.sync_once()).ok
+    assert (await job_of(store, fake, run_id)).external_id == str(run_id)
 
 
 async def test_random_faults_converge_to_the_exact_remote_state(

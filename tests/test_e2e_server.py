@@ -104,6 +104,24 @@ def test_a_file_that_is_not_sqlite_is_refused_with_a_message(tmp_path: Path) -> 
     assert "Traceback" not in result.stderr
 
 
+def test_an_unreachable_postgresql_server_is_refused_in_one_line(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    url = f"postgresql://queue:s3cret-pw@127.0.0.1:{port}/queue"
+    result = subprocess.run(
+        [*SERVE, "--db", url, "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert result.stdout == "", "nothing (no token) may be printed for a start that fails"
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("queue-service: "), result.stderr
+    assert f"127.0.0.1:{port}" in lines[0]
+    assert "s3cret-pw" not in result.stderr, "the password must not be shown"
+
+
 def test_a_schedule_naming_an_unknown_command_stops_start_up(tmp_path: Path) -> None:
     plugins = Path(__file__).resolve().parents[1] / "plugins"
     config = tmp_path / "bad.toml"

@@ -30,12 +30,13 @@ from queue_service.api.params import exact_pattern
 from queue_service.config import parse_config
 from queue_service.plugins import load
 from queue_service.store import NewJob, SQLiteStore
-from tests.conftest import RawDatabase, TokenFactory, assert_error, bearer
+from tests.conftest import STORE_BACKENDS, RawDatabase, TokenFactory, assert_error, bearer
 from tests.live_server import (
-    JOB_TABLES,
     ROOT,
+    SNAPSHOT_QUERIES,
     LiveServer,
     jobs_snapshot,
+    live_database,
     raw_request,
     start_server,
 )
@@ -160,16 +161,9 @@ class Unchanged:
         self.before = self.snapshot()
 
     def snapshot(self) -> dict[str, list[tuple[object, ...]]]:
-        tables = {table: f"SELECT * FROM {table}" for table in JOB_TABLES}
-        # The counts as readers see them: a PostgreSQL store folds its deltas into
-        # job_counts in the background, which moves rows without changing a count.
-        tables["job_counts"] = (
-            "SELECT plugin, command, status, source, SUM(n) FROM ("
-            " SELECT plugin, command, status, source, n FROM job_counts UNION ALL"
-            " SELECT plugin, command, status, source, d FROM job_count_deltas) AS c"
-            " GROUP BY plugin, command, status, source HAVING SUM(n) <> 0"
-        )
-        return {table: sorted(self.raw.execute(sql), key=repr) for table, sql in tables.items()}
+        return {
+            name: sorted(self.raw.execute(sql), key=repr) for name, sql in SNAPSHOT_QUERIES.items()
+        }
 
     def check(self) -> None:
         assert self.snapshot() == self.before, "a hostile request changed the database"
@@ -487,14 +481,17 @@ async def test_a_real_id_with_a_prefix_or_suffix_is_not_that_job(
 # -- over the wire, against a real server ------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = start_server(tmp_path_factory.mktemp("hostile"))
-    try:
-        yield server
-    finally:
-        log = server.stop()
-    assert "Traceback" not in log, log[-5000:]
+@pytest.fixture(scope="module", params=sorted(STORE_BACKENDS))
+def live(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    with live_database(request) as db:
+        server = start_server(tmp_path_factory.mktemp("hostile"), db=db)
+        try:
+            yield server
+        finally:
+            log = server.stop()
+        assert "Traceback" not in log, log[-5000:]
 
 
 def _assert_canonical(status: int, headers: dict[str, str], payload: bytes) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from queue_service.config import parse_config
 from queue_service.scheduler import PluginSchedule, Scheduler
 from queue_service.scheduling import FireOutcome, FireResult, ScheduleSpec, ScheduleState
 from queue_service.statuses import Status
-from queue_service.store import SQLiteStore, Store, create_store
+from queue_service.store import SQLiteStore, Store, StoreUnavailable, create_store
 from queue_service.store.types import JobFilter, NewJob
 from queue_service.timeutil import format_ts, parse_rfc3339
 
@@ -203,6 +204,32 @@ async def test_run_forever_keeps_ticking_after_a_failed_tick_until_stopped(
     await asyncio.wait_for(s.run_forever(stop), timeout=5)
     assert times == []
     assert (await store.list_jobs(JobFilter())).total == 1
+
+
+async def test_an_unavailable_store_is_one_log_line_per_tick_and_the_scheduler_goes_on(
+    store: Store, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    stop = asyncio.Event()
+    real_states = store.get_schedule_states
+    failures = [StoreUnavailable("cannot reach PostgreSQL: the server is restarting")] * 2
+
+    async def unavailable_states() -> dict[str, ScheduleState]:
+        if failures:
+            raise failures.pop()
+        stop.set()
+        return await real_states()
+
+    monkeypatch.setattr(store, "get_schedule_states", unavailable_states)
+    spec = ScheduleSpec.model_validate({"id": "hb", "command": "poll", "every": "5m"})
+    s = Scheduler(store, [PluginSchedule("echo", spec)], tick_seconds=0)
+    with caplog.at_level(logging.WARNING, logger="queue_service.scheduler"):
+        await asyncio.wait_for(s.run_forever(stop), timeout=5)
+    assert "echo:hb" in await real_states(), "the tick after the outage settled the schedule"
+    said = [r for r in caplog.records if r.name == "queue_service.scheduler"]
+    assert [r.getMessage() for r in said] == [
+        "scheduler tick failed; will retry: cannot reach PostgreSQL: the server is restarting"
+    ] * 2
+    assert all(r.exc_info is None for r in said), "no traceback for an unavailable store"
 
 
 async def test_run_forever_without_schedules_waits_for_stop(store: Store) -> None:

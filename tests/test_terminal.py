@@ -13,7 +13,7 @@ import pytest
 
 from queue_service.cli import main
 from queue_service.statuses import STATUSES, Status
-from queue_service.store import NewJob, SQLiteStore, SyncState
+from queue_service.store import NewJob, Store, SyncState
 from queue_service.timeutil import format_ts, utcnow
 from tests.processes import Processes, enqueue_many, with_store
 from tests.test_cli import run
@@ -140,7 +140,7 @@ def busy(tmp_path: Path) -> Busy:
     def count(plugin: str, status: Status, n: int = 1) -> None:
         counts[(plugin, status)] = counts.get((plugin, status), 0) + n
 
-    async def make(store: SQLiteStore) -> tuple[str, list[str]]:
+    async def make(store: Store) -> tuple[str, list[str]]:
         echo = await store.enqueue_many([NewJob("echo", "poll", {"i": i}) for i in range(6)])
         other = await store.enqueue_many([NewJob("other", "handle") for _ in range(2)])
         running = await store.claim_jobs("echo", limit=3, owner="t", lease_seconds=60)

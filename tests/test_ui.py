@@ -15,7 +15,7 @@ import pytest
 
 from queue_service.api.ui import CONTENT_SECURITY_POLICY
 from queue_service.auth import TokenService
-from queue_service.store import SQLiteStore
+from queue_service.store import Store
 from queue_service.timeutil import format_ts, utcnow
 from tests.browser import CHROMIUM, Browser, Page, chromium
 from tests.conftest import free_port
@@ -85,7 +85,7 @@ class Dashboard:
 
 
 def _make_tokens(db: Path) -> dict[str, str]:
-    async def make(store: SQLiteStore) -> dict[str, str]:
+    async def make(store: Store) -> dict[str, str]:
         service = TokenService(store)
         return {name: (await service.create(name, scopes))[0] for name, scopes in TOKENS.items()}
 

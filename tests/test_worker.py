@@ -895,6 +895,70 @@ async def test_the_worker_survives_a_failing_claim(
     assert h.task is not None and not h.task.done(), "the worker loop must keep running"
 
 
+async def test_an_outcome_the_store_cannot_take_is_retried_while_the_lease_lasts(
+    harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL server restarting, a busy disk: recording the outcome fails a few
+    times. The worker keeps it and tries again, so the job ends on its first attempt
+    instead of waiting for its lease to expire and running again."""
+    h = harness()
+    real_finish = h.store.finish_attempt
+    failures = [StoreUnavailable("cannot reach PostgreSQL: the server is restarting")] * 3
+
+    async def flaky_finish(*args: Any, **kwargs: Any) -> Status | None:
+        if failures:
+            raise failures.pop()
+        return await real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(h.store, "finish_attempt", flaky_finish)
+    job_id = await h.enqueue("ok")
+    h.start()
+    job = await h.finished(job_id)
+    assert (job.status, job.attempt) == (Status.SUCCEEDED, 1) and not failures
+    assert [a["status"] for a in await h.attempts(job_id)] == ["succeeded"]
+
+
+async def test_an_outcome_is_given_up_when_the_lease_would_have_expired(
+    harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outage longer than the lease: the worker stops trying (recovery owns the job
+    now) and goes on with other work."""
+    h = harness(make_config(lease_seconds=0.5))
+    real_finish = h.store.finish_attempt
+    tries: list[str] = []
+
+    async def failing_finish(job_id: str, **kwargs: Any) -> Status | None:
+        tries.append(job_id)
+        if len(tries) < 100 and job_id == first:
+            raise StoreUnavailable("cannot reach PostgreSQL: the server is down")
+        return await real_finish(job_id, **kwargs)
+
+    monkeypatch.setattr(h.store, "finish_attempt", failing_finish)
+    first = await h.enqueue("ok", max_attempts=1)
+    h.start()
+    await eventually(lambda: not h.worker.running_job_ids and len(tries) > 1, "the give-up")
+    given_up_after = len(tries)
+    # Its outcome never reached the store: the lease expires and recovery ends the job.
+    assert (await h.finished(first)).status is Status.DEAD
+    second = await h.enqueue("ok")
+    assert (await h.finished(second)).status is Status.SUCCEEDED
+    assert tries.count(first) == given_up_after, "the worker went on trying after the lease"
+
+
+async def test_the_worker_starts_while_the_store_cannot_count_missing_plugins(
+    harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = harness()
+
+    async def unavailable() -> dict[str, int]:
+        raise StoreUnavailable("cannot reach PostgreSQL: the server is starting")
+
+    monkeypatch.setattr(h.store, "queued_by_plugin", unavailable)
+    job_id = await h.enqueue("ok")
+    h.start()
+    assert (await h.finished(job_id)).status is Status.SUCCEEDED
+
+
 async def test_missing_plugins_are_counted_without_touching_their_jobs(
     harness: HarnessFactory,
 ) -> None:

@@ -54,15 +54,7 @@ CREATE TABLE jobs (
     submitted_by_token bigint  -- the enqueuing token's id (SQLite's 0004); last, as there
 );
 
-CREATE INDEX jobs_by_time ON jobs (created_at);
-
-CREATE INDEX jobs_by_plugin_command ON jobs (plugin, command, created_at);
-
-CREATE INDEX jobs_by_status ON jobs (status, created_at)
-    WHERE status <> 'succeeded';
-
-CREATE INDEX jobs_by_status_plugin_command ON jobs (status, plugin, command, created_at)
-    WHERE status <> 'succeeded';
+-- The listing indexes (jobs_by_*) are in the listing and exact counts section below.
 
 CREATE INDEX jobs_claimable ON jobs (plugin, run_after) WHERE status = 'queued';
 
@@ -77,9 +69,6 @@ CREATE INDEX jobs_schedule_active ON jobs (schedule_id)
 
 CREATE INDEX jobs_finished ON jobs (completed_at)
     WHERE status NOT IN ('queued', 'running');
-
-CREATE INDEX jobs_by_submitter ON jobs (submitted_by_token, created_at)
-    WHERE submitted_by_token IS NOT NULL;
 
 CREATE TABLE job_attempts (
     id           bigint  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- record order
@@ -125,20 +114,40 @@ CREATE TRIGGER jobs_local_transition BEFORE UPDATE OF status ON jobs
     WHEN (OLD.source = 'local' AND NEW.status IS DISTINCT FROM OLD.status)
     EXECUTE FUNCTION jobs_check_local_transition();
 
--- Exact counts ---------------------------------------------------------------------------
+-- Listing and exact counts (h-pglist; queue_service/store/postgresql/listing.py) ---------
+--
+-- Listing: a page is one or a few index walks in (created_at, seq) order, each reading
+-- about `limit` rows. seq is in every listing index (SQLite's have it as the rowid), so a
+-- walk's order, and the keyset cursor's row comparison, come from the index alone. The
+-- status-led indexes leave out succeeded jobs (most of them): they serve the selective
+-- status filters, and a job leaves them when it succeeds.
 
-CREATE TABLE job_counts (
-    plugin  text   COLLATE "C" NOT NULL,
-    command text   COLLATE "C" NOT NULL,
-    status  text   COLLATE "C" NOT NULL,
-    source  text   COLLATE "C" NOT NULL,
-    n       bigint NOT NULL,
-    PRIMARY KEY (plugin, command, status, source)
-);
+CREATE INDEX jobs_by_time ON jobs (created_at, seq);
 
--- Appended to by the triggers below, in the writer's transaction; folded into the rollups
--- (and deleted) by the store. Only rows visible to the folder's snapshot are folded, so a
--- delta committed meanwhile waits for the next fold.
+CREATE INDEX jobs_by_plugin_command ON jobs (plugin, command, created_at, seq);
+
+CREATE INDEX jobs_by_status ON jobs (status, created_at, seq)
+    WHERE status <> 'succeeded';
+
+CREATE INDEX jobs_by_status_plugin_command ON jobs (status, plugin, command, created_at, seq)
+    WHERE status <> 'succeeded';
+
+-- GET /jobs?mine=true: one token's own jobs (SQLite's 0004), written once per job.
+CREATE INDEX jobs_by_submitter ON jobs (submitted_by_token, created_at, seq)
+    WHERE submitted_by_token IS NOT NULL;
+
+-- Exact counts, kept in the writer's transaction without a row every writer updates:
+-- * the triggers below append one delta row per change of a job's key (plugin, command,
+--   status, source, hour of created_at) to job_count_deltas, an append-only heap with no
+--   index: concurrent writers never wait for each other there;
+-- * the store folds committed deltas into the rollups in the background (one process at a
+--   time, under a transaction-level advisory lock keyed by job_count_deltas' oid): in one
+--   transaction it deletes a batch of deltas and adds their sums to each rollup, dropping
+--   rows that reach zero;
+-- * readers add the unfolded deltas to the rollups in one snapshot, so counts and totals
+--   are exact whatever the fold has reached.
+-- The rollups' keys INCLUDE n, so a sum over a range of hours is an index-only scan.
+
 CREATE TABLE job_count_deltas (
     plugin  text    COLLATE "C" NOT NULL,
     command text    COLLATE "C" NOT NULL,
@@ -148,11 +157,27 @@ CREATE TABLE job_count_deltas (
     d       integer NOT NULL
 );
 
+-- The fold vacuums this table itself after a fold; autovacuum is the backstop.
+ALTER TABLE job_count_deltas SET (
+    autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 10000
+);
+
+CREATE TABLE job_counts (
+    plugin  text   COLLATE "C" NOT NULL,
+    command text   COLLATE "C" NOT NULL,
+    status  text   COLLATE "C" NOT NULL,
+    source  text   COLLATE "C" NOT NULL,
+    n       bigint NOT NULL,
+    PRIMARY KEY (plugin, command, status, source) INCLUDE (n)
+);
+
+CREATE INDEX job_counts_by_command ON job_counts (command, plugin, status, source) INCLUDE (n);
+
 CREATE TABLE job_counts_status (
     status text   COLLATE "C" NOT NULL,
     source text   COLLATE "C" NOT NULL,
     n      bigint NOT NULL,
-    PRIMARY KEY (status, source)
+    PRIMARY KEY (status, source) INCLUDE (n)
 );
 
 CREATE TABLE job_counts_hour (
@@ -160,7 +185,7 @@ CREATE TABLE job_counts_hour (
     source text   COLLATE "C" NOT NULL,
     hour   text   COLLATE "C" NOT NULL,
     n      bigint NOT NULL,
-    PRIMARY KEY (status, source, hour)
+    PRIMARY KEY (status, source, hour) INCLUDE (n)
 );
 
 CREATE TABLE job_counts_hour_plugin (
@@ -169,7 +194,7 @@ CREATE TABLE job_counts_hour_plugin (
     plugin text   COLLATE "C" NOT NULL,
     hour   text   COLLATE "C" NOT NULL,
     n      bigint NOT NULL,
-    PRIMARY KEY (status, source, plugin, hour)
+    PRIMARY KEY (status, source, plugin, hour) INCLUDE (n)
 );
 
 CREATE TABLE job_counts_hour_command (
@@ -178,7 +203,7 @@ CREATE TABLE job_counts_hour_command (
     command text   COLLATE "C" NOT NULL,
     hour    text   COLLATE "C" NOT NULL,
     n       bigint NOT NULL,
-    PRIMARY KEY (status, source, command, hour)
+    PRIMARY KEY (status, source, command, hour) INCLUDE (n)
 );
 
 CREATE TABLE job_counts_hour_plugin_command (
@@ -188,7 +213,7 @@ CREATE TABLE job_counts_hour_plugin_command (
     command text   COLLATE "C" NOT NULL,
     hour    text   COLLATE "C" NOT NULL,
     n       bigint NOT NULL,
-    PRIMARY KEY (status, source, plugin, command, hour)
+    PRIMARY KEY (status, source, plugin, command, hour) INCLUDE (n)
 );
 
 -- The count triggers run once per statement, over its transition tables: a statement that
@@ -240,6 +265,8 @@ CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs
 CREATE TRIGGER jobs_count_update AFTER UPDATE ON jobs
     REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
     FOR EACH STATEMENT EXECUTE FUNCTION jobs_count_update();
+
+-- End of the listing and exact counts section (h-pglist). --------------------------------
 
 -- Plugin state, tokens, schedules, sync -------------------------------------------------
 

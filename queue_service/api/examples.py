@@ -80,6 +80,13 @@ HEALTH: dict[str, Any] = {
     "warnings": [],
 }
 
+#: What GET /healthz answers while the PostgreSQL server refuses connections.
+HEALTH_OUTAGE: dict[str, Any] = {
+    "error": "no connection to PostgreSQL (postgresql://db.example:5432/queue) became free in "
+    "time: the server is unreachable or every pooled connection is busy; try again shortly",
+    "code": "unavailable",
+}
+
 PLUGIN_LIST: dict[str, Any] = {
     "plugins": [
         {

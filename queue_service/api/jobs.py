@@ -9,7 +9,13 @@ from queue_service import models
 from queue_service.api import examples
 from queue_service.api.operations import Context, Operation, insufficient_scope
 from queue_service.api.params import JOB_LIST_PARAMS
-from queue_service.api.responses import job_not_found, job_response, json_response, page_body
+from queue_service.api.responses import (
+    could_be_a_job_id,
+    job_not_found,
+    job_response,
+    json_response,
+    page_body,
+)
 from queue_service.api.sync_routes import sync_status
 from queue_service.scopes import grants
 from queue_service.store import JobFilter
@@ -48,7 +54,7 @@ async def _warnings(ctx: Context) -> list[str]:
 
 async def get_job(request: Request, ctx: Context) -> Response:
     job_id = request.path_params["job_id"]
-    job = await ctx.state.store.get_job(job_id) if len(job_id) <= 200 else None
+    job = await ctx.state.store.get_job(job_id) if could_be_a_job_id(job_id) else None
     if job is None or not _may_read(ctx, job.submitted_by_token):
         # Another token's job is a 404 like an unknown id, so that a token without
         # jobs:status:ro cannot learn which ids exist.
@@ -86,11 +92,23 @@ OPERATIONS = (
         path="/healthz",
         operation_id="get_health",
         summary="Liveness, version and queue depth",
-        description="`queue_depth` counts jobs that are queued or running.",
+        description=(
+            "`queue_depth` counts jobs that are queued or running. A 503 means the process "
+            "is up but its database does not answer (a PostgreSQL server that is down, "
+            "restarting or refusing connections, say); it answers 200 again as soon as the "
+            "database does, without a restart."
+        ),
         handler=health,
         scope=None,
-        responses={200: (models.Health, "The service is up.")},
-        examples={200: examples.HEALTH},
+        responses={
+            200: (models.Health, "The service is up."),
+            503: (
+                models.ErrorBody,
+                "The database does not answer: unreachable, busy, or a query ran too long "
+                "(`code` unavailable, `Retry-After: 1`).",
+            ),
+        },
+        examples={200: examples.HEALTH, 503: examples.HEALTH_OUTAGE},
         tags=("service",),
     ),
     Operation(

@@ -43,7 +43,7 @@ _ERROR_TEXT = {
     413: "The request body is over the size limit.",
     415: "The body must be application/json.",
     500: "Internal error.",
-    503: "The database is busy, read-only, out of space, or a query ran too long.",
+    503: ("The database is busy, read-only, out of space or unreachable, or a query ran too long."),
 }
 
 

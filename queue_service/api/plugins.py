@@ -19,12 +19,16 @@ from queue_service.api import examples
 from queue_service.api.operations import ANY_SCOPE, Context, Operation, insufficient_scope
 from queue_service.api.params import (
     MAX_ECHO,
-    MAX_TEXT,
     IntegerTooLong,
     parse_json_integer,
     parse_timestamp,
 )
-from queue_service.api.responses import job_not_found, job_response, json_response
+from queue_service.api.responses import (
+    could_be_a_job_id,
+    job_not_found,
+    job_response,
+    json_response,
+)
 from queue_service.errors import ApiError
 from queue_service.overview import schedule_infos
 from queue_service.plugins import PluginLookupError, PluginUnavailable, UnknownCommand
@@ -267,7 +271,7 @@ async def enqueue(request: Request, ctx: Context) -> Response:
 async def cancel(request: Request, ctx: Context) -> Response:
     job_id = request.path_params["job_id"]
     try:
-        if len(job_id) > MAX_TEXT:  # no id is that long
+        if not could_be_a_job_id(job_id):
             raise JobNotFound(job_id[:MAX_ECHO])
         outcome = await ctx.state.store.cancel_job(job_id)
     except JobNotFound:

@@ -17,7 +17,7 @@ import orjson
 from starlette.responses import Response
 
 from queue_service.api.operations import Context
-from queue_service.api.params import encode_cursor
+from queue_service.api.params import MAX_TEXT, encode_cursor
 from queue_service.errors import ApiError
 from queue_service.scopes import grants
 from queue_service.store import Job, JobPage, JobSummary
@@ -96,6 +96,13 @@ def page_body(page: JobPage) -> dict[str, Any]:
         "total": page.total,
         "next_cursor": encode_cursor(page.next_cursor) if page.next_cursor else None,
     }
+
+
+def could_be_a_job_id(job_id: str) -> bool:
+    """False for text no job id can be: longer than any id, or holding a NUL (which a
+    PostgreSQL text column cannot even be compared with). Such an id is a 404 without
+    asking the store."""
+    return len(job_id) <= MAX_TEXT and "\x00" not in job_id
 
 
 def job_not_found(job_id: str) -> ApiError:

@@ -73,7 +73,7 @@ from queue_service.databricks.status import (
     build_status,
 )
 from queue_service.statuses import Source, Status
-from queue_service.store import ExternalJob, Job, Store, SyncState
+from queue_service.store import ExternalJob, Job, Store, StoreUnavailable, SyncState
 from queue_service.timeutil import format_ts, utcnow
 
 log = logging.getLogger("queue_service.databricks.sync")
@@ -253,9 +253,13 @@ class DatabricksSync:
             except DatabricksFault as fault:
                 await self._record_fault(name, fault, result)
             except Exception as exc:
-                # The store or our own code failed: back off like a transient
-                # fault (with the traceback in the log) rather than kill the loop.
-                log.exception("databricks sync of %r failed unexpectedly", name)
+                # The store or our own code failed: back off like a transient fault
+                # rather than kill the loop. An unavailable store (busy, full, a
+                # PostgreSQL server away) is one line; anything else has its traceback.
+                if isinstance(exc, StoreUnavailable):
+                    log.warning("databricks sync of %r: the store is unavailable: %s", name, exc)
+                else:
+                    log.exception("databricks sync of %r failed unexpectedly", name)
                 unexpected = TransientFault(
                     name, f"workspace {name!r}: {type(exc).__name__}: {exc}"
                 )
@@ -567,6 +571,8 @@ class DatabricksSync:
             self._states[name] = state
         try:
             await self._store.save_sync_state(state)
+        except StoreUnavailable as exc:
+            log.warning("databricks sync: cannot record the fault of workspace %r: %s", name, exc)
         except Exception:
             log.exception("databricks sync: cannot record the fault of workspace %r", name)
 

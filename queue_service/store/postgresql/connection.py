@@ -279,6 +279,11 @@ class Database:
             kwargs=self._connect_kwargs(),
             configure=self._configure,
             timeout=self.connect_timeout_s,
+            # The pool retries a lost connection in the background with a doubling pause
+            # and no cap until reconnect_timeout: after a long outage its next try could be
+            # minutes away. Giving up soon instead lets the next request that waits start a
+            # fresh attempt at once, so service resumes as soon as the server answers.
+            reconnect_timeout=self.connect_timeout_s,
             name="queue-service",
             open=False,
         )

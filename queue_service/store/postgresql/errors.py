@@ -30,7 +30,9 @@ def is_connection_lost(exc: BaseException, conn: psycopg.AsyncConnection[object]
         return True
     if not isinstance(exc, psycopg.OperationalError) or isinstance(exc, pg.QueryCanceled):
         return False
-    return conn is None or conn.broken or conn.closed
+    # Without a connection the pool raised (PoolTimeout): it has already waited its
+    # timeout for one, so running the body again would only multiply the wait.
+    return conn is not None and (conn.broken or conn.closed)
 
 
 def translate_error(exc: BaseException, where: str) -> BaseException:

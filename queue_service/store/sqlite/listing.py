@@ -27,16 +27,22 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from queue_service.statuses import SOURCES, STATUSES, Status
+from queue_service.statuses import Status
+from queue_service.store.listing_plan import (
+    CountRow,
+    base_params,
+    bounded_total,
+    by_status,
+    cut_page,
+    own_jobs_by_time_only,
+    sources_of,
+    statuses_of,
+    sum_counts,
+)
 from queue_service.store.sqlite.rows import summary_from_row
 from queue_service.store.sqlite.sql import q
 from queue_service.store.types import Cursor, JobFilter, JobPage, JobSummary
 
-#: Bounds outside any timestamp or hour: '' sorts first, '~' after every digit.
-_START, _END = "", "~"
-_MAX_SEQ = 2**63 - 1
-#: The length of the hour prefix of a timestamp: 2026-11-23T15
-_HOUR = 13
 _SUCCEEDED = Status.SUCCEEDED.value
 
 _COUNTS = {
@@ -52,8 +58,6 @@ _MAX_SCAN_RATIO = 40
 #: At most this many walks merged for one page when a single row-filtered walk would do.
 _MAX_WALKS = 12
 
-CountRow = tuple[str, str, str | None, str | None, int]  # status, source, plugin, command, n
-
 
 def _padded(prefix: str, values: Sequence[str], size: int) -> dict[str, str]:
     """Bind a list to a fixed number of placeholders by repeating its first element."""
@@ -66,19 +70,14 @@ def _counts(
     """Exact counts per key that match the filters (keys without jobs left out)."""
     key = (filters.plugin is not None, filters.command is not None)
     names = {"plugin": filters.plugin, "command": filters.command}
-    summed: dict[tuple[str, str, str | None, str | None], int] = {}
-    for status, source, plugin, command, n in conn.execute(q(_COUNTS[key]), names):
-        if status in statuses and source in sources:
-            k = (status, source, plugin, command)
-            summed[k] = summed.get(k, 0) + int(n)
-    return [(*k, n) for k, n in summed.items() if n > 0]
+    return sum_counts(conn.execute(q(_COUNTS[key]), names), statuses, sources)
 
 
 def list_jobs(
     conn: sqlite3.Connection, filters: JobFilter, limit: int, cursor: Cursor | None
 ) -> JobPage:
-    statuses = sorted({s.value for s in filters.statuses} or set(STATUSES))
-    sources = sorted({s.value for s in filters.sources} or set(SOURCES))
+    statuses = statuses_of(filters)
+    sources = sources_of(filters)
     if filters.submitted_by_token is not None:
         counts: list[CountRow] = []
     else:
@@ -86,16 +85,9 @@ def list_jobs(
         if not counts:
             return JobPage(jobs=[], total=0, next_cursor=None)
     base: dict[str, Any] = {
-        "after": filters.created_after or _START,
-        "before": filters.created_before or _END,
-        "cursor_created": cursor.created_at if cursor else _END,
-        "cursor_seq": cursor.seq if cursor else _MAX_SEQ,
-        "limit": limit + 1,
-        "plugin": filters.plugin,
-        "command": filters.command,
+        **base_params(filters, limit, cursor),
         **_padded("s", statuses, 7),
         **_padded("src", sources, 2),
-        "token": filters.submitted_by_token,
     }
     if filters.submitted_by_token is not None:
         return _own_jobs(conn, filters, base, limit)
@@ -108,8 +100,7 @@ def list_jobs(
     finally:
         for walk in walks:
             walk.close()
-    jobs = [summary_from_row(r) for r in rows[:limit]]
-    next_cursor = Cursor(jobs[-1].created_at, jobs[-1].seq) if len(rows) > limit else None
+    jobs, next_cursor = cut_page(rows, limit, summary_from_row)
     if filters.created_after is None and filters.created_before is None:
         total = sum(n for *_, n in counts)
     else:
@@ -122,9 +113,8 @@ def _own_jobs(
 ) -> JobPage:
     """The jobs one token enqueued: one walk and one count over jobs_by_submitter."""
     rows = conn.execute(q("walk_submitter"), base).fetchall()
-    jobs = [summary_from_row(r) for r in rows[:limit]]
-    next_cursor = Cursor(jobs[-1].created_at, jobs[-1].seq) if len(rows) > limit else None
-    only_time = not (filters.plugin or filters.command or filters.statuses or filters.sources)
+    jobs, next_cursor = cut_page(rows, limit, summary_from_row)
+    only_time = own_jobs_by_time_only(filters)
     total = _count(conn, "count_submitter_by_time" if only_time else "count_submitter", base)
     return JobPage(jobs=jobs, total=total, next_cursor=next_cursor)
 
@@ -160,26 +150,18 @@ def _walks(
 
 def _bounded_total(conn: sqlite3.Connection, filters: JobFilter, base: dict[str, Any]) -> int:
     """The exact count with time bounds: whole hours from the rollups, edges from an index."""
-    after, before = base["after"], base["before"]
-    if after >= before:
+    parts = bounded_total(filters)
+    if parts is None:
         return 0
-    hour_after = after[:_HOUR] if filters.created_after else _START
-    hour_before = before[:_HOUR] if filters.created_before else _END
     key = (filters.plugin is not None, filters.command is not None)
     edge = "edge_count_plugin_command" if key == (True, True) else "edge_count_time"
-    params = base
-    if filters.created_after and filters.created_before and hour_after == hour_before:
-        # One partial hour: count it whole in the index.
-        return _count(conn, edge, {**params, "lo": after, "hi": before})
-    total = _count(
-        conn, _HOURS[key], {**params, "hour_after": hour_after, "hour_before": hour_before}
-    )
-    if filters.created_after:
-        # (after, end of its hour): every timestamp of that hour sorts before hour + '~'.
-        total += _count(conn, edge, {**params, "lo": after, "hi": hour_after + _END})
-    if filters.created_before:
-        # [start of its hour, before): every timestamp of that hour sorts after the prefix.
-        total += _count(conn, edge, {**params, "lo": hour_before, "hi": before})
+    total = 0
+    if parts.hours is not None:
+        hour_after, hour_before = parts.hours
+        hours = {**base, "hour_after": hour_after, "hour_before": hour_before}
+        total += _count(conn, _HOURS[key], hours)
+    for lo, hi in parts.edges:
+        total += _count(conn, edge, {**base, "lo": lo, "hi": hi})
     return total
 
 
@@ -191,12 +173,7 @@ def count_by_status(conn: sqlite3.Connection, filters: JobFilter) -> dict[Status
     """Exact counts per status of the jobs matching `filters` (no time bounds)."""
     if filters.created_after is not None or filters.created_before is not None:
         raise ValueError("counts by status take no time bounds")
-    statuses = sorted({s.value for s in filters.statuses} or set(STATUSES))
-    sources = sorted({s.value for s in filters.sources} or set(SOURCES))
-    by_status: dict[Status, int] = {}
-    for status, _source, _plugin, _command, n in _counts(conn, filters, statuses, sources):
-        by_status[Status(status)] = by_status.get(Status(status), 0) + n
-    return by_status
+    return by_status(_counts(conn, filters, statuses_of(filters), sources_of(filters)))
 
 
 def count_by_plugin(conn: sqlite3.Connection) -> dict[str, dict[Status, int]]:
