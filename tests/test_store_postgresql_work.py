@@ -7,6 +7,7 @@ process on another host would have."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,24 +23,27 @@ pytestmark = pytest.mark.anyio
 WAKE_WITHIN = 10.0
 
 
-@pytest.fixture
-async def pg(postgresql_url: str) -> AsyncIterator[PostgreSQLStore]:
-    store = PostgreSQLStore(postgresql_url)
+@contextlib.asynccontextmanager
+async def opened(url: str) -> AsyncIterator[PostgreSQLStore]:
+    store = PostgreSQLStore(url)
     await store.open()
     try:
         yield store
     finally:
         await store.close()
+
+
+@pytest.fixture
+async def pg(postgresql_url: str) -> AsyncIterator[PostgreSQLStore]:
+    async with opened(postgresql_url) as store:
+        yield store
 
 
 @pytest.fixture
 async def other(pg: PostgreSQLStore, postgresql_url: str) -> AsyncIterator[PostgreSQLStore]:
-    store = PostgreSQLStore(postgresql_url)
-    await store.open()
-    try:
+    """Another process: its own pool and connections on the same schema."""
+    async with opened(postgresql_url) as store:
         yield store
-    finally:
-        await store.close()
 
 
 def raw(url: str) -> psycopg.Connection[Any]:

@@ -325,6 +325,34 @@ async def test_finishes_at_once_each_get_their_own_outcome(store: Store) -> None
         assert [a["status"] for a in await store.get_attempts(job.job_id)] == ["running"]
 
 
+async def test_of_two_finishes_at_once_only_the_lease_holders_counts(store: Store) -> None:
+    """A stale holder (an older attempt of this owner, or another owner) finishes at the
+    same moment as the holder: the holder's outcome is recorded, the other gets None."""
+    await enqueue(store, max_attempts=3)
+    first = await claim_one(store, lease_seconds=1)
+    moment = later()
+    await store.recover_expired_leases(now=moment)
+    second = await claim_one(store, now=moment)
+    assert second.attempt == 2
+    stale = AttemptEnd(
+        status=Status.FAILED, attempt_status=AttemptStatus.FAILED, error="stale", exit_code=9
+    )
+    outcomes = await asyncio.gather(
+        store.finish_attempt(first.job_id, plugin="p", attempt=1, owner=OWNER, end=stale),
+        store.finish_attempt(first.job_id, plugin="p", attempt=2, owner=OTHER, end=stale),
+        finish_ok(store, second, exit_code=0),
+    )
+    assert list(outcomes) == [None, None, Status.SUCCEEDED]
+    done = await get(store, first.job_id)
+    assert (done.status, done.result) == (Status.SUCCEEDED, {"done": True})
+    assert done.last_error is not None and "lost" in done.last_error, "not the stale error"
+    attempts = await store.get_attempts(first.job_id)
+    assert [(a["attempt"], a["status"], a["exit_code"]) for a in attempts] == [
+        (1, "lost", None),
+        (2, "succeeded", 0),
+    ]
+
+
 async def test_a_finished_job_cannot_be_finished_again(store: Store) -> None:
     await enqueue(store)
     job = await claim_one(store)

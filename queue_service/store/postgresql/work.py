@@ -28,7 +28,7 @@ from psycopg.rows import dict_row
 from queue_service.statuses import Status
 from queue_service.store.errors import StoreUnavailable
 from queue_service.store.postgresql.connection import Conn, Database
-from queue_service.store.postgresql.rows import encode_json, job_from_row
+from queue_service.store.postgresql.rows import encode_json, free_text, job_from_row
 from queue_service.store.postgresql.sql import q
 from queue_service.store.postgresql.wakeups import WorkListener
 from queue_service.store.types import AttemptEnd, Job, RecoveredJob
@@ -38,28 +38,29 @@ from queue_service.timeutil import format_ts, now_ts, utcnow
 MAX_FINISH_GROUP = 500
 
 
-def text(value: str | None) -> str | None:
-    """PostgreSQL text cannot hold NUL; a plugin's stderr or error message may."""
-    return None if value is None else value.replace("\x00", "\ufffd")
+#: What names an attempt's end: (job_id, attempt, owner).
+Key = tuple[str, int, str]
 
 
 @dataclass(slots=True)
 class _Finish:
-    """One finish_attempt call waiting for its group."""
+    """One finish_attempt call (waiting for its group, when `future` is set)."""
 
     job_id: str
     attempt: int
     owner: str
     end: AttemptEnd
-    future: asyncio.Future[Status | None]
+    future: asyncio.Future[Status | None] | None = None
 
     @property
-    def key(self) -> tuple[str, int, str]:
+    def key(self) -> Key:
         return (self.job_id, self.attempt, self.owner)
 
 
 def _finish_params(finishes: Sequence[_Finish], now: str) -> dict[str, Any]:
-    """The arrays of finish_attempts, one element per finish."""
+    """The arrays of finish_attempts, one element per finish, in job id order (so that a
+    heartbeat or release of the same jobs locks them in the same order)."""
+    finishes = sorted(finishes, key=lambda f: f.job_id)
     ends = [f.end for f in finishes]
     return {
         "job_ids": [f.job_id for f in finishes],
@@ -69,21 +70,24 @@ def _finish_params(finishes: Sequence[_Finish], now: str) -> dict[str, Any]:
         "results": [encode_json(e.result) for e in ends],
         "events": [encode_json(e.events) for e in ends],
         "logs": [encode_json(e.logs) for e in ends],
-        "errors": [text(e.error) for e in ends],
+        "errors": [free_text(e.error) for e in ends],
         "run_afters": [e.run_after for e in ends],
         "attempt_statuses": [e.attempt_status.value for e in ends],
         "exit_codes": [e.exit_code for e in ends],
-        "stderr_tails": [text(e.stderr_tail) for e in ends],
+        "stderr_tails": [free_text(e.stderr_tail) for e in ends],
         "now": now,
     }
 
 
-async def _finish(conn: Conn, finishes: Sequence[_Finish], plugin: str | None) -> dict[str, Status]:
-    """Finish a group of attempts; {job_id: new status} for those whose lease was held.
+async def _finish(conn: Conn, finishes: Sequence[_Finish], plugin: str | None) -> dict[Key, Status]:
+    """Finish a group of attempts; {key: new status} for those whose lease was held.
     `plugin` is given for a single finish with state updates, merged in this transaction."""
     now = now_ts()
     cur = await conn.execute(q("finish_attempts"), _finish_params(finishes, now))
-    done = {job_id: Status(status) for job_id, status in await cur.fetchall()}
+    done = {
+        (job_id, attempt, owner): Status(status)
+        for job_id, attempt, owner, status in await cur.fetchall()
+    }
     if plugin is not None and done:
         (only,) = finishes
         await conn.execute(
@@ -166,7 +170,7 @@ async def _cancel_queued(
     params = {
         "plugin": plugin,
         "command": command,
-        "reason": text(reason),
+        "reason": free_text(reason),
         "limit": limit,
         "now": now_ts(),
     }
@@ -219,13 +223,13 @@ class WorkMixin(Database):
     async def finish_attempt(
         self, job_id: str, *, plugin: str, attempt: int, owner: str, end: AttemptEnd
     ) -> Status | None:
-        future: asyncio.Future[Status | None] = asyncio.get_running_loop().create_future()
-        # A caller cancelled meanwhile never reads its outcome: mark it read.
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
-        finish = _Finish(job_id, attempt, owner, end, future)
+        finish = _Finish(job_id, attempt, owner, end)
         if end.state_updates:
             done = await self._tx(_finish, [finish], plugin)
-            return done.get(job_id)
+            return done.get(finish.key)
+        finish.future = future = asyncio.get_running_loop().create_future()
+        # A caller cancelled meanwhile never reads its outcome: mark it read.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
         if self._finish_queue is None:
             self._finish_queue = []
         self._finish_queue.append(finish)
@@ -241,7 +245,7 @@ class WorkMixin(Database):
         while queue:
             group: list[_Finish] = []
             later: list[_Finish] = []
-            keys: set[tuple[str, int, str]] = set()
+            keys: set[Key] = set()
             for finish in queue:
                 # The same attempt twice (a repeated call) goes in the next group, so that
                 # each call learns whether its own write happened.
@@ -272,10 +276,10 @@ class WorkMixin(Database):
                 except Exception as own:
                     _settle(finish, own)
                 else:
-                    _settle(finish, alone.get(finish.job_id))
+                    _settle(finish, alone.get(finish.key))
             return
         for finish in group:
-            _settle(finish, done.get(finish.job_id))
+            _settle(finish, done.get(finish.key))
 
     async def recover_expired_leases(
         self, *, now: datetime | None = None, limit: int = 500
@@ -320,9 +324,10 @@ class WorkMixin(Database):
 
 
 def _settle(finish: _Finish, outcome: Status | BaseException | None) -> None:
-    if finish.future.done():
+    future = finish.future
+    if future is None or future.done():
         return
     if isinstance(outcome, BaseException):
-        finish.future.set_exception(outcome)
+        future.set_exception(outcome)
     else:
-        finish.future.set_result(outcome)
+        future.set_result(outcome)

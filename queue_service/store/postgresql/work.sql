@@ -46,8 +46,9 @@ WHERE jobs.job_id = held.job_id AND jobs.attempt = held.attempt
 RETURNING jobs.job_id, jobs.cancel_requested;
 
 -- name: finish_attempts
--- Several attempts' ends in one statement. Only the holder of the current attempt may
--- finish it; a lost lease leaves its row out (the caller gets None). A cancel requested
+-- Several attempts' ends in one statement, each named by (job_id, attempt, owner). Only the
+-- holder of the current attempt may finish it; a lost lease leaves its row out (the caller
+-- gets None), so of two ends of one job (a stale holder's and the holder's) one applies. A cancel requested
 -- while the attempt ran wins over a retry: the job ends canceled instead of running again.
 WITH ends AS (
     SELECT * FROM unnest(
@@ -73,7 +74,7 @@ WITH ends AS (
     FROM ends AS e
     WHERE jobs.job_id = e.job_id AND jobs.status = 'running'
       AND jobs.lease_owner = e.owner AND jobs.attempt = e.attempt
-    RETURNING jobs.job_id, jobs.attempt, jobs.status
+    RETURNING jobs.job_id, jobs.attempt, e.owner, jobs.status
 ), recorded AS (
     UPDATE job_attempts SET
         status = e.attempt_status,
@@ -81,11 +82,12 @@ WITH ends AS (
         exit_code = e.exit_code,
         error = e.error,
         stderr_tail = e.stderr_tail
-    FROM finished AS f JOIN ends AS e ON e.job_id = f.job_id
+    FROM finished AS f
+    JOIN ends AS e ON e.job_id = f.job_id AND e.attempt = f.attempt AND e.owner = f.owner
     WHERE job_attempts.job_id = f.job_id AND job_attempts.attempt = f.attempt
       AND job_attempts.status = 'running'
 )
-SELECT job_id, status FROM finished;
+SELECT job_id, attempt, owner, status FROM finished;
 
 -- name: merge_plugin_state
 -- ductile's shallow merge, as SQLite's store does it: each top-level key of the updates
