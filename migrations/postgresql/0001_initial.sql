@@ -126,7 +126,9 @@ CREATE INDEX jobs_by_time ON jobs (created_at, seq);
 
 CREATE INDEX jobs_by_plugin_command ON jobs (plugin, command, created_at, seq);
 
-CREATE INDEX jobs_by_status ON jobs (status, created_at, seq)
+-- With the source: a status filter beside a source filter (failed Databricks runs) walks
+-- exactly its jobs.
+CREATE INDEX jobs_by_status ON jobs (status, source, created_at, seq)
     WHERE status <> 'succeeded';
 
 CREATE INDEX jobs_by_status_plugin_command ON jobs (status, plugin, command, created_at, seq)
@@ -214,6 +216,44 @@ CREATE TABLE job_counts_hour_plugin_command (
     hour    text   COLLATE "C" NOT NULL,
     n       bigint NOT NULL,
     PRIMARY KEY (status, source, plugin, command, hour) INCLUDE (n)
+);
+
+-- The same per day (the first 10 characters of created_at: 2026-11-23), so a total over
+-- weeks sums days, and hours only in the two days at its ends.
+CREATE TABLE job_counts_day (
+    status text   COLLATE "C" NOT NULL,
+    source text   COLLATE "C" NOT NULL,
+    day    text   COLLATE "C" NOT NULL,
+    n      bigint NOT NULL,
+    PRIMARY KEY (status, source, day) INCLUDE (n)
+);
+
+CREATE TABLE job_counts_day_plugin (
+    status text   COLLATE "C" NOT NULL,
+    source text   COLLATE "C" NOT NULL,
+    plugin text   COLLATE "C" NOT NULL,
+    day    text   COLLATE "C" NOT NULL,
+    n      bigint NOT NULL,
+    PRIMARY KEY (status, source, plugin, day) INCLUDE (n)
+);
+
+CREATE TABLE job_counts_day_command (
+    status  text   COLLATE "C" NOT NULL,
+    source  text   COLLATE "C" NOT NULL,
+    command text   COLLATE "C" NOT NULL,
+    day     text   COLLATE "C" NOT NULL,
+    n       bigint NOT NULL,
+    PRIMARY KEY (status, source, command, day) INCLUDE (n)
+);
+
+CREATE TABLE job_counts_day_plugin_command (
+    status  text   COLLATE "C" NOT NULL,
+    source  text   COLLATE "C" NOT NULL,
+    plugin  text   COLLATE "C" NOT NULL,
+    command text   COLLATE "C" NOT NULL,
+    day     text   COLLATE "C" NOT NULL,
+    n       bigint NOT NULL,
+    PRIMARY KEY (status, source, plugin, command, day) INCLUDE (n)
 );
 
 -- The count triggers run once per statement, over its transition tables: a statement that
