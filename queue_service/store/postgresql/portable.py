@@ -35,7 +35,10 @@ def _columns(names: Sequence[str]) -> sql.Composable:
     return sql.SQL(", ").join(map(sql.Identifier, names))
 
 
-async def _counts(conn: Conn) -> dict[str, int]:
+async def _counts(conn: Conn, budget_ms: int) -> dict[str, int]:
+    # Whole tables are counted (once at each end of a copy): the write budget, not a
+    # request's, or a large store could not be copied at all.
+    await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(budget_ms))
     query = sql.SQL("SELECT {}").format(
         sql.SQL(", ").join(
             sql.SQL("(SELECT count(*) FROM {})").format(sql.Identifier(table.name))
@@ -125,7 +128,7 @@ class PortableMixin(Database):
     """The portable form: what `queue-service copy` reads and writes."""
 
     async def portable_counts(self) -> dict[str, int]:
-        return await self._read_statement(_counts)
+        return await self._read(_counts, int(self.write_timeout_s * 1000))
 
     async def export_rows(
         self, table: str, *, after: Any = None, limit: int = 1000
