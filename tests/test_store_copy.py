@@ -201,6 +201,22 @@ async def test_merge_skips_what_the_target_holds_and_finishes_a_cut_short_copy(
     assert await target.portable_counts() == await store.portable_counts()
 
 
+async def test_pages_of_a_two_column_key_cover_every_row_once(store: Store) -> None:
+    # schedule_fires pages by (schedule_key, slot): the cursor is a pair.
+    fired = [(key, f"2026-12-02T{hour:02}:00Z") for key in ("p:a", "p:b") for hour in range(3)]
+    for key, slot in fired:
+        await store.fire_schedule_slot(key, slot, slot, NewJob("p", "c0", {}), False)
+    seen: list[tuple[str, str]] = []
+    rows, after = await store.export_rows("schedule_fires", limit=4)
+    while True:
+        seen += [(row[0], row[1]) for row in rows]
+        if after is None:
+            break
+        assert isinstance(after, tuple) and len(after) == 2
+        rows, after = await store.export_rows("schedule_fires", after=after, limit=4)
+    assert seen == fired
+
+
 async def test_batch_must_be_positive(store: Store, target: Store) -> None:
     with pytest.raises(ValueError, match="batch"):
         await copy_store(store, target, batch=0)
