@@ -16,8 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
+from queue_service.store.errors import StoreError
 from queue_service.store.portable import (
     PORTABLE_TABLES,
     CopyError,
@@ -177,5 +179,13 @@ class PortableMixin(Database):
         return await self._read_statement(_export, table, after, limit)
 
     async def import_rows(self, table: str, rows: Sequence[tuple[Any, ...]]) -> int:
-        storable = _storable(portable_table(table), rows)
-        return await self._tx(_import, table, storable)
+        batch = list(rows)
+        try:
+            return await self._tx(_import, table, batch)
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, psycopg.DataError):
+                raise
+        # psycopg refused a value (a NUL, which PostgreSQL text cannot hold): the batch
+        # again, as it can be stored. Checked only then, as looking for a NUL in every value
+        # of every batch would cost a large copy seconds.
+        return await self._tx(_import, table, _storable(portable_table(table), batch))
