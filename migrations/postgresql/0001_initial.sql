@@ -122,12 +122,12 @@ CREATE TRIGGER jobs_local_transition BEFORE UPDATE OF status ON jobs
 -- status-led indexes leave out succeeded jobs (most of them): they serve the selective
 -- status filters, and a job leaves them when it succeeds.
 
-CREATE INDEX jobs_by_time ON jobs (created_at, seq);
+-- Per source, so a source filter walks exactly its jobs (without one: a walk per source).
+CREATE INDEX jobs_by_time ON jobs (source, created_at, seq);
 
 CREATE INDEX jobs_by_plugin_command ON jobs (plugin, command, created_at, seq);
 
--- With the source: a status filter beside a source filter (failed Databricks runs) walks
--- exactly its jobs.
+-- Per (status, source) likewise: failed Databricks runs are one walk.
 CREATE INDEX jobs_by_status ON jobs (status, source, created_at, seq)
     WHERE status <> 'succeeded';
 
@@ -148,7 +148,10 @@ CREATE INDEX jobs_by_submitter ON jobs (submitted_by_token, created_at, seq)
 --   rows that reach zero;
 -- * readers add the unfolded deltas to the rollups in one snapshot, so counts and totals
 --   are exact whatever the fold has reached.
--- The rollups' keys INCLUDE n, so a sum over a range of hours is an index-only scan.
+-- Rollups per (plugin, command, status, source), per (status, source), and per hour and
+-- per day of created_at (all of them, by plugin, by command, by both): a total with time
+-- bounds sums whole days, then whole hours, then counts two partial hours in an index.
+-- Their keys INCLUDE n and the store vacuums them, so those sums are index-only scans.
 
 CREATE TABLE job_count_deltas (
     plugin  text    COLLATE "C" NOT NULL,

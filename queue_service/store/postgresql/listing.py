@@ -184,13 +184,11 @@ def _walk_known_beforehand(filters: JobFilter) -> tuple[str, dict[str, Any]] | N
         keys = {"walk_plugins": [filters.plugin], "walk_commands": [filters.command]}
         return "walk_plugin_command", keys
     if filters.plugin is None and filters.command is None:
-        return "walk_time", {}
+        return "walk_time", {"walk_sources": sorted(SOURCES)}
     return None
 
 
-def _plan_walk(
-    filters: JobFilter, counts: _Counts, matching: list[CountRow], limit: int
-) -> tuple[str, dict[str, Any]]:
+def _plan_walk(counts: _Counts, matching: list[CountRow], limit: int) -> tuple[str, dict[str, Any]]:
     """The walk (query name, key arrays) expected to read the fewest rows for a page.
 
     A walk over one index range whose jobs match with probability m / n reads about
@@ -200,11 +198,19 @@ def _plan_walk(
     def cost(index_rows: int, matches: int) -> float:
         return _SEEK_ROWS + min(index_rows, rows * index_rows / matches)
 
-    every = sum(counts.per_status_source.values())
     matches: Counter[tuple[str, str]] = Counter()
     for status, source, _plugin, _command, n in matching:
         matches[(status, source)] += n
-    candidates: list[Candidate] = [(cost(every, sum(matches.values())), "walk_time", {})]
+    per_source: Counter[str] = Counter()
+    source_matches: Counter[str] = Counter()
+    for (_status, source), n in counts.per_status_source.items():
+        per_source[source] += n
+    for (_status, source), n in matches.items():
+        source_matches[source] += n
+    # jobs_by_time is per source.
+    sources = sorted(source_matches)
+    estimate = sum(cost(per_source[s], source_matches[s]) for s in sources)
+    candidates: list[Candidate] = [(estimate, "walk_time", {"walk_sources": sources})]
     # The status-led indexes hold every job but the succeeded ones; jobs_by_status is per
     # (status, source).
     no_succeeded = all(status != _SUCCEEDED for status, _ in matches)
@@ -266,7 +272,7 @@ async def _list_jobs(conn: Conn, filters: JobFilter, limit: int, cursor: Cursor 
         matching = counts.matching(statuses, sources)
         if not matching:
             return JobPage(jobs=[], total=0, next_cursor=None)
-        planned = _plan_walk(filters, counts, matching, limit)
+        planned = _plan_walk(counts, matching, limit)
     name, keys = planned
     bounded = filters.created_after is not None or filters.created_before is not None
     parts = bounded_total(filters, (DAY, HOUR)) if bounded else None

@@ -47,14 +47,21 @@ SELECT 'd', status, source, plugin, command, d FROM job_count_deltas;
 -- plugin and would read all of its jobs.
 
 -- name: walk_time
-SELECT job_id, plugin, command, status, source, created_at, started_at, completed_at,
-       attempt, external_url, seq
-FROM jobs
-WHERE created_at > %(after)s AND (created_at, seq) < (%(upper_created)s, %(upper_seq)s::bigint)
-  AND status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-  AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
-  AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s)
-ORDER BY created_at DESC, seq DESC LIMIT %(limit)s;
+-- Per source: jobs_by_time is (source, created_at, seq).
+SELECT w.* FROM unnest(%(walk_sources)s::text[]) AS k (walk_source)
+CROSS JOIN LATERAL (
+    SELECT job_id, plugin, command, status, source, created_at, started_at, completed_at,
+           attempt, external_url, seq
+    FROM jobs
+    WHERE source = k.walk_source
+      AND created_at > %(after)s
+      AND (created_at, seq) < (%(upper_created)s, %(upper_seq)s::bigint)
+      AND status = ANY(%(statuses)s::text[])
+      AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
+      AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s)
+    ORDER BY created_at DESC, seq DESC LIMIT %(limit)s
+) AS w
+ORDER BY w.created_at DESC, w.seq DESC LIMIT %(limit)s;
 
 -- name: walk_plugin_command
 SELECT w.* FROM unnest(%(walk_plugins)s::text[], %(walk_commands)s::text[])
@@ -232,11 +239,14 @@ SELECT coalesce(sum(n), 0) FROM (
 -- (edge_<walk>), every other filter checked on the row.
 
 -- name: edge_time
-SELECT count(*) FROM jobs
-WHERE created_at > %(lo)s AND created_at < %(hi)s
-  AND status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-  AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
-  AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s);
+SELECT coalesce(sum(e.n), 0) FROM unnest(%(walk_sources)s::text[]) AS k (walk_source)
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n FROM jobs
+    WHERE source = k.walk_source AND created_at > %(lo)s AND created_at < %(hi)s
+      AND status = ANY(%(statuses)s::text[])
+      AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
+      AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s)
+) AS e;
 
 -- name: edge_plugin_command
 SELECT coalesce(sum(e.n), 0) FROM unnest(%(walk_plugins)s::text[], %(walk_commands)s::text[])
