@@ -17,6 +17,7 @@ from queue_service.store import (
     ExternalJob,
     JobFilter,
     NewJob,
+    SQLiteStore,
     Store,
     SyncState,
     create_store,
@@ -199,6 +200,58 @@ async def test_merge_skips_what_the_target_holds_and_finishes_a_cut_short_copy(
     again = await copy_store(store, target, merge=True)
     assert again.copied == 0
     assert await target.portable_counts() == await store.portable_counts()
+
+
+async def test_pages_of_a_two_column_key_cover_every_row_once(store: Store) -> None:
+    # schedule_fires pages by (schedule_key, slot): the cursor is a pair.
+    fired = [(key, f"2026-12-02T{hour:02}:00Z") for key in ("p:a", "p:b") for hour in range(3)]
+    for key, slot in fired:
+        await store.fire_schedule_slot(key, slot, slot, NewJob("p", "c0", {}), False)
+    seen: list[tuple[str, str]] = []
+    rows, after = await store.export_rows("schedule_fires", limit=4)
+    while True:
+        seen += [(row[0], row[1]) for row in rows]
+        if after is None:
+            break
+        assert isinstance(after, tuple) and len(after) == 2
+        rows, after = await store.export_rows("schedule_fires", after=after, limit=4)
+    assert seen == fired
+
+
+async def test_a_nul_sqlite_holds_becomes_u_fffd_in_free_text_and_is_refused_in_a_key(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # SQLite text may hold NUL; PostgreSQL text cannot.
+    source = SQLiteStore(tmp_path / "nul.db")
+    await source.open()
+    target = create_store(new_database(request, "postgresql", "nul-target"))
+    await target.open()
+    try:
+        [job] = await source.enqueue_many([NewJob("p", "c", {})])
+        [claimed] = await source.claim_jobs("p", limit=1, owner=OWNER, lease_seconds=60)
+        end = AttemptEnd(
+            status=Status.FAILED,
+            attempt_status=AttemptStatus.FAILED,
+            error="bad\x00byte",
+            stderr_tail="tail\x00end",
+        )
+        await source.finish_attempt(
+            job.job_id, plugin="p", attempt=claimed.attempt, owner=OWNER, end=end
+        )
+        await copy_store(source, target)
+        copied = await target.get_job(job.job_id)
+        assert copied is not None and copied.last_error == "bad\ufffdbyte"
+        [attempt] = await target.get_attempts(job.job_id)
+        assert (attempt["error"], attempt["stderr_tail"]) == ("bad\ufffdbyte", "tail\ufffdend")
+
+        # A key with a NUL would name something else once changed: the copy stops there.
+        [keyed] = await source.enqueue_many([NewJob("p", "c\x00x", {})])
+        with pytest.raises(CopyError, match=r"jobs \(job_id '.*'\): its command holds a NUL"):
+            await copy_store(source, target, merge=True)
+        assert await target.get_job(keyed.job_id) is None
+    finally:
+        await source.close()
+        await target.close()
 
 
 async def test_batch_must_be_positive(store: Store, target: Store) -> None:

@@ -2,7 +2,7 @@
 `AlertDelivery`, and the routing plan (which events become new deliveries, which are folded
 into a delivery by a rate limit). Each store runs the SQL; the decisions are made here once.
 
-A row is anything indexable by column name (`sqlite3.Row`, a psycopg dict row).
+A row is `rows.Row`: an `sqlite3.Row` or a psycopg dict row, read by column name.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
+from queue_service.store.rows import Row
 from queue_service.store.types import (
     AlertDelivery,
     AlertEvent,
@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 
-def event_from_row(row: Any) -> AlertEvent:
+def event_from_row(row: Row) -> AlertEvent:
     return AlertEvent(
         event_id=row["event_id"],
         kind=AlertEventKind(row["kind"]),
@@ -54,12 +54,12 @@ def event_from_row(row: Any) -> AlertEvent:
     )
 
 
-def events_of(rows: Iterable[Any]) -> list[int]:
+def events_of(rows: Iterable[Row]) -> list[int]:
     """The event ids the delivery rows refer to (first and last), each once."""
     return sorted({row[key] for row in rows for key in ("first_event_id", "last_event_id")})
 
 
-def delivery_from_row(row: Any, events: Mapping[int, AlertEvent]) -> AlertDelivery:
+def delivery_from_row(row: Row, events: Mapping[int, AlertEvent]) -> AlertDelivery:
     """A delivery row with its first and last events (None for an event pruned already)."""
     return AlertDelivery(
         delivery_id=row["delivery_id"],
@@ -95,7 +95,7 @@ class LatestDelivery:
     foldable: bool
 
     @classmethod
-    def from_row(cls, row: Any) -> LatestDelivery:
+    def from_row(cls, row: Row) -> LatestDelivery:
         return cls(
             seq=row["seq"],
             not_before=row["not_before"],

@@ -7,7 +7,8 @@ the order given (so jobs get new seq values in the source's order), skipping row
 already holds, in one transaction: the counts behind totals follow through the jobs
 triggers, as for any insert. Jobs imported as failed record no alert event (they are
 history, not news): the import sets `queue_service.importing` for its transaction, and the
-alert trigger stands aside.
+alert trigger stands aside. PostgreSQL text cannot hold NUL, which SQLite's may: free text
+(errors, stderr tails) gets U+FFFD in its place, and a key holding one stops the copy.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
+from queue_service.store.errors import StoreError
 from queue_service.store.portable import (
     PORTABLE_TABLES,
+    CopyError,
     PortableTable,
     Row,
     cursor_values,
@@ -26,16 +30,30 @@ from queue_service.store.portable import (
     portable_table,
 )
 from queue_service.store.postgresql.connection import Conn, Database
+from queue_service.store.postgresql.rows import NUL, free_text
 
 #: Where a batch waits between COPY and the insert; dropped when its transaction ends.
 _STAGING = sql.Identifier("portable_import")
+
+#: The free-text columns of each table: a NUL in them (SQLite text may hold one, PostgreSQL's
+#: cannot) becomes U+FFFD, as the store does with every free text it is given. Any other
+#: value holding a NUL (a key, a name, an id) is refused: changing it would change what it
+#: names.
+_FREE_TEXT = {
+    "jobs": frozenset({"last_error"}),
+    "job_attempts": frozenset({"error", "stderr_tail"}),
+    "sync_state": frozenset({"last_error"}),
+}
 
 
 def _columns(names: Sequence[str]) -> sql.Composable:
     return sql.SQL(", ").join(map(sql.Identifier, names))
 
 
-async def _counts(conn: Conn) -> dict[str, int]:
+async def _counts(conn: Conn, budget_ms: int) -> dict[str, int]:
+    # Whole tables are counted (once at each end of a copy): the write budget, not a
+    # request's, or a large store could not be copied at all.
+    await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(budget_ms))
     query = sql.SQL("SELECT {}").format(
         sql.SQL(", ").join(
             sql.SQL("(SELECT count(*) FROM {})").format(sql.Identifier(table.name))
@@ -90,6 +108,31 @@ def _insert_sql(table: PortableTable) -> sql.Composed:
     ).format(target=target, columns=columns, overriding=overriding, staging=_STAGING)
 
 
+def _storable(table: PortableTable, rows: Sequence[Row]) -> Sequence[Row]:
+    """`rows` as PostgreSQL text can hold them (see _FREE_TEXT); CopyError names a row whose
+    key holds a NUL."""
+    free = _FREE_TEXT.get(table.name, frozenset())
+    kept: list[Row] = []
+    for row in rows:
+        if any(type(value) is str and NUL in value for value in row):
+            fixed = []
+            for column, value in zip(table.columns, row, strict=True):
+                if type(value) is str and NUL in value:
+                    if column not in free:
+                        identity = ", ".join(
+                            f"{c} {row[table.columns.index(c)]!r}" for c in table.identity
+                        )
+                        raise CopyError(
+                            f"{table.name} ({identity}): its {column} holds a NUL character, "
+                            "which PostgreSQL text cannot store"
+                        )
+                    value = free_text(value)
+                fixed.append(value)
+            row = tuple(fixed)
+        kept.append(row)
+    return kept
+
+
 async def _import(conn: Conn, name: str, rows: Sequence[Row]) -> int:
     table = portable_table(name)
     if not rows:
@@ -125,7 +168,7 @@ class PortableMixin(Database):
     """The portable form: what `queue-service copy` reads and writes."""
 
     async def portable_counts(self) -> dict[str, int]:
-        return await self._read_statement(_counts)
+        return await self._read(_counts, int(self.write_timeout_s * 1000))
 
     async def export_rows(
         self, table: str, *, after: Any = None, limit: int = 1000
@@ -136,5 +179,13 @@ class PortableMixin(Database):
         return await self._read_statement(_export, table, after, limit)
 
     async def import_rows(self, table: str, rows: Sequence[tuple[Any, ...]]) -> int:
-        portable_table(table)
-        return await self._tx(_import, table, list(rows))
+        batch = list(rows)
+        try:
+            return await self._tx(_import, table, batch)
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, psycopg.DataError):
+                raise
+        # psycopg refused a value (a NUL, which PostgreSQL text cannot hold): the batch
+        # again, as it can be stored. Checked only then, as looking for a NUL in every value
+        # of every batch would cost a large copy seconds.
+        return await self._tx(_import, table, _storable(portable_table(table), batch))
