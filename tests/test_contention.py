@@ -1,9 +1,10 @@
-"""Contention on one SQLite file: no double claims, no "database is locked", a sound file.
+"""Contention on one database (an SQLite file; a PostgreSQL schema): no double claims, no
+"database is locked", a sound database.
 
 Four contender processes enqueue (single jobs and batches) and work (claim, heartbeat,
 finish, recover) through the store, the same calls and transactions as the worker, while a
-`serve` process on the same file runs a real worker that takes some of their jobs, answers
-API readers, and runs ledger jobs enqueued over HTTP. 20,000 jobs (QS_SOAK=1: 100,000;
+`serve` process on the same database runs a real worker that takes some of their jobs,
+answers API readers, and runs ledger jobs enqueued over HTTP. 20,000 jobs (QS_SOAK=1: 100,000;
 `bench/soak.py` runs more). Plugin subprocesses are left out of the contenders on purpose:
 at tens of milliseconds each they would measure process start-up, not the database.
 """
@@ -25,12 +26,16 @@ SOAK = os.environ.get("QS_SOAK") == "1"
 
 
 @pytest.mark.slow
-def test_four_processes_and_the_api_on_one_file_never_double_claim_or_see_a_lock(
-    tmp_path: Path,
+def test_four_processes_and_the_api_on_one_database_never_double_claim_or_see_a_lock(
+    tmp_path: Path, db_url: str
 ) -> None:
     per_process = 25_000 if SOAK else 5_000
     report = run_contention(
-        tmp_path, processes=4, jobs_per_process=per_process, time_limit=1800 if SOAK else 240
+        tmp_path,
+        processes=4,
+        jobs_per_process=per_process,
+        time_limit=1800 if SOAK else 240,
+        db=db_url,
     )
     print(report.summary())
     assert report.problems == []

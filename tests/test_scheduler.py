@@ -14,11 +14,9 @@ from queue_service.config import parse_config
 from queue_service.scheduler import PluginSchedule, Scheduler
 from queue_service.scheduling import FireOutcome, FireResult, ScheduleSpec, ScheduleState
 from queue_service.statuses import Status
-from queue_service.store import SQLiteStore, Store, StoreUnavailable
+from queue_service.store import SQLiteStore, Store, StoreUnavailable, create_store
 from queue_service.store.types import JobFilter, NewJob
 from queue_service.timeutil import format_ts, parse_rfc3339
-
-from .conftest import STORE_BACKENDS
 
 pytestmark = pytest.mark.anyio
 
@@ -65,11 +63,9 @@ async def test_fires_each_slot_once_and_persists_its_state(store: Store) -> None
     assert states[KEY].last_fired_at is not None
 
 
-async def test_restart_neither_fires_twice_nor_forgets(
-    request: pytest.FixtureRequest, store_backend: str
-) -> None:
+async def test_restart_neither_fires_twice_nor_forgets(db_url: str) -> None:
     async def run(now: str) -> list[FireOutcome]:
-        store = STORE_BACKENDS[store_backend](request)  # a fresh process each time
+        store = create_store(db_url)  # a fresh process each time
         await store.open()
         try:
             s = scheduler(store, every="1h", if_running="queue")

@@ -1,5 +1,5 @@
-"""Contention: processes that enqueue and work on one database file at once, while a `serve`
-process on the same file answers the API.
+"""Contention: processes that enqueue and work on one database at once (an SQLite file, or a
+PostgreSQL schema), while a `serve` process on the same database answers the API.
 
 `python -m tests.reliability.contention contend ...` runs one contender process."""
 
@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 
 from queue_service.statuses import AttemptStatus, Status
-from queue_service.store import JobFilter, NewJob, SQLiteStore, StoreError
+from queue_service.store import JobFilter, NewJob, StoreError, create_store
 from queue_service.store.types import AttemptEnd
 from tests.conftest import free_port
 from tests.live_server import seed_database
@@ -33,9 +33,11 @@ from tests.processes import (
     write_config,
 )
 from tests.reliability._db import (
+    Db,
     Log,
     count_mismatches,
     integrity_check,
+    is_postgresql,
     quiet,
     read_only,
     status_counts,
@@ -46,13 +48,13 @@ CONTEND_PLUGIN = "instant"
 DONE = AttemptEnd(status=Status.SUCCEEDED, attempt_status=AttemptStatus.SUCCEEDED, exit_code=0)
 
 
-async def contend(db: Path, jobs: int, seed: int, out: Path, contenders: int) -> dict[str, Any]:
+async def contend(db: Db, jobs: int, seed: int, out: Path, contenders: int) -> dict[str, Any]:
     """One contender: enqueue `jobs` jobs (single enqueues and batches), and claim, heartbeat
     and finish jobs of anyone, until every contender has enqueued everything and nothing is
     left. Every store error is recorded, never retried: the test asserts there are none."""
     rng = random.Random(seed)
     owner = f"contender:{os.getpid()}:{seed}"
-    store = SQLiteStore(db)
+    store = create_store(str(db))
     await store.open()
     errors: list[str] = []
     claimed: list[tuple[str, int]] = []
@@ -138,6 +140,8 @@ async def contend(db: Path, jobs: int, seed: int, out: Path, contenders: int) ->
 @dataclass
 class ContentionReport:
     processes: int = 0
+    #: "SQLite" or "PostgreSQL".
+    backend: str = "SQLite"
     jobs: int = 0
     claims: int = 0
     double_claims: int = 0
@@ -151,7 +155,7 @@ class ContentionReport:
 
     def summary(self) -> str:
         return (
-            f"{self.processes} processes + serve on one file, {self.jobs} jobs in "
+            f"{self.processes} processes + serve on one {self.backend} database, {self.jobs} jobs in "
             f"{self.seconds:.0f} s ({self.jobs / max(self.seconds, 1e-9):.0f} jobs/s): "
             f"{self.double_claims} double claims, {self.store_errors} store errors, "
             f"{self.api_failures} failed of {self.api_requests} API requests, "
@@ -166,13 +170,17 @@ def run_contention(
     jobs_per_process: int = 5000,
     http_jobs: int = 60,
     time_limit: float = 240.0,
+    db: Db | None = None,
     log: Log = quiet,
 ) -> ContentionReport:
-    """`processes` contenders enqueue and work on one file while a `serve` process on the
-    same file runs a real worker (it takes some of the contenders' jobs too) and answers
-    API readers and HTTP enqueues of ledger jobs."""
-    report = ContentionReport(processes=processes)
-    db = tmp / "contention.db"
+    """`processes` contenders enqueue and work on one database (`db`: a PostgreSQL URL of an
+    empty schema; by default an SQLite file in `tmp`) while a `serve` process on the same
+    database runs a real worker (it takes some of the contenders' jobs too) and answers API
+    readers and HTTP enqueues of ledger jobs."""
+    db = tmp / "contention.db" if db is None else db
+    report = ContentionReport(
+        processes=processes, backend="PostgreSQL" if is_postgresql(db) else "SQLite"
+    )
     ledger = tmp / "ledger.txt"
     seeded = asyncio.run(seed_database(db))
     headers = {"Authorization": f"Bearer {seeded.tokens['*']}"}
@@ -293,7 +301,7 @@ def run_contention(
 
 
 def _judge_contention(
-    db: Path,
+    db: Db,
     outs: Path,
     processes: int,
     ledger: Path,
@@ -365,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.reliability.contention")
     commands = parser.add_subparsers(dest="command", required=True)
     one = commands.add_parser("contend", help="one contender process (see run_contention)")
-    one.add_argument("--db", type=Path, required=True)
+    one.add_argument("--db", required=True, help="an SQLite file or a PostgreSQL URL")
     one.add_argument("--jobs", type=int, required=True)
     one.add_argument("--seed", type=int, required=True)
     one.add_argument("--out", type=Path, required=True)

@@ -32,6 +32,7 @@ from tests.processes import (
     write_config,
 )
 from tests.reliability._db import (
+    Db,
     Log,
     held_leases,
     integrity_check,
@@ -93,6 +94,7 @@ def run_crash_scenario(
     lease_seconds: float = 4.0,
     time_limit: float = 240.0,
     seed: int = 1,
+    db: Db | None = None,
     log: Log = quiet,
 ) -> CrashReport:
     """Run ledger jobs on `workers` worker processes and SIGKILL one that holds running jobs,
@@ -105,10 +107,12 @@ def run_crash_scenario(
     lines must be at most its lost attempts, and at most one of them written under a
     worker that was never killed (the ledger records the plugin's parent pid; a plugin
     that outlived its killed worker, where setpriv is missing, reports init).
+
+    `db` is a PostgreSQL URL (of an empty schema), or by default an SQLite file in `tmp`.
     """
     rng = random.Random(seed)
     report = CrashReport()
-    db = tmp / "crash.db"
+    db = tmp / "crash.db" if db is None else db
     ledger = tmp / "ledger.txt"
     config = write_config(
         tmp,
@@ -194,7 +198,7 @@ def run_crash_scenario(
 
 
 def _judge_crash(
-    db: Path,
+    db: Db,
     ids: list[str],
     held_at_kill: dict[tuple[str, int], int],
     never_killed: set[int],
@@ -291,13 +295,17 @@ def run_server_kills(
     kills: int,
     synchronous: str = "NORMAL",
     seed: int = 2,
+    db: Db | None = None,
     log: Log = quiet,
 ) -> DurabilityReport:
     """SIGKILL a `serve` process while clients enqueue over HTTP, `kills` times; every
-    enqueue answered 202 must be in the database afterwards, still queued."""
+    enqueue answered 202 must be in the database afterwards, still queued.
+
+    `db` is a PostgreSQL URL (of an empty schema; `synchronous` is then the server's
+    business and the setting is ignored), or by default an SQLite file in `tmp`."""
     rng = random.Random(seed)
     report = DurabilityReport(synchronous=synchronous)
-    db = tmp / "durable.db"
+    db = tmp / "durable.db" if db is None else db
     seeded = asyncio.run(seed_database(db))
     headers = {"Authorization": f"Bearer {seeded.tokens['*']}"}
     # Jobs due far in the future: the server's worker leaves them queued.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -87,9 +86,10 @@ def sdk_environment(tmp: Path, token_env: str, token: str) -> Iterator[None]:
 
 def _job_rows(db: Path) -> dict[str, dict[str, Any]]:
     with read_only(db) as conn:
-        conn.row_factory = sqlite3.Row
-        rows = conn.execute("SELECT * FROM jobs WHERE source = 'databricks'").fetchall()
-    return {row["job_id"]: {k: row[k] for k in row.keys() if k != "seq"} for row in rows}
+        cursor = conn.execute("SELECT * FROM jobs WHERE source = 'databricks'")
+        names = [column[0] for column in cursor.description]
+        rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    return {row["job_id"]: {k: v for k, v in row.items() if k != "seq"} for row in rows}
 
 
 async def run_databricks_faults(

@@ -18,9 +18,8 @@ from psycopg.rows import dict_row
 
 from queue_service.statuses import Source
 from queue_service.store.postgresql.connection import Conn, Database
-from queue_service.store.postgresql.rows import job_from_row, sync_state_from_row
+from queue_service.store.postgresql.rows import free_text, job_from_row, sync_state_from_row
 from queue_service.store.postgresql.sql import q
-from queue_service.store.postgresql.work import text
 from queue_service.store.syncrows import external_job_params, sync_state_params
 from queue_service.store.types import ExternalJob, Job, SyncState, UpsertCounts
 
@@ -48,7 +47,7 @@ async def _upsert(conn: Conn, jobs: Sequence[ExternalJob]) -> UpsertCounts:
         rows = [external_job_params(job) for job in chunk]
         for row in rows:
             for name in _REMOTE_TEXT:
-                row[name] = text(row[name])
+                row[name] = free_text(row[name])
         arrays: dict[str, Any] = {name: [row[name] for row in rows] for name in rows[0]}
         cur = await conn.execute(q("upsert_external_jobs"), arrays)
         counts = await cur.fetchone()
@@ -62,7 +61,7 @@ async def _upsert(conn: Conn, jobs: Sequence[ExternalJob]) -> UpsertCounts:
 
 async def _save_state(conn: Conn, state: SyncState) -> None:
     params = sync_state_params(state)
-    params["last_error"] = text(params["last_error"])
+    params["last_error"] = free_text(params["last_error"])
     await conn.execute(q("upsert_sync_state"), params)
 
 

@@ -56,10 +56,11 @@ class WorkListener:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
+        # Cancelled until it ends: on Python 3.11 a cancellation that lands as an awaited
+        # wait completes can be lost (asyncio.wait_for), and one lost here would hang.
+        while task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=1.0)
 
     async def _run(self) -> None:
         pause = RECONNECT_FIRST_S

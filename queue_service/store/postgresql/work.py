@@ -28,7 +28,7 @@ from psycopg.rows import dict_row
 from queue_service.statuses import Status
 from queue_service.store.errors import StoreUnavailable
 from queue_service.store.postgresql.connection import Conn, Database
-from queue_service.store.postgresql.rows import encode_json, job_from_row
+from queue_service.store.postgresql.rows import encode_json, free_text, job_from_row
 from queue_service.store.postgresql.sql import q
 from queue_service.store.postgresql.wakeups import WorkListener
 from queue_service.store.types import AttemptEnd, Job, RecoveredJob
@@ -36,11 +36,6 @@ from queue_service.timeutil import format_ts, now_ts, utcnow
 
 #: The most finishes one group commits (bounds the statement and the time locks are held).
 MAX_FINISH_GROUP = 500
-
-
-def text(value: str | None) -> str | None:
-    """PostgreSQL text cannot hold NUL; a plugin's stderr or error message may."""
-    return None if value is None else value.replace("\x00", "\ufffd")
 
 
 @dataclass(slots=True)
@@ -69,11 +64,11 @@ def _finish_params(finishes: Sequence[_Finish], now: str) -> dict[str, Any]:
         "results": [encode_json(e.result) for e in ends],
         "events": [encode_json(e.events) for e in ends],
         "logs": [encode_json(e.logs) for e in ends],
-        "errors": [text(e.error) for e in ends],
+        "errors": [free_text(e.error) for e in ends],
         "run_afters": [e.run_after for e in ends],
         "attempt_statuses": [e.attempt_status.value for e in ends],
         "exit_codes": [e.exit_code for e in ends],
-        "stderr_tails": [text(e.stderr_tail) for e in ends],
+        "stderr_tails": [free_text(e.stderr_tail) for e in ends],
         "now": now,
     }
 
@@ -166,7 +161,7 @@ async def _cancel_queued(
     params = {
         "plugin": plugin,
         "command": command,
-        "reason": text(reason),
+        "reason": free_text(reason),
         "limit": limit,
         "now": now_ts(),
     }
