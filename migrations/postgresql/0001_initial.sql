@@ -122,11 +122,13 @@ CREATE TRIGGER jobs_local_transition BEFORE UPDATE OF status ON jobs
 -- status-led indexes leave out succeeded jobs (most of them): they serve the selective
 -- status filters, and a job leaves them when it succeeds.
 
-CREATE INDEX jobs_by_time ON jobs (created_at, seq);
+-- Per source, so a source filter walks exactly its jobs (without one: a walk per source).
+CREATE INDEX jobs_by_time ON jobs (source, created_at, seq);
 
 CREATE INDEX jobs_by_plugin_command ON jobs (plugin, command, created_at, seq);
 
-CREATE INDEX jobs_by_status ON jobs (status, created_at, seq)
+-- Per (status, source) likewise: failed Databricks runs are one walk.
+CREATE INDEX jobs_by_status ON jobs (status, source, created_at, seq)
     WHERE status <> 'succeeded';
 
 CREATE INDEX jobs_by_status_plugin_command ON jobs (status, plugin, command, created_at, seq)
@@ -146,7 +148,10 @@ CREATE INDEX jobs_by_submitter ON jobs (submitted_by_token, created_at, seq)
 --   rows that reach zero;
 -- * readers add the unfolded deltas to the rollups in one snapshot, so counts and totals
 --   are exact whatever the fold has reached.
--- The rollups' keys INCLUDE n, so a sum over a range of hours is an index-only scan.
+-- Rollups per (plugin, command, status, source), per (status, source), and per hour and
+-- per day of created_at (all of them, by plugin, by command, by both): a total with time
+-- bounds sums whole days, then whole hours, then counts two partial hours in an index.
+-- Their keys INCLUDE n and the store vacuums them, so those sums are index-only scans.
 
 CREATE TABLE job_count_deltas (
     plugin  text    COLLATE "C" NOT NULL,
@@ -214,6 +219,44 @@ CREATE TABLE job_counts_hour_plugin_command (
     hour    text   COLLATE "C" NOT NULL,
     n       bigint NOT NULL,
     PRIMARY KEY (status, source, plugin, command, hour) INCLUDE (n)
+);
+
+-- The same per day (the first 10 characters of created_at: 2026-11-23), so a total over
+-- weeks sums days, and hours only in the two days at its ends.
+CREATE TABLE job_counts_day (
+    status text   COLLATE "C" NOT NULL,
+    source text   COLLATE "C" NOT NULL,
+    day    text   COLLATE "C" NOT NULL,
+    n      bigint NOT NULL,
+    PRIMARY KEY (status, source, day) INCLUDE (n)
+);
+
+CREATE TABLE job_counts_day_plugin (
+    status text   COLLATE "C" NOT NULL,
+    source text   COLLATE "C" NOT NULL,
+    plugin text   COLLATE "C" NOT NULL,
+    day    text   COLLATE "C" NOT NULL,
+    n      bigint NOT NULL,
+    PRIMARY KEY (status, source, plugin, day) INCLUDE (n)
+);
+
+CREATE TABLE job_counts_day_command (
+    status  text   COLLATE "C" NOT NULL,
+    source  text   COLLATE "C" NOT NULL,
+    command text   COLLATE "C" NOT NULL,
+    day     text   COLLATE "C" NOT NULL,
+    n       bigint NOT NULL,
+    PRIMARY KEY (status, source, command, day) INCLUDE (n)
+);
+
+CREATE TABLE job_counts_day_plugin_command (
+    status  text   COLLATE "C" NOT NULL,
+    source  text   COLLATE "C" NOT NULL,
+    plugin  text   COLLATE "C" NOT NULL,
+    command text   COLLATE "C" NOT NULL,
+    day     text   COLLATE "C" NOT NULL,
+    n       bigint NOT NULL,
+    PRIMARY KEY (status, source, plugin, command, day) INCLUDE (n)
 );
 
 -- The count triggers run once per statement, over its transition tables: a statement that

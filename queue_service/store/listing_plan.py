@@ -3,7 +3,7 @@
 - the status and source lists a filter means (all of them when it names none);
 - exact counts per (status, source, plugin, command), added up from the rows of the count
   rollups and of the deltas not folded into them yet (a key may come in several rows);
-- how an exact total with time bounds splits into whole hours (summed from the hourly
+- how an exact total with time bounds splits into whole days or hours (summed from the
   rollups) and at most two partial hours at the edges (counted in an index);
 - how a page and its keyset cursor are cut from the `limit + 1` rows read.
 
@@ -24,8 +24,8 @@ from queue_service.store.types import Cursor, JobFilter, JobSummary
 START, END = "", "~"
 #: Above every seq: the cursor of a first page.
 MAX_SEQ = 2**63 - 1
-#: The length of the hour prefix of a timestamp: 2026-11-23T15
-HOUR = 13
+#: The lengths of the day and hour prefixes of a timestamp: 2026-11-23, 2026-11-23T15
+DAY, HOUR = 10, 13
 
 #: (status, source, plugin, command, n): plugin and command are None in rows of a rollup
 #: that does not keep them (per status and source only).
@@ -81,34 +81,56 @@ def base_params(filters: JobFilter, limit: int, cursor: Cursor | None) -> dict[s
 
 @dataclass(frozen=True, slots=True)
 class BoundedTotal:
-    """How to count the jobs between two time bounds exactly: the whole hours strictly
-    between `hours` (from the hourly rollups; None: no whole hour to add) plus each
-    (lo, hi) range of `edges`, counted in an index (both ends exclusive)."""
+    """How to count the jobs between two time bounds exactly: for each (level, lo, hi) of
+    `units`, the whole units of that level (a prefix length: DAY, HOUR) strictly between lo
+    and hi, summed from the rollups of that level; plus each (lo, hi) range of `edges`
+    (at most a unit of the finest level), counted in an index. Every bound is exclusive."""
 
-    hours: tuple[str, str] | None
+    units: tuple[tuple[int, str, str], ...]
     edges: tuple[tuple[str, str], ...]
 
 
-def bounded_total(filters: JobFilter) -> BoundedTotal | None:
-    """The parts of an exact total with time bounds, or None when no job can be between
-    them (after >= before). Only for filters with at least one bound."""
+def bounded_total(filters: JobFilter, levels: Sequence[int] = (HOUR,)) -> BoundedTotal | None:
+    """The parts of an exact total with time bounds, from the coarsest of `levels` (prefix
+    lengths of a timestamp, coarse to fine) to the finest, then the edges; None when no job
+    can be between the bounds (after >= before)."""
     after = filters.created_after or START
     before = filters.created_before or END
     if after >= before:
         return None
-    hour_after = after[:HOUR] if filters.created_after else START
-    hour_before = before[:HOUR] if filters.created_before else END
-    if filters.created_after and filters.created_before and hour_after == hour_before:
-        # One partial hour: counted whole in the index.
-        return BoundedTotal(None, ((after, before),))
-    edges = []
-    if filters.created_after:
-        # (after, end of its hour): every timestamp of that hour sorts before hour + '~'.
-        edges.append((after, hour_after + END))
-    if filters.created_before:
-        # [start of its hour, before): every timestamp of that hour sorts after the prefix.
-        edges.append((hour_before, before))
-    return BoundedTotal((hour_after, hour_before), tuple(edges))
+    units: list[tuple[int, str, str]] = []
+    edges: list[tuple[str, str]] = []
+    _split(after, before, tuple(levels), units, edges)
+    return BoundedTotal(tuple(units), tuple(edges))
+
+
+def _split(
+    lo: str,
+    hi: str,
+    levels: tuple[int, ...],
+    units: list[tuple[int, str, str]],
+    edges: list[tuple[str, str]],
+) -> None:
+    """Cover (lo, hi) with whole units of levels[0], the rest with finer levels, the rest
+    with edges. A bound no longer than the level's prefix (START, END, a day's or an
+    hour's prefix) lies on a unit boundary: every timestamp of a unit sorts after the
+    unit's prefix and before the prefix + END."""
+    if lo >= hi:
+        return
+    if not levels:
+        edges.append((lo, hi))
+        return
+    size, finer = levels[0], levels[1:]
+    unit_lo = lo if len(lo) <= size else lo[:size]
+    unit_hi = hi if len(hi) <= size else hi[:size]
+    if unit_lo == unit_hi:  # within one unit: no whole unit of this level
+        _split(lo, hi, finer, units, edges)
+        return
+    units.append((size, unit_lo, unit_hi))
+    if unit_lo != lo:  # (lo, end of its unit)
+        _split(lo, unit_lo + END, finer, units, edges)
+    if unit_hi != hi:  # (start of its unit, hi)
+        _split(unit_hi, hi, finer, units, edges)
 
 
 def own_jobs_by_time_only(filters: JobFilter) -> bool:

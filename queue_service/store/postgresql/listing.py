@@ -13,12 +13,13 @@ exact counts of the keys the filter matches: the walk set expected to read the f
 A walk over several keys (statuses, (plugin, command) pairs, ...) reads up to `limit` rows
 per key in a LATERAL subquery, so its cost is the sum over its keys. Listing reads run with
 sorts disabled, so the planner can only use the ordered index scan each walk is written
-for: plans never depend on statistics (a freshly copied database has none).
+for: walks never depend on statistics (a freshly copied database has none).
 
 Totals are exact: without time bounds, the sum of the matching counts; with them, whole
-hours from the hourly rollups and the partial hours at the edges counted in an index
-(store/listing_plan.py). A filter on the submitting token walks and counts that token's
-entries of jobs_by_submitter: its cost grows with the token's own jobs, not the table.
+days and hours from the daily and hourly rollups and the partial hours at the edges counted
+over the walk's keys in an index (store/listing_plan.py). A filter on the submitting token
+walks and counts that token's entries of jobs_by_submitter: its cost grows with the token's
+own jobs, not the table.
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ from typing import Any
 
 from psycopg.rows import dict_row
 
-from queue_service.statuses import Source, Status
-from queue_service.store.errors import StoreUnavailable
+from queue_service.statuses import SOURCES, Source, Status
+from queue_service.store.errors import StoreError
 from queue_service.store.listing_plan import (
+    DAY,
+    END,
+    HOUR,
+    MAX_SEQ,
     CountRow,
     base_params,
     bounded_total,
@@ -65,8 +70,9 @@ _LISTING_BEGIN = (
     "SET LOCAL enable_sort = off; SET LOCAL enable_incremental_sort = off; SET LOCAL jit = off"
 )
 
-#: A walk's cost, in rows read, for finding where its key starts in the index.
-_SEEK_ROWS = 3
+#: A walk's cost, in rows read, for starting on its key: a loop of the LATERAL join, an
+#: index descent (measured: about as long as reading 8 rows of a walk).
+_SEEK_ROWS = 8
 
 #: How many count deltas one fold transaction moves at most.
 FOLD_BATCH = 20_000
@@ -75,6 +81,11 @@ _FOLD_BUSY_S = 0.2
 _FOLD_IDLE_MAX_S = 2.0
 #: The folded deltas' space is given back at most this often (a VACUUM of the delta log).
 _VACUUM_EVERY_S = 1.0
+#: The rollups are vacuumed at most this often (after folds), so the pages of past days
+#: and hours stay all-visible and their sums index-only even without autovacuum.
+_ROLLUPS_VACUUM_S = 60.0
+#: close() waits this long for a fold in progress to end before cancelling it.
+_STOP_FOLD_S = 10.0
 #: close() folds what is left for at most this long (a process that enqueued or imported
 #: many jobs leaves the counts compact for the next one).
 _CLOSE_FOLD_S = 60.0
@@ -85,11 +96,15 @@ _COUNTS_QUERY = {
     (True, True): "list_counts_plugin_command",
     (False, True): "list_counts_command",
 }
-_HOURS_QUERY = {
-    (False, False): "hours_all",
-    (True, False): "hours_plugin",
-    (True, True): "hours_plugin_command",
-    (False, True): "hours_command",
+#: The rollup sums of whole units of time, per level (DAY, HOUR) and filter shape.
+_UNITS_QUERY = {
+    level: {
+        (False, False): f"{unit}_all",
+        (True, False): f"{unit}_plugin",
+        (True, True): f"{unit}_plugin_command",
+        (False, True): f"{unit}_command",
+    }
+    for level, unit in ((DAY, "days"), (HOUR, "hours"))
 }
 _FOLDS = (
     "fold_job_counts",
@@ -98,11 +113,17 @@ _FOLDS = (
     "fold_hour_plugin",
     "fold_hour_command",
     "fold_hour_plugin_command",
+    "fold_day",
+    "fold_day_plugin",
+    "fold_day_command",
+    "fold_day_plugin_command",
 )
 _STATUSES = {s.value: s for s in Status}
 _SOURCES = {s.value: s for s in Source}
 
 Key = tuple[str, str, str, str]  # status, source, plugin, command
+#: A way to walk a page: (estimated rows read, query name, its key arrays).
+Candidate = tuple[float, str, dict[str, Any]]
 
 
 @dataclass(slots=True)
@@ -123,17 +144,20 @@ class _Counts:
         return sum_counts(rows, statuses, sources)
 
 
-async def _read_counts(conn: Conn, filters: JobFilter) -> _Counts:
-    """The counts a listing plans with (one statement: one snapshot). Keys are read when
-    the filter names a plugin, a command or a source: per-key walks may then be cheaper."""
+def _counts_statement(filters: JobFilter) -> tuple[str, dict[str, Any]]:
+    """The statement reading the counts a listing plans with (one statement: one snapshot).
+    Per key only when the filter names a plugin or a command: a few keys then (a plugin's
+    commands, or the plugins with a command)."""
+    shape = (filters.plugin is not None, filters.command is not None)
+    return q(_COUNTS_QUERY[shape]), {"plugin": filters.plugin, "command": filters.command}
+
+
+def _counts_of(filters: JobFilter, rows: Sequence[Sequence[Any]]) -> _Counts:
     plugin, command = filters.plugin, filters.command
-    shape = (plugin is not None, command is not None)
-    keys = shape != (False, False) or bool(filters.sources)
-    name = "list_counts_every_key" if shape == (False, False) and keys else _COUNTS_QUERY[shape]
-    cur = await conn.execute(q(name), {"plugin": plugin, "command": command})
+    keys = plugin is not None or command is not None
     per_status_source: dict[tuple[str, str], int] = {}
     per_key: dict[Key, int] = {}
-    for kind, status, source, row_plugin, row_command, n in await cur.fetchall():
+    for kind, status, source, row_plugin, row_command, n in rows:
         if kind != "k":  # a per-status row, or a delta: every job counts there
             per_status_source[(status, source)] = per_status_source.get((status, source), 0) + n
         if kind == "s" or not keys:
@@ -144,9 +168,27 @@ async def _read_counts(conn: Conn, filters: JobFilter) -> _Counts:
     return _Counts(per_status_source, per_key if keys else None)
 
 
-def _plan_walk(
-    filters: JobFilter, counts: _Counts, matching: list[CountRow], limit: int
-) -> tuple[str, dict[str, Any]]:
+async def _read_counts(conn: Conn, filters: JobFilter) -> _Counts:
+    cur = await conn.execute(*_counts_statement(filters))
+    return _counts_of(filters, await cur.fetchall())
+
+
+def _walk_known_beforehand(filters: JobFilter) -> tuple[str, dict[str, Any]] | None:
+    """The walk when no count can change the choice, so the counts travel with it in one
+    round trip: no filter at all (every job matches: the time walk), or a plugin and a
+    command alone (every job of their walk matches: polling). With a status or a source,
+    the counts come first: a walk whose jobs all fail the filter would read them all."""
+    if filters.statuses or filters.sources:
+        return None
+    if filters.plugin is not None and filters.command is not None:
+        keys = {"walk_plugins": [filters.plugin], "walk_commands": [filters.command]}
+        return "walk_plugin_command", keys
+    if filters.plugin is None and filters.command is None:
+        return "walk_time", {"walk_sources": sorted(SOURCES)}
+    return None
+
+
+def _plan_walk(counts: _Counts, matching: list[CountRow], limit: int) -> tuple[str, dict[str, Any]]:
     """The walk (query name, key arrays) expected to read the fewest rows for a page.
 
     A walk over one index range whose jobs match with probability m / n reads about
@@ -156,28 +198,33 @@ def _plan_walk(
     def cost(index_rows: int, matches: int) -> float:
         return _SEEK_ROWS + min(index_rows, rows * index_rows / matches)
 
-    status_totals: dict[str, int] = {}
-    for (status, _source), n in counts.per_status_source.items():
-        status_totals[status] = status_totals.get(status, 0) + n
-    every = sum(status_totals.values())
-    matches_by_status: dict[str, int] = {}
-    for status, _source, _plugin, _command, n in matching:
-        matches_by_status[status] = matches_by_status.get(status, 0) + n
-    candidates: list[tuple[float, str, dict[str, Any]]] = [
-        (cost(every, sum(matches_by_status.values())), "walk_time", {})
-    ]
-    # The status-led indexes hold every job but the succeeded ones.
-    no_succeeded = _SUCCEEDED not in matches_by_status
+    matches: Counter[tuple[str, str]] = Counter()
+    for status, source, _plugin, _command, n in matching:
+        matches[(status, source)] += n
+    per_source: Counter[str] = Counter()
+    source_matches: Counter[str] = Counter()
+    for (_status, source), n in counts.per_status_source.items():
+        per_source[source] += n
+    for (_status, source), n in matches.items():
+        source_matches[source] += n
+    # jobs_by_time is per source.
+    sources = sorted(source_matches)
+    estimate = sum(cost(per_source[s], source_matches[s]) for s in sources)
+    candidates: list[Candidate] = [(estimate, "walk_time", {"walk_sources": sources})]
+    # The status-led indexes hold every job but the succeeded ones; jobs_by_status is per
+    # (status, source).
+    no_succeeded = all(status != _SUCCEEDED for status, _ in matches)
     if no_succeeded:
-        walks = sorted(matches_by_status)
-        estimate = sum(cost(status_totals[s], matches_by_status[s]) for s in walks)
-        candidates.append((estimate, "walk_status", {"walk_statuses": walks}))
+        walks = sorted(matches)
+        estimate = sum(cost(counts.per_status_source[w], matches[w]) for w in walks)
+        keys = {"walk_statuses": [s for s, _ in walks], "walk_sources": [src for _, src in walks]}
+        candidates.append((estimate, "walk_status", keys))
     if counts.per_key is not None:
         # Per key: every job of the key (what its walk reads), and those that match.
         keyed = [(s, p, c, n) for (s, _src, p, c), n in counts.per_key.items()]
         matched = [(s, p or "", c or "", n) for s, _src, p, c, n in matching]
-        pair_totals = Counter({(p, c): 0 for _, p, c, _ in keyed})
-        triple_totals = Counter({(s, p, c): 0 for s, p, c, _ in keyed})
+        pair_totals: Counter[tuple[str, str]] = Counter()
+        triple_totals: Counter[tuple[str, str, str]] = Counter()
         pair_matches: Counter[tuple[str, str]] = Counter()
         triple_matches: Counter[tuple[str, str, str]] = Counter()
         for status, plugin, command, n in keyed:
@@ -199,35 +246,54 @@ def _plan_walk(
                 "walk_commands": [c for _, _, c in triples],
             }
             candidates.append((estimate, "walk_status_plugin_command", keys))
-    _, name, keys = min(candidates, key=lambda c: c[0])
+    _, name, keys = _cheapest(candidates)
     return name, keys
+
+
+def _cheapest(candidates: list[Candidate]) -> Candidate:
+    """The candidate walk expected to read the fewest rows (the first of equals)."""
+    return min(candidates, key=lambda c: c[0])
 
 
 async def _list_jobs(conn: Conn, filters: JobFilter, limit: int, cursor: Cursor | None) -> JobPage:
     statuses, sources = statuses_of(filters), sources_of(filters)
-    params = {**base_params(filters, limit, cursor), "statuses": statuses, "sources": sources}
+    params = {
+        **base_params(filters, limit, cursor),
+        **_upper_bound(filters, cursor),
+        "statuses": statuses,
+        "sources": sources,
+    }
     if filters.submitted_by_token is not None:
         return await _own_jobs(conn, filters, params, limit)
-    counts = await _read_counts(conn, filters)
-    matching = counts.matching(statuses, sources)
-    if not matching:
-        return JobPage(jobs=[], total=0, next_cursor=None)
-    name, keys = _plan_walk(filters, counts, matching, limit)
+    planned = _walk_known_beforehand(filters)
+    counts: _Counts | None = None
+    if planned is None:
+        counts = await _read_counts(conn, filters)
+        matching = counts.matching(statuses, sources)
+        if not matching:
+            return JobPage(jobs=[], total=0, next_cursor=None)
+        planned = _plan_walk(counts, matching, limit)
+    name, keys = planned
     bounded = filters.created_after is not None or filters.created_before is not None
-    parts = bounded_total(filters) if bounded else None
+    parts = bounded_total(filters, (DAY, HOUR)) if bounded else None
     walk = conn.cursor(row_factory=dict_row)
+    counted = None
     totals = []
     async with conn.pipeline():
+        if counts is None:
+            counted = await conn.execute(*_counts_statement(filters))
         await walk.execute(q(name), {**params, **keys})
         if parts is not None:
             shape = (filters.plugin is not None, filters.command is not None)
-            if parts.hours is not None:
-                hour_after, hour_before = parts.hours
-                hours = {**params, "hour_after": hour_after, "hour_before": hour_before}
-                totals.append(await conn.execute(q(_HOURS_QUERY[shape]), hours))
-            edge = _edge_query(filters, shape)
+            for level, unit_after, unit_before in parts.units:
+                units = {**params, "unit_after": unit_after, "unit_before": unit_before}
+                totals.append(await conn.execute(q(_UNITS_QUERY[level][shape]), units))
+            edge = name.replace("walk_", "edge_")
             for lo, hi in parts.edges:
-                totals.append(await conn.execute(q(edge), {**params, "lo": lo, "hi": hi}))
+                edges = {**params, **keys, "lo": lo, "hi": hi}
+                totals.append(await conn.execute(q(edge), edges))
+    if counted is not None:
+        matching = _counts_of(filters, await counted.fetchall()).matching(statuses, sources)
     jobs, next_cursor = cut_page(await walk.fetchall(), limit, summary_from_row)
     if not bounded:
         total = sum(n for *_, n in matching)
@@ -240,13 +306,13 @@ async def _list_jobs(conn: Conn, filters: JobFilter, limit: int, cursor: Cursor 
     return JobPage(jobs=jobs, total=total, next_cursor=next_cursor)
 
 
-def _edge_query(filters: JobFilter, shape: tuple[bool, bool]) -> str:
-    """Which index counts a partial hour at an edge of the time bounds."""
-    if shape == (True, True):
-        return "edge_count_plugin_command"
-    if filters.statuses and Status.SUCCEEDED not in filters.statuses:
-        return "edge_count_status"
-    return "edge_count_time"
+def _upper_bound(filters: JobFilter, cursor: Cursor | None) -> dict[str, Any]:
+    """The upper end of a walk as one (created_at, seq) bound: the cursor, or just below
+    `created_before` (every seq is positive) when that is tighter."""
+    upper = (cursor.created_at, cursor.seq) if cursor else (END, MAX_SEQ)
+    if filters.created_before is not None:
+        upper = min(upper, (filters.created_before, 0))
+    return {"upper_created": upper[0], "upper_seq": upper[1]}
 
 
 async def _own_jobs(conn: Conn, filters: JobFilter, params: dict[str, Any], limit: int) -> JobPage:
@@ -291,7 +357,7 @@ async def _job_counts(conn: Conn) -> list[JobCount]:
 
 async def _oldest_queued(conn: Conn) -> JobSummary | None:
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(q("oldest_queued"))
+    await cur.execute(q("oldest_queued"), {"sources": sorted(SOURCES)})
     row = await cur.fetchone()
     return None if row is None else summary_from_row(row)
 
@@ -323,6 +389,7 @@ async def _fold(conn: Conn, batch: int) -> int | None:
             "statuses": [r[2] for r in sums],
             "sources": [r[3] for r in sums],
             "hours": [r[4] for r in sums],
+            "days": [r[4][:DAY] for r in sums],
             "ds": [r[5] for r in sums],
         }
         async with conn.pipeline():
@@ -335,25 +402,50 @@ async def _vacuum_deltas(conn: Conn, truncate: bool) -> None:
     await conn.execute(q("vacuum_count_deltas" if truncate else "vacuum_count_deltas_keep"))
 
 
+async def _vacuum_rollups(conn: Conn) -> None:
+    await conn.execute(q("vacuum_count_rollups"))
+
+
+@dataclass(slots=True)
+class _Upkeep:
+    """What the fold task did since it last vacuumed the delta log and the rollups."""
+
+    folded: int = 0
+    vacuumed_at: float = 0.0
+    truncated: bool = True
+    rollups_clean: bool = True
+    rollups_vacuumed_at: float = 0.0
+
+
 class ListingMixin(Database):
     """list_jobs and the counts; the fold of the count deltas (a task of every open store)."""
 
     _fold_task: asyncio.Task[None] | None = None
+    _fold_stop: asyncio.Event | None = None
 
     # -- lifecycle: the fold task ------------------------------------------
 
     async def open(self, *, migrate: bool = True) -> list[Migration]:
         applied = await super().open(migrate=migrate)
         if self.read_only is None:
-            self._fold_task = asyncio.create_task(self._fold_forever(), name="fold-counts")
+            self._fold_stop = asyncio.Event()
+            self._fold_task = asyncio.create_task(
+                self._fold_forever(self._fold_stop), name="fold-counts"
+            )
         return applied
 
     async def close(self) -> None:
         task, self._fold_task = self._fold_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is not None and self._fold_stop is not None:
+            # Between two folds, not in the middle of one: a fold being cancelled would
+            # only roll back, but its connection would be discarded.
+            self._fold_stop.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), _STOP_FOLD_S)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._fold_what_is_left(), _CLOSE_FOLD_S)
         await super().close()
@@ -373,41 +465,50 @@ class ListingMixin(Database):
         against writers, so the fold task truncates only when the log is idle)."""
         await self._read_statement(_vacuum_deltas, truncate)
 
-    async def _fold_forever(self) -> None:
+    async def _fold_forever(self, stop: asyncio.Event) -> None:
+        """Fold while there is something to fold, then less and less often; keep the delta
+        log's heap small and the rollups' visibility maps set (index-only sums), whether
+        or not the server's autovacuum runs. Returns once `stop` is set."""
+        upkeep = _Upkeep()
         pause = _FOLD_BUSY_S
-        vacuumed_at = time.monotonic()
-        moved_since_vacuum = 0
-        truncated = True
-        while True:
+        while not stop.is_set():
             try:
                 moved = await self.fold_count_deltas()
-                if moved:
-                    moved_since_vacuum += moved
-                    truncated = False
-                now = time.monotonic()
-                if moved_since_vacuum and now - vacuumed_at >= _VACUUM_EVERY_S:
-                    await self.vacuum_count_deltas(truncate=False)
-                    vacuumed_at, moved_since_vacuum = now, 0
-                elif moved == 0 and not truncated:
-                    # Idle after folding: give the heap's empty pages back while no writer
-                    # needs the table.
-                    await self.vacuum_count_deltas(truncate=True)
-                    vacuumed_at, moved_since_vacuum, truncated = now, 0, True
-            except StoreUnavailable as exc:
+                await self._after_fold(moved or 0, upkeep)
+            except StoreError as exc:
                 log.warning("folding the count deltas failed (retrying): %s", exc)
-                moved = 0
-                pause = _FOLD_IDLE_MAX_S
+                moved, pause = 0, _FOLD_IDLE_MAX_S
             if moved is not None and moved >= FOLD_BATCH:
                 pause = 0
             elif moved:
                 pause = _FOLD_BUSY_S
             else:
                 pause = min(max(pause, _FOLD_BUSY_S) * 2, _FOLD_IDLE_MAX_S)
-            await asyncio.sleep(pause)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+
+    async def _after_fold(self, moved: int, upkeep: _Upkeep) -> None:
+        now = time.monotonic()
+        if moved:
+            upkeep.folded += moved
+            upkeep.truncated = upkeep.rollups_clean = False
+        if upkeep.folded and now - upkeep.vacuumed_at >= _VACUUM_EVERY_S:
+            await self.vacuum_count_deltas(truncate=False)
+            upkeep.folded, upkeep.vacuumed_at = 0, now
+        elif not moved and not upkeep.truncated:
+            # Idle after folding: give the heap's empty pages back while no writer needs
+            # the table.
+            await self.vacuum_count_deltas(truncate=True)
+            upkeep.folded, upkeep.vacuumed_at, upkeep.truncated = 0, now, True
+        if not upkeep.rollups_clean and now - upkeep.rollups_vacuumed_at >= _ROLLUPS_VACUUM_S:
+            await self._read_statement(_vacuum_rollups)
+            upkeep.rollups_clean, upkeep.rollups_vacuumed_at = True, now
 
     async def _fold_what_is_left(self) -> None:
         """At close: fold every delta left (unless another process is folding), then give
-        the log's space back. Failures are logged: the next store folds them."""
+        the log's space back and vacuum the rollups (a process that imported many jobs
+        leaves them ready for index-only sums). Failures are logged: the next store folds
+        what is left."""
         if self._pool is None or self.read_only is not None:
             return
         try:
@@ -418,7 +519,8 @@ class ListingMixin(Database):
                     break
             if folded:
                 await self.vacuum_count_deltas(truncate=True)
-        except StoreUnavailable as exc:
+                await self._read_statement(_vacuum_rollups)
+        except StoreError as exc:
             log.warning("the count deltas were not folded at close: %s", exc)
 
     # -- listing and counts ------------------------------------------------

@@ -3,7 +3,7 @@
 --
 -- Listing reads run with sorts disabled (listing.py: _LISTING_BEGIN), so every walk below
 -- can only be planned as an ordered index scan that stops after `limit` rows: the plan
--- never depends on statistics. A NULL :plugin or :command means any.
+-- does not depend on statistics. A NULL :plugin or :command means any.
 
 -- name: list_counts_status
 -- The counts a listing plans with, in one snapshot: per (status, source) (kind 's'), and
@@ -35,27 +35,33 @@ WHERE plugin = %(plugin)s AND command = %(command)s
 UNION ALL
 SELECT 'd', status, source, plugin, command, d FROM job_count_deltas;
 
--- name: list_counts_every_key
-SELECT 's', status, source, NULL, NULL, n FROM job_counts_status
-UNION ALL
-SELECT 'k', status, source, plugin, command, n FROM job_counts
-UNION ALL
-SELECT 'd', status, source, plugin, command, d FROM job_count_deltas;
-
--- Walks: each reads the jobs of one index range newest first and checks every filter on
--- the row. The ones over several keys (a status, a (plugin, command), ...) walk each key
--- in a LATERAL subquery of `limit` rows and keep the newest `limit` of them.
+-- Walks: each reads the jobs of one index range newest first and checks every other
+-- filter on the row. A walk over several keys (statuses, (plugin, command) pairs, ...)
+-- walks each key in a LATERAL subquery of `limit` rows and keeps the newest `limit`.
+--
+-- The upper end of a walk is one row comparison, (created_at, seq) < :upper: the tighter
+-- of the cursor and `created_at < before` (listing.py), because the index scan starts
+-- from the row comparison and would not see that a plain bound on created_at is tighter.
+-- Row filters on plugin and command are written IS NOT DISTINCT FROM, which no index
+-- serves: the planner cannot trade the walk's index for one that merely starts with
+-- plugin and would read all of its jobs.
 
 -- name: walk_time
-SELECT job_id, plugin, command, status, source, created_at, started_at, completed_at,
-       attempt, external_url, seq
-FROM jobs
-WHERE created_at > %(after)s AND created_at < %(before)s
-  AND (created_at, seq) < (%(cursor_created)s, %(cursor_seq)s::bigint)
-  AND status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-  AND (%(plugin)s::text IS NULL OR plugin = %(plugin)s)
-  AND (%(command)s::text IS NULL OR command = %(command)s)
-ORDER BY created_at DESC, seq DESC LIMIT %(limit)s;
+-- Per source: jobs_by_time is (source, created_at, seq).
+SELECT w.* FROM unnest(%(walk_sources)s::text[]) AS k (walk_source)
+CROSS JOIN LATERAL (
+    SELECT job_id, plugin, command, status, source, created_at, started_at, completed_at,
+           attempt, external_url, seq
+    FROM jobs
+    WHERE source = k.walk_source
+      AND created_at > %(after)s
+      AND (created_at, seq) < (%(upper_created)s, %(upper_seq)s::bigint)
+      AND status = ANY(%(statuses)s::text[])
+      AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
+      AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s)
+    ORDER BY created_at DESC, seq DESC LIMIT %(limit)s
+) AS w
+ORDER BY w.created_at DESC, w.seq DESC LIMIT %(limit)s;
 
 -- name: walk_plugin_command
 SELECT w.* FROM unnest(%(walk_plugins)s::text[], %(walk_commands)s::text[])
@@ -65,26 +71,27 @@ CROSS JOIN LATERAL (
            attempt, external_url, seq
     FROM jobs
     WHERE plugin = k.walk_plugin AND command = k.walk_command
-      AND created_at > %(after)s AND created_at < %(before)s
-      AND (created_at, seq) < (%(cursor_created)s, %(cursor_seq)s::bigint)
+      AND created_at > %(after)s
+      AND (created_at, seq) < (%(upper_created)s, %(upper_seq)s::bigint)
       AND status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
     ORDER BY created_at DESC, seq DESC LIMIT %(limit)s
 ) AS w
 ORDER BY w.created_at DESC, w.seq DESC LIMIT %(limit)s;
 
 -- name: walk_status
--- `status <> 'succeeded'` repeats the partial index's condition, so the walk may use it.
-SELECT w.* FROM unnest(%(walk_statuses)s::text[]) AS k (walk_status)
+-- Per (status, source). `status <> 'succeeded'` repeats the partial index's condition, so
+-- the walk may use it.
+SELECT w.* FROM unnest(%(walk_statuses)s::text[], %(walk_sources)s::text[])
+    AS k (walk_status, walk_source)
 CROSS JOIN LATERAL (
     SELECT job_id, plugin, command, status, source, created_at, started_at, completed_at,
            attempt, external_url, seq
     FROM jobs
-    WHERE status = k.walk_status AND status <> 'succeeded'
-      AND created_at > %(after)s AND created_at < %(before)s
-      AND (created_at, seq) < (%(cursor_created)s, %(cursor_seq)s::bigint)
-      AND source = ANY(%(sources)s::text[])
-      AND (%(plugin)s::text IS NULL OR plugin = %(plugin)s)
-      AND (%(command)s::text IS NULL OR command = %(command)s)
+    WHERE status = k.walk_status AND source = k.walk_source AND status <> 'succeeded'
+      AND created_at > %(after)s
+      AND (created_at, seq) < (%(upper_created)s, %(upper_seq)s::bigint)
+      AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
+      AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s)
     ORDER BY created_at DESC, seq DESC LIMIT %(limit)s
 ) AS w
 ORDER BY w.created_at DESC, w.seq DESC LIMIT %(limit)s;
@@ -98,8 +105,8 @@ CROSS JOIN LATERAL (
     FROM jobs
     WHERE status = k.walk_status AND status <> 'succeeded'
       AND plugin = k.walk_plugin AND command = k.walk_command
-      AND created_at > %(after)s AND created_at < %(before)s
-      AND (created_at, seq) < (%(cursor_created)s, %(cursor_seq)s::bigint)
+      AND created_at > %(after)s
+      AND (created_at, seq) < (%(upper_created)s, %(upper_seq)s::bigint)
       AND source = ANY(%(sources)s::text[])
     ORDER BY created_at DESC, seq DESC LIMIT %(limit)s
 ) AS w
@@ -111,63 +118,62 @@ SELECT job_id, plugin, command, status, source, created_at, started_at, complete
        attempt, external_url, seq
 FROM jobs
 WHERE submitted_by_token = %(token)s AND submitted_by_token IS NOT NULL
-  AND created_at > %(after)s AND created_at < %(before)s
-  AND (created_at, seq) < (%(cursor_created)s, %(cursor_seq)s::bigint)
+  AND created_at > %(after)s AND (created_at, seq) < (%(upper_created)s, %(upper_seq)s::bigint)
   AND status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-  AND (%(plugin)s::text IS NULL OR plugin = %(plugin)s)
-  AND (%(command)s::text IS NULL OR command = %(command)s)
+  AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
+  AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s)
 ORDER BY created_at DESC, seq DESC LIMIT %(limit)s;
 
 -- name: count_submitter_by_time
--- The same with no filter beyond the time bounds: counted in the index alone.
+-- walk_submitter's total when nothing but time is filtered: counted in the index alone.
 SELECT count(*) FROM jobs
 WHERE submitted_by_token = %(token)s AND submitted_by_token IS NOT NULL
   AND created_at > %(after)s AND created_at < %(before)s;
 
 -- name: count_submitter
--- The exact total of walk_submitter's filter: the token's index entries, and their rows.
+-- walk_submitter's total: the token's index entries, and their rows.
 SELECT count(*) FROM jobs
 WHERE submitted_by_token = %(token)s AND submitted_by_token IS NOT NULL
   AND created_at > %(after)s AND created_at < %(before)s
   AND status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-  AND (%(plugin)s::text IS NULL OR plugin = %(plugin)s)
-  AND (%(command)s::text IS NULL OR command = %(command)s);
+  AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
+  AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s);
 
--- Totals with time bounds: whole hours strictly between :hour_after and :hour_before from
--- the hourly rollups (index-only) plus unfolded deltas, then the partial hours at the
--- edges counted in an index (edge_count_*).
+-- Totals with time bounds (store/listing_plan.py: bounded_total): whole days, then whole
+-- hours, strictly between :unit_after and :unit_before, from the rollups (index-only
+-- scans) plus unfolded deltas; then the partial hours at the edges counted in an index.
 
 -- name: hours_all
 SELECT coalesce(sum(n), 0) FROM (
     SELECT n FROM job_counts_hour
     WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-      AND hour > %(hour_after)s AND hour < %(hour_before)s
+      AND hour > %(unit_after)s AND hour < %(unit_before)s
     UNION ALL
     SELECT d FROM job_count_deltas
     WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-      AND hour > %(hour_after)s AND hour < %(hour_before)s
+      AND hour > %(unit_after)s AND hour < %(unit_before)s
 ) AS c;
 
 -- name: hours_plugin
 SELECT coalesce(sum(n), 0) FROM (
     SELECT n FROM job_counts_hour_plugin
     WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-      AND plugin = %(plugin)s AND hour > %(hour_after)s AND hour < %(hour_before)s
+      AND plugin = %(plugin)s AND hour > %(unit_after)s AND hour < %(unit_before)s
     UNION ALL
     SELECT d FROM job_count_deltas
     WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-      AND plugin = %(plugin)s AND hour > %(hour_after)s AND hour < %(hour_before)s
+      AND plugin = %(plugin)s AND hour > %(unit_after)s AND hour < %(unit_before)s
 ) AS c;
 
 -- name: hours_command
 SELECT coalesce(sum(n), 0) FROM (
     SELECT n FROM job_counts_hour_command
     WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-      AND command = %(command)s AND hour > %(hour_after)s AND hour < %(hour_before)s
+      AND command = %(command)s AND hour > %(unit_after)s AND hour < %(unit_before)s
     UNION ALL
     SELECT d FROM job_count_deltas
     WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-      AND command = %(command)s AND hour > %(hour_after)s AND hour < %(hour_before)s
+      AND command = %(command)s AND hour > %(unit_after)s AND hour < %(unit_before)s
 ) AS c;
 
 -- name: hours_plugin_command
@@ -175,36 +181,105 @@ SELECT coalesce(sum(n), 0) FROM (
     SELECT n FROM job_counts_hour_plugin_command
     WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
       AND plugin = %(plugin)s AND command = %(command)s
-      AND hour > %(hour_after)s AND hour < %(hour_before)s
+      AND hour > %(unit_after)s AND hour < %(unit_before)s
     UNION ALL
     SELECT d FROM job_count_deltas
     WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
       AND plugin = %(plugin)s AND command = %(command)s
-      AND hour > %(hour_after)s AND hour < %(hour_before)s
+      AND hour > %(unit_after)s AND hour < %(unit_before)s
 ) AS c;
 
--- name: edge_count_time
--- An edge is at most an hour of jobs: the other filters are checked on the row.
-SELECT count(*) FROM jobs
-WHERE created_at > %(lo)s AND created_at < %(hi)s
-  AND status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
-  AND (%(plugin)s::text IS NULL OR plugin = %(plugin)s)
-  AND (%(command)s::text IS NULL OR command = %(command)s);
+-- name: days_all
+SELECT coalesce(sum(n), 0) FROM (
+    SELECT n FROM job_counts_day
+    WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
+      AND day > %(unit_after)s AND day < %(unit_before)s
+    UNION ALL
+    SELECT d FROM job_count_deltas
+    WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
+      AND left(hour, 10) > %(unit_after)s AND left(hour, 10) < %(unit_before)s
+) AS c;
 
--- name: edge_count_status
--- The same for statuses without succeeded: only their entries of jobs_by_status.
-SELECT count(*) FROM jobs
-WHERE status = ANY(%(statuses)s::text[]) AND status <> 'succeeded'
-  AND created_at > %(lo)s AND created_at < %(hi)s
-  AND source = ANY(%(sources)s::text[])
-  AND (%(plugin)s::text IS NULL OR plugin = %(plugin)s)
-  AND (%(command)s::text IS NULL OR command = %(command)s);
+-- name: days_plugin
+SELECT coalesce(sum(n), 0) FROM (
+    SELECT n FROM job_counts_day_plugin
+    WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
+      AND plugin = %(plugin)s AND day > %(unit_after)s AND day < %(unit_before)s
+    UNION ALL
+    SELECT d FROM job_count_deltas
+    WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
+      AND plugin = %(plugin)s AND left(hour, 10) > %(unit_after)s AND left(hour, 10) < %(unit_before)s
+) AS c;
 
--- name: edge_count_plugin_command
-SELECT count(*) FROM jobs
-WHERE plugin = %(plugin)s AND command = %(command)s
-  AND created_at > %(lo)s AND created_at < %(hi)s
-  AND status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[]);
+-- name: days_command
+SELECT coalesce(sum(n), 0) FROM (
+    SELECT n FROM job_counts_day_command
+    WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
+      AND command = %(command)s AND day > %(unit_after)s AND day < %(unit_before)s
+    UNION ALL
+    SELECT d FROM job_count_deltas
+    WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
+      AND command = %(command)s AND left(hour, 10) > %(unit_after)s AND left(hour, 10) < %(unit_before)s
+) AS c;
+
+-- name: days_plugin_command
+SELECT coalesce(sum(n), 0) FROM (
+    SELECT n FROM job_counts_day_plugin_command
+    WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
+      AND plugin = %(plugin)s AND command = %(command)s
+      AND day > %(unit_after)s AND day < %(unit_before)s
+    UNION ALL
+    SELECT d FROM job_count_deltas
+    WHERE status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
+      AND plugin = %(plugin)s AND command = %(command)s
+      AND left(hour, 10) > %(unit_after)s AND left(hour, 10) < %(unit_before)s
+) AS c;
+
+-- Edges: the jobs of (:lo, :hi), at most an hour, counted over the keys of the page's walk
+-- (edge_<walk>), every other filter checked on the row.
+
+-- name: edge_time
+SELECT coalesce(sum(e.n), 0) FROM unnest(%(walk_sources)s::text[]) AS k (walk_source)
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n FROM jobs
+    WHERE source = k.walk_source AND created_at > %(lo)s AND created_at < %(hi)s
+      AND status = ANY(%(statuses)s::text[])
+      AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
+      AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s)
+) AS e;
+
+-- name: edge_plugin_command
+SELECT coalesce(sum(e.n), 0) FROM unnest(%(walk_plugins)s::text[], %(walk_commands)s::text[])
+    AS k (walk_plugin, walk_command)
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n FROM jobs
+    WHERE plugin = k.walk_plugin AND command = k.walk_command
+      AND created_at > %(lo)s AND created_at < %(hi)s
+      AND status = ANY(%(statuses)s::text[]) AND source = ANY(%(sources)s::text[])
+) AS e;
+
+-- name: edge_status
+SELECT coalesce(sum(e.n), 0) FROM unnest(%(walk_statuses)s::text[], %(walk_sources)s::text[])
+    AS k (walk_status, walk_source)
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n FROM jobs
+    WHERE status = k.walk_status AND source = k.walk_source AND status <> 'succeeded'
+      AND created_at > %(lo)s AND created_at < %(hi)s
+      AND (%(plugin)s::text IS NULL OR plugin IS NOT DISTINCT FROM %(plugin)s)
+      AND (%(command)s::text IS NULL OR command IS NOT DISTINCT FROM %(command)s)
+) AS e;
+
+-- name: edge_status_plugin_command
+SELECT coalesce(sum(e.n), 0) FROM unnest(%(walk_statuses)s::text[], %(walk_plugins)s::text[],
+                                         %(walk_commands)s::text[])
+    AS k (walk_status, walk_plugin, walk_command)
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n FROM jobs
+    WHERE status = k.walk_status AND status <> 'succeeded'
+      AND plugin = k.walk_plugin AND command = k.walk_command
+      AND created_at > %(lo)s AND created_at < %(hi)s
+      AND source = ANY(%(sources)s::text[])
+) AS e;
 
 -- Counts for overviews and the worker, from the rollups plus the unfolded deltas.
 
@@ -242,12 +317,16 @@ SELECT plugin, sum(n) FROM (
 GROUP BY plugin HAVING sum(n) > 0;
 
 -- name: oldest_queued
--- One seek in jobs_by_status: (status, created_at, seq).
-SELECT job_id, plugin, command, status, source, created_at, started_at, completed_at,
-       attempt, external_url, seq
-FROM jobs
-WHERE status = 'queued' AND status <> 'succeeded'
-ORDER BY created_at, seq LIMIT 1;
+-- One seek per source in jobs_by_status: (status, source, created_at, seq).
+SELECT o.* FROM unnest(%(sources)s::text[]) AS k (walk_source)
+CROSS JOIN LATERAL (
+    SELECT job_id, plugin, command, status, source, created_at, started_at, completed_at,
+           attempt, external_url, seq
+    FROM jobs
+    WHERE status = 'queued' AND status <> 'succeeded' AND source = k.walk_source
+    ORDER BY created_at, seq LIMIT 1
+) AS o
+ORDER BY o.created_at, o.seq LIMIT 1;
 
 -- name: oldest_queued_by_plugin
 -- Plugins with queued local jobs from the counts, then one seek each in the claim index
@@ -377,6 +456,70 @@ WHEN NOT MATCHED AND s.d <> 0 THEN
     INSERT (status, source, plugin, command, hour, n)
     VALUES (s.status, s.source, s.plugin, s.command, s.hour, s.d);
 
+-- name: fold_day
+MERGE INTO job_counts_day AS t
+USING (
+    SELECT status, source, day, sum(d) AS d
+    FROM unnest(%(statuses)s::text[], %(sources)s::text[], %(days)s::text[], %(ds)s::bigint[])
+        AS k (status, source, day, d)
+    GROUP BY status, source, day
+) AS s
+ON t.status = s.status AND t.source = s.source AND t.day = s.day
+WHEN MATCHED AND s.d = 0 THEN DO NOTHING
+WHEN MATCHED AND t.n + s.d = 0 THEN DELETE
+WHEN MATCHED THEN UPDATE SET n = t.n + s.d
+WHEN NOT MATCHED AND s.d <> 0 THEN
+    INSERT (status, source, day, n) VALUES (s.status, s.source, s.day, s.d);
+
+-- name: fold_day_plugin
+MERGE INTO job_counts_day_plugin AS t
+USING (
+    SELECT status, source, plugin, day, sum(d) AS d
+    FROM unnest(%(statuses)s::text[], %(sources)s::text[], %(plugins)s::text[],
+                %(days)s::text[], %(ds)s::bigint[]) AS k (status, source, plugin, day, d)
+    GROUP BY status, source, plugin, day
+) AS s
+ON t.status = s.status AND t.source = s.source AND t.plugin = s.plugin AND t.day = s.day
+WHEN MATCHED AND s.d = 0 THEN DO NOTHING
+WHEN MATCHED AND t.n + s.d = 0 THEN DELETE
+WHEN MATCHED THEN UPDATE SET n = t.n + s.d
+WHEN NOT MATCHED AND s.d <> 0 THEN
+    INSERT (status, source, plugin, day, n) VALUES (s.status, s.source, s.plugin, s.day, s.d);
+
+-- name: fold_day_command
+MERGE INTO job_counts_day_command AS t
+USING (
+    SELECT status, source, command, day, sum(d) AS d
+    FROM unnest(%(statuses)s::text[], %(sources)s::text[], %(commands)s::text[],
+                %(days)s::text[], %(ds)s::bigint[]) AS k (status, source, command, day, d)
+    GROUP BY status, source, command, day
+) AS s
+ON t.status = s.status AND t.source = s.source AND t.command = s.command AND t.day = s.day
+WHEN MATCHED AND s.d = 0 THEN DO NOTHING
+WHEN MATCHED AND t.n + s.d = 0 THEN DELETE
+WHEN MATCHED THEN UPDATE SET n = t.n + s.d
+WHEN NOT MATCHED AND s.d <> 0 THEN
+    INSERT (status, source, command, day, n)
+    VALUES (s.status, s.source, s.command, s.day, s.d);
+
+-- name: fold_day_plugin_command
+MERGE INTO job_counts_day_plugin_command AS t
+USING (
+    SELECT status, source, plugin, command, day, sum(d) AS d
+    FROM unnest(%(statuses)s::text[], %(sources)s::text[], %(plugins)s::text[],
+                %(commands)s::text[], %(days)s::text[], %(ds)s::bigint[])
+        AS k (status, source, plugin, command, day, d)
+    GROUP BY status, source, plugin, command, day
+) AS s
+ON t.status = s.status AND t.source = s.source AND t.plugin = s.plugin
+   AND t.command = s.command AND t.day = s.day
+WHEN MATCHED AND s.d = 0 THEN DO NOTHING
+WHEN MATCHED AND t.n + s.d = 0 THEN DELETE
+WHEN MATCHED THEN UPDATE SET n = t.n + s.d
+WHEN NOT MATCHED AND s.d <> 0 THEN
+    INSERT (status, source, plugin, command, day, n)
+    VALUES (s.status, s.source, s.plugin, s.command, s.day, s.d);
+
 -- name: vacuum_count_deltas
 -- Outside any transaction: the space of folded deltas is used again, and the empty pages
 -- at the end of the heap are given back (readers scan the whole heap). Giving them back
@@ -386,3 +529,10 @@ VACUUM job_count_deltas;
 -- name: vacuum_count_deltas_keep
 -- The same, keeping the heap's empty pages (never waits for a lock).
 VACUUM (TRUNCATE false) job_count_deltas;
+
+-- name: vacuum_count_rollups
+-- Outside any transaction: sets the visibility map of the rollups' pages (folds keep
+-- changing a few rows), so sums over past days and hours stay index-only scans.
+VACUUM (TRUNCATE false) job_counts, job_counts_status, job_counts_hour, job_counts_hour_plugin,
+    job_counts_hour_command, job_counts_hour_plugin_command, job_counts_day, job_counts_day_plugin,
+    job_counts_day_command, job_counts_day_plugin_command;

@@ -156,8 +156,7 @@ def _bounded_total(conn: sqlite3.Connection, filters: JobFilter, base: dict[str,
     key = (filters.plugin is not None, filters.command is not None)
     edge = "edge_count_plugin_command" if key == (True, True) else "edge_count_time"
     total = 0
-    if parts.hours is not None:
-        hour_after, hour_before = parts.hours
+    for _hour, hour_after, hour_before in parts.units:
         hours = {**base, "hour_after": hour_after, "hour_before": hour_before}
         total += _count(conn, _HOURS[key], hours)
     for lo, hi in parts.edges:
