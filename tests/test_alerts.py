@@ -21,7 +21,7 @@ from queue_service.alerts.delivery import AlertSender, start_alerts
 from queue_service.api import ServiceState, create_app
 from queue_service.config import parse_config
 from queue_service.statuses import AttemptStatus, Status
-from queue_service.store import DeliveryStatus, NewJob, SQLiteStore
+from queue_service.store import DeliveryStatus, NewJob, Store
 from queue_service.store.types import AttemptEnd
 from queue_service.timeutil import format_ts, utcnow
 from tests.conftest import bearer
@@ -56,7 +56,7 @@ def receiver() -> Iterator[Receiver]:
         r.stop()
 
 
-async def fail_job(store: SQLiteStore, plugin: str = "echo", command: str = "poll") -> str:
+async def fail_job(store: Store, plugin: str = "echo", command: str = "poll") -> str:
     """A job that ran once and failed for good (as the worker records it)."""
     job_id = (await store.enqueue(NewJob(plugin, command, {}, max_attempts=1))).job_id
     [job] = await store.claim_jobs(plugin, limit=1, owner="w", lease_seconds=60)
@@ -106,7 +106,7 @@ async def running() -> AsyncIterator[Running]:
         await r.close()
 
 
-def sender(store: SQLiteStore, alert: AlertConfig, owner: str = "p1") -> AlertSender:
+def sender(store: Store, alert: AlertConfig, owner: str = "p1") -> AlertSender:
     return AlertSender(store, alert, owner=owner, poll_interval=0.05)
 
 
@@ -114,7 +114,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_a_failing_job_alerts_once_with_its_details_and_an_idempotency_key(
-    store: SQLiteStore, receiver: Receiver, running: Running
+    store: Store, receiver: Receiver, running: Running
 ) -> None:
     alert = alert_config(receiver, plugins=["echo"])
     await store.route_alert_events(alert.route())  # configured before the failures
@@ -147,13 +147,13 @@ async def test_a_failing_job_alerts_once_with_its_details_and_an_idempotency_key
     assert len({r.key for r in receiver.requests()}) == 2
 
 
-async def _counts_are(store: SQLiteStore, **expected: int) -> bool:
+async def _counts_are(store: Store, **expected: int) -> bool:
     counts = await store.alert_delivery_counts("ops")
     return all(counts[k] == v for k, v in expected.items())
 
 
 async def test_a_receiver_that_is_down_gets_the_alert_when_it_comes_back(
-    store: SQLiteStore, running: Running, caplog: pytest.LogCaptureFixture
+    store: Store, running: Running, caplog: pytest.LogCaptureFixture
 ) -> None:
     receiver = Receiver()  # not started: its port refuses connections
     try:
@@ -184,7 +184,7 @@ async def test_a_receiver_that_is_down_gets_the_alert_when_it_comes_back(
 
 
 async def test_a_rate_limit_folds_failures_into_one_message_with_the_count(
-    store: SQLiteStore, receiver: Receiver, running: Running
+    store: Store, receiver: Receiver, running: Running
 ) -> None:
     alert = alert_config(receiver, format="slack", rate_limit="1h")
     await store.route_alert_events(alert.route())
@@ -210,7 +210,7 @@ async def test_a_rate_limit_folds_failures_into_one_message_with_the_count(
 
 
 async def test_a_job_running_longer_than_the_threshold_alerts_once(
-    store: SQLiteStore, receiver: Receiver, running: Running
+    store: Store, receiver: Receiver, running: Running
 ) -> None:
     alert = alert_config(receiver, statuses=[], running_longer_than="60s")
     await store.route_alert_events(alert.route())
@@ -232,7 +232,7 @@ async def test_a_job_running_longer_than_the_threshold_alerts_once(
 
 
 async def test_a_delivery_whose_sender_died_mid_send_is_sent_again_once(
-    store: SQLiteStore, receiver: Receiver, running: Running
+    store: Store, receiver: Receiver, running: Running
 ) -> None:
     alert = alert_config(receiver)
     await store.route_alert_events(alert.route())
@@ -256,7 +256,7 @@ async def test_a_delivery_whose_sender_died_mid_send_is_sent_again_once(
 
 
 async def test_one_hanging_receiver_does_not_delay_another_alert(
-    store: SQLiteStore, receiver: Receiver
+    store: Store, receiver: Receiver
 ) -> None:
     hanging = Receiver().start()
     hanging.release.clear()
@@ -283,7 +283,7 @@ async def test_one_hanging_receiver_does_not_delay_another_alert(
 
 
 async def test_two_senders_on_one_store_send_each_delivery_once(
-    store: SQLiteStore, receiver: Receiver, running: Running
+    store: Store, receiver: Receiver, running: Running
 ) -> None:
     alert = alert_config(receiver)
     await store.route_alert_events(alert.route())
@@ -298,7 +298,7 @@ async def test_two_senders_on_one_store_send_each_delivery_once(
 
 
 async def test_get_alerts_shows_settings_without_secrets_and_a_given_up_delivery(
-    store: SQLiteStore, receiver: Receiver, running: Running
+    store: Store, receiver: Receiver, running: Running
 ) -> None:
     receiver.status = 500
     alert = alert_config(receiver, max_attempts=2, plugins=["echo"], rate_limit="5m")
@@ -333,10 +333,10 @@ async def test_get_alerts_shows_settings_without_secrets_and_a_given_up_delivery
 
 @pytest.mark.slow
 def test_a_worker_killed_between_attempts_sends_each_alert_once_after_its_restart(
-    tmp_path: Path, processes: Processes
+    tmp_path: Path, processes: Processes, db_url: str
 ) -> None:
     receiver = Receiver().start()
-    db = tmp_path / "q.db"
+    db = db_url
     config = write_config(
         tmp_path,
         f"""
@@ -400,7 +400,7 @@ backoff_max_seconds = 1
 
 
 async def test_deliveries_claimed_when_the_sender_stops_are_given_back_unsent(
-    store: SQLiteStore, receiver: Receiver
+    store: Store, receiver: Receiver
 ) -> None:
     alert = alert_config(receiver)
     await store.route_alert_events(alert.route())

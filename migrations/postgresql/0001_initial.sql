@@ -433,8 +433,14 @@ CREATE FUNCTION utc_now_text() RETURNS text LANGUAGE sql STABLE AS $$
     SELECT to_char(statement_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
 $$;
 
+-- A job that `queue-service copy` imports as failed is history, not news: the importer sets
+-- queue_service.importing for its transaction (postgresql/portable.py), and no event is
+-- recorded.
 CREATE FUNCTION jobs_alert_event() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    IF current_setting('queue_service.importing', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
     PERFORM alert_events_lock();
     INSERT INTO alert_events (kind, job_id, plugin, command, source, status, attempt,
                               last_error, external_url, started_at, completed_at, recorded_at)

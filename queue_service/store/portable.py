@@ -17,7 +17,9 @@ ids are kept: a job's `submitted_by_token` names its token by id (own-job reads)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,8 @@ __all__ = [
     "PortableTable",
     "TableCopy",
     "copy_store",
+    "cursor_values",
+    "export_page",
     "portable_table",
 ]
 
@@ -44,12 +48,16 @@ class PortableTable:
 
     `columns` are exported and imported in this order. `identity` names the columns that
     identify a row across stores: a row whose identity the target already holds is skipped,
-    so an interrupted copy can be re-run with `merge`.
+    so an interrupted copy can be re-run with `merge`. `order` is the key rows are exported
+    by (keyset pages): the store's insertion order where the table has one (jobs by seq,
+    attempts by id), so a copy keeps the source's order; a key of one column makes a scalar
+    cursor.
     """
 
     name: str
     columns: tuple[str, ...]
     identity: tuple[str, ...]
+    order: tuple[str, ...]
 
 
 _JOB_COLUMNS = (
@@ -82,7 +90,7 @@ _JOB_COLUMNS = (
 
 #: Every portable table, in copy order (jobs before the attempts that refer to them).
 PORTABLE_TABLES: tuple[PortableTable, ...] = (
-    PortableTable("jobs", _JOB_COLUMNS, ("job_id",)),
+    PortableTable("jobs", _JOB_COLUMNS, ("job_id",), ("seq",)),
     PortableTable(
         "job_attempts",
         (
@@ -96,6 +104,7 @@ PORTABLE_TABLES: tuple[PortableTable, ...] = (
             "stderr_tail",
         ),
         ("job_id", "attempt", "started_at"),
+        ("id",),
     ),
     PortableTable(
         "tokens",
@@ -110,15 +119,20 @@ PORTABLE_TABLES: tuple[PortableTable, ...] = (
             "revoked_at",
         ),
         ("token_hash",),
+        ("token_id",),
     ),
-    PortableTable("plugin_state", ("plugin", "state", "updated_at"), ("plugin",)),
+    PortableTable("plugin_state", ("plugin", "state", "updated_at"), ("plugin",), ("plugin",)),
     PortableTable(
         "schedule_state",
         ("schedule_key", "next_run_at", "last_fired_at", "last_job_id", "updated_at"),
         ("schedule_key",),
+        ("schedule_key",),
     ),
     PortableTable(
-        "schedule_fires", ("schedule_key", "slot", "job_id", "fired_at"), ("schedule_key", "slot")
+        "schedule_fires",
+        ("schedule_key", "slot", "job_id", "fired_at"),
+        ("schedule_key", "slot"),
+        ("schedule_key", "slot"),
     ),
     PortableTable(
         "sync_state",
@@ -134,6 +148,7 @@ PORTABLE_TABLES: tuple[PortableTable, ...] = (
             "extra",
         ),
         ("workspace",),
+        ("workspace",),
     ),
 )
 
@@ -146,6 +161,25 @@ def portable_table(name: str) -> PortableTable:
         return _BY_NAME[name]
     except KeyError:
         raise KeyError(f"no portable table {name!r}") from None
+
+
+def export_page(
+    table: PortableTable, fetched: Sequence[Sequence[Any]], limit: int
+) -> tuple[list[Row], Any]:
+    """A store's `export_rows` answer from the rows its query fetched: each the table's
+    columns followed by its `order` key, at most `limit`. The cursor is the last row's key
+    (a scalar for a one-column key), or None when the page was not full: the last one."""
+    width = len(table.columns)
+    rows = [tuple(row[:width]) for row in fetched]
+    if len(fetched) < limit:
+        return rows, None
+    last = tuple(fetched[-1][width:])
+    return rows, (last if len(table.order) > 1 else last[0])
+
+
+def cursor_values(table: PortableTable, after: Any) -> tuple[Any, ...]:
+    """The `order` key values of an `export_rows` cursor."""
+    return tuple(after) if len(table.order) > 1 else (after,)
 
 
 class CopyError(Exception):
@@ -171,6 +205,27 @@ class CopyReport:
     @property
     def copied(self) -> int:
         return sum(table.copied for table in self.tables)
+
+
+async def _pages(source: Store, table: str, batch: int) -> AsyncGenerator[list[Row], None]:
+    """The pages of `table` in `source`, each read while the caller writes the one before:
+    the two stores work at the same time."""
+    pending = asyncio.ensure_future(source.export_rows(table, limit=batch))
+    try:
+        while True:
+            rows, after = await pending
+            if not rows:
+                return
+            if after is not None:
+                pending = asyncio.ensure_future(source.export_rows(table, after=after, limit=batch))
+            yield rows
+            if after is None:
+                return
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pending
 
 
 async def copy_store(
@@ -211,18 +266,13 @@ async def copy_store(
             target_rows_before=target_counts[table.name],
         )
         report.tables.append(done)
-        after: Any = None
-        while True:
-            rows, after = await source.export_rows(table.name, after=after, limit=batch)
-            if not rows:
-                break
-            inserted = await target.import_rows(table.name, rows)
-            done.copied += inserted
-            done.skipped += len(rows) - inserted
-            if progress is not None:
-                progress(done)
-            if after is None:
-                break
+        async with contextlib.aclosing(_pages(source, table.name, batch)) as pages:
+            async for rows in pages:
+                inserted = await target.import_rows(table.name, rows)
+                done.copied += inserted
+                done.skipped += len(rows) - inserted
+                if progress is not None:
+                    progress(done)
     final_source = await source.portable_counts()
     final_target = await target.portable_counts()
     problems: list[str] = []

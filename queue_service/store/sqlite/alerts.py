@@ -7,60 +7,28 @@ import sqlite3
 from datetime import datetime, timedelta
 
 from queue_service.store.jobrules import new_job_id
-from queue_service.store.sqlite.sql import q
-from queue_service.store.types import (
-    AlertDelivery,
-    AlertEvent,
-    AlertEventKind,
-    AlertRoute,
-    DeliveryStatus,
+from queue_service.store.outbox import (
+    LatestDelivery,
+    delivery_from_row,
+    empty_delivery_counts,
+    event_from_row,
+    plan_route,
+    rate_limited_plugins,
 )
-from queue_service.timeutil import format_ts, parse_rfc3339
+from queue_service.store.sqlite.sql import q
+from queue_service.store.types import AlertDelivery, AlertEvent, AlertRoute, DeliveryStatus
+from queue_service.timeutil import format_ts
 
 
-def event_from_row(row: sqlite3.Row) -> AlertEvent:
-    return AlertEvent(
-        event_id=row["event_id"],
-        kind=AlertEventKind(row["kind"]),
-        job_id=row["job_id"],
-        plugin=row["plugin"],
-        command=row["command"],
-        source=row["source"],
-        status=row["status"],
-        attempt=row["attempt"],
-        last_error=row["last_error"],
-        external_url=row["external_url"],
-        started_at=row["started_at"],
-        completed_at=row["completed_at"],
-        running_seconds=row["running_seconds"],
-        recorded_at=row["recorded_at"],
-    )
-
-
-def _delivery(conn: sqlite3.Connection, row: sqlite3.Row) -> AlertDelivery:
-    events = {
-        r["event_id"]: event_from_row(r)
+def _deliveries(conn: sqlite3.Connection, rows: list[sqlite3.Row]) -> list[AlertDelivery]:
+    """The delivery rows with their first and last events."""
+    events: dict[int, AlertEvent] = {}
+    for row in rows:
         for r in conn.execute(
             q("alert_events_by_id"), {"first": row["first_event_id"], "last": row["last_event_id"]}
-        )
-    }
-    return AlertDelivery(
-        delivery_id=row["delivery_id"],
-        alert=row["alert"],
-        plugin=row["plugin"],
-        status=DeliveryStatus(row["status"]),
-        events=row["events"],
-        created_at=row["created_at"],
-        not_before=row["not_before"],
-        next_attempt_at=row["next_attempt_at"],
-        attempts=row["attempts"],
-        last_attempt_at=row["last_attempt_at"],
-        last_error=row["last_error"],
-        response_status=row["response_status"],
-        finished_at=row["finished_at"],
-        first_event=events.get(row["first_event_id"]),
-        last_event=events.get(row["last_event_id"]),
-    )
+        ):
+            events[r["event_id"]] = event_from_row(r)
+    return [delivery_from_row(row, events) for row in rows]
 
 
 def record_long_running(
@@ -84,47 +52,25 @@ def route_events(conn: sqlite3.Connection, route: AlertRoute, now: datetime, lim
     rows = conn.execute(q("alert_events_after"), {"after": after, "limit": limit}).fetchall()
     if not rows:
         return 0
-    for row in rows:
-        event = event_from_row(row)
-        if route.matches(event):
-            _deliver(conn, route, event, now)
+    events = [event_from_row(row) for row in rows]
+    latest: dict[str, LatestDelivery] = {}
+    for plugin in rate_limited_plugins(route, events):
+        found = conn.execute(
+            q("latest_alert_delivery"), {"alert": route.alert, "plugin": plugin}
+        ).fetchone()
+        if found is not None:
+            latest[plugin] = LatestDelivery.from_row(found)
+    plan = plan_route(route, events, latest, now, new_job_id)
+    conn.executemany(q("fold_alert_delivery"), [vars(fold) for fold in plan.folds])
+    conn.executemany(
+        q("insert_alert_delivery"),
+        [{**vars(new), "alert": route.alert, "now": now_text} for new in plan.new],
+    )
     conn.execute(
         q("set_alert_cursor"),
-        {"alert": route.alert, "last_event_id": rows[-1]["event_id"], "now": now_text},
+        {"alert": route.alert, "last_event_id": events[-1].event_id, "now": now_text},
     )
     return len(rows)
-
-
-def _deliver(conn: sqlite3.Connection, route: AlertRoute, event: AlertEvent, now: datetime) -> None:
-    """A new delivery for `event`, or (with a rate limit) the event folded into the
-    plugin's delivery that has not been attempted yet, or a new delivery held until the
-    current window of the plugin ends."""
-    not_before = now
-    if route.rate_limit_seconds is not None:
-        window = timedelta(seconds=route.rate_limit_seconds)
-        latest = conn.execute(
-            q("latest_alert_delivery"), {"alert": route.alert, "plugin": event.plugin}
-        ).fetchone()
-        if latest is not None:
-            window_end = parse_rfc3339(latest["not_before"]) + window
-            if window_end > now:
-                folded = conn.execute(
-                    q("fold_alert_delivery"), {"seq": latest["seq"], "event_id": event.event_id}
-                ).rowcount
-                if folded:
-                    return
-                not_before = window_end
-    conn.execute(
-        q("insert_alert_delivery"),
-        {
-            "delivery_id": new_job_id(),
-            "alert": route.alert,
-            "plugin": event.plugin,
-            "event_id": event.event_id,
-            "now": format_ts(now),
-            "not_before": format_ts(not_before),
-        },
-    )
 
 
 def claim_deliveries(
@@ -138,7 +84,7 @@ def claim_deliveries(
         "limit": limit,
     }
     rows = conn.execute(q("claim_alert_deliveries"), params).fetchall()
-    return [_delivery(conn, row) for row in sorted(rows, key=lambda r: r["seq"])]
+    return _deliveries(conn, sorted(rows, key=lambda r: r["seq"]))
 
 
 def finish_delivery(
@@ -169,12 +115,11 @@ def recent_deliveries(
     conn: sqlite3.Connection, alert: str, limit: int, failures_only: bool
 ) -> list[AlertDelivery]:
     name = "recent_alert_failures" if failures_only else "recent_alert_deliveries"
-    rows = conn.execute(q(name), {"alert": alert, "limit": limit}).fetchall()
-    return [_delivery(conn, row) for row in rows]
+    return _deliveries(conn, conn.execute(q(name), {"alert": alert, "limit": limit}).fetchall())
 
 
 def delivery_counts(conn: sqlite3.Connection, alert: str) -> dict[str, int]:
-    counts = dict.fromkeys((s.value for s in DeliveryStatus), 0)
+    counts = empty_delivery_counts()
     for status, n in conn.execute(q("alert_delivery_counts"), {"alert": alert}):
         counts[status] = int(n)
     return counts

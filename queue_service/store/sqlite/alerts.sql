@@ -42,12 +42,13 @@ WHERE alert = :alert AND plugin = :plugin ORDER BY seq DESC LIMIT 1;
 -- name: insert_alert_delivery
 INSERT INTO alert_deliveries (delivery_id, alert, plugin, first_event_id, last_event_id, events,
                               status, created_at, not_before, next_attempt_at)
-VALUES (:delivery_id, :alert, :plugin, :event_id, :event_id, 1, 'pending', :now, :not_before,
-        :not_before);
+VALUES (:delivery_id, :alert, :plugin, :first_event_id, :last_event_id, :events, 'pending', :now,
+        :not_before, :not_before);
 
 -- name: fold_alert_delivery
--- Only into a delivery never attempted: what a receiver may already have seen never changes.
-UPDATE alert_deliveries SET last_event_id = :event_id, events = events + 1
+-- Only into a delivery never attempted (outbox.plan_route decides, in this transaction):
+-- what a receiver may already have seen never changes.
+UPDATE alert_deliveries SET last_event_id = :last_event_id, events = events + :events
 WHERE seq = :seq AND status = 'pending' AND attempts = 0 AND lease_owner IS NULL;
 
 -- name: claim_alert_deliveries

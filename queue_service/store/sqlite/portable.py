@@ -6,19 +6,14 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from queue_service.store.portable import PORTABLE_TABLES, PortableTable, Row, portable_table
-
-#: The export order of each table: its insertion order where it has one, so a copy keeps
-#: the source's order (jobs by seq, attempts by id); a key of one column is a scalar cursor.
-_ORDER: dict[str, tuple[str, ...]] = {
-    "jobs": ("seq",),
-    "job_attempts": ("id",),
-    "tokens": ("token_id",),
-    "plugin_state": ("plugin",),
-    "schedule_state": ("schedule_key",),
-    "schedule_fires": ("schedule_key", "slot"),
-    "sync_state": ("workspace",),
-}
+from queue_service.store.portable import (
+    PORTABLE_TABLES,
+    PortableTable,
+    Row,
+    cursor_values,
+    export_page,
+    portable_table,
+)
 
 
 def counts(conn: sqlite3.Connection) -> dict[str, int]:
@@ -35,24 +30,17 @@ def export_rows(
     """Up to `limit` rows of table `name` after the cursor `after` (None: from the start),
     and the cursor of the next call (None when this was the last page)."""
     table = portable_table(name)
-    order = _ORDER[name]
-    key = ", ".join(order)
+    key = ", ".join(table.order)
     where = ""
     params: tuple[Any, ...] = ()
     if after is not None:
-        where = f"WHERE ({key}) > ({', '.join('?' for _ in order)})"
-        params = tuple(after) if len(order) > 1 else (after,)
+        params = cursor_values(table, after)
+        where = f"WHERE ({key}) > ({', '.join('?' for _ in params)})"
     cursor = conn.execute(
         f"SELECT {', '.join(table.columns)}, {key} FROM {name} {where} ORDER BY {key} LIMIT ?",
         (*params, limit),
     )
-    fetched = cursor.fetchall()
-    width = len(table.columns)
-    rows = [tuple(row[:width]) for row in fetched]
-    if len(fetched) < limit:
-        return rows, None
-    last = fetched[-1][width:]
-    return rows, (tuple(last) if len(order) > 1 else last[0])
+    return export_page(table, cursor.fetchall(), limit)
 
 
 def _insert_sql(table: PortableTable) -> str:
