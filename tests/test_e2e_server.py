@@ -104,22 +104,23 @@ def test_a_file_that_is_not_sqlite_is_refused_with_a_message(tmp_path: Path) -> 
     assert "Traceback" not in result.stderr
 
 
-def test_an_unreachable_postgresql_server_is_refused_in_one_line(tmp_path: Path) -> None:
-    port = free_port()  # nothing listens there
-    url = f"postgresql://queue:s3cret-pw@127.0.0.1:{port}/queue"
-    result = subprocess.run(
-        [*SERVE, "--db", url, "--port", str(free_port())],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
+def refused_start(cwd: Path, *args: str) -> str:
+    """Run `queue-service serve ARGS`, which must refuse to start: exit 1, nothing on
+    stdout (no token), one line on stderr, which is returned."""
+    result = subprocess.run([*SERVE, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
     assert result.returncode == 1
     assert result.stdout == "", "nothing (no token) may be printed for a start that fails"
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("queue-service: "), result.stderr
-    assert f"127.0.0.1:{port}" in lines[0]
-    assert "s3cret-pw" not in result.stderr, "the password must not be shown"
+    return lines[0]
+
+
+def test_an_unreachable_postgresql_server_is_refused_in_one_line(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    url = f"postgresql://queue:s3cret-pw@127.0.0.1:{port}/queue"
+    line = refused_start(tmp_path, "--db", url, "--port", str(free_port()))
+    assert f"127.0.0.1:{port}" in line
+    assert "s3cret-pw" not in line, "the password must not be shown"
 
 
 def test_a_schedule_naming_an_unknown_command_stops_start_up(tmp_path: Path) -> None:
@@ -199,18 +200,9 @@ def test_a_port_in_use_is_one_clear_line_before_anything_starts(tmp_path: Path) 
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [*SERVE, "--db", str(tmp_path / "q.db"), "--port", str(port)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=tmp_path,
-        )
-    assert result.returncode == 1
-    assert result.stdout == "", "nothing (no token) may be printed for a start that fails"
-    assert result.stderr.count("\n") == 1, result.stderr
-    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
-    assert "--port" in result.stderr and "serving" not in result.stderr
+        line = refused_start(tmp_path, "--db", str(tmp_path / "q.db"), "--port", str(port))
+    assert f"cannot listen on 127.0.0.1:{port}" in line
+    assert "--port" in line and "serving" not in line
 
 
 @pytest.mark.parametrize(

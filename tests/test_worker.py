@@ -875,19 +875,26 @@ async def test_shutdown_keeps_the_lease_while_a_slow_plugin_is_stopped(
         kill_quietly([pid])
 
 
+def fail_first(
+    monkeypatch: pytest.MonkeyPatch, store: Store, method: str, failures: list[StoreUnavailable]
+) -> None:
+    """Make `store.method` raise the `failures` (one per call) before it works again."""
+    real = getattr(store, method)
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store, method, flaky)
+
+
 async def test_the_worker_survives_a_failing_claim(
     harness: HarnessFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h = harness()
-    real_claim = h.store.claim_jobs
     failures = [StoreUnavailable("the database is busy; try again shortly")] * 2
-
-    async def flaky_claim(*args: Any, **kwargs: Any) -> list[Job]:
-        if failures:
-            raise failures.pop()
-        return await real_claim(*args, **kwargs)
-
-    monkeypatch.setattr(h.store, "claim_jobs", flaky_claim)
+    fail_first(monkeypatch, h.store, "claim_jobs", failures)
     job_id = await h.enqueue("ok")
     h.start()
     job = await h.finished(job_id)
@@ -902,15 +909,8 @@ async def test_an_outcome_the_store_cannot_take_is_retried_while_the_lease_lasts
     times. The worker keeps it and tries again, so the job ends on its first attempt
     instead of waiting for its lease to expire and running again."""
     h = harness()
-    real_finish = h.store.finish_attempt
     failures = [StoreUnavailable("cannot reach PostgreSQL: the server is restarting")] * 3
-
-    async def flaky_finish(*args: Any, **kwargs: Any) -> Status | None:
-        if failures:
-            raise failures.pop()
-        return await real_finish(*args, **kwargs)
-
-    monkeypatch.setattr(h.store, "finish_attempt", flaky_finish)
+    fail_first(monkeypatch, h.store, "finish_attempt", failures)
     job_id = await h.enqueue("ok")
     h.start()
     job = await h.finished(job_id)
