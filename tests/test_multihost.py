@@ -2,7 +2,7 @@
 
 - Three `queue-service worker` processes and two `queue-service serve` processes (which run a
   worker and a scheduler too) share one database. N ledger jobs (QS_MULTIHOST_JOBS, default
-  2000; the closing figures use 20000) are enqueued over HTTP through both servers while a
+  600 to keep CI short; the closing figures use 20000) are enqueued over HTTP through both servers while a
   worker is SIGKILLed holding jobs. Every job succeeds; the ledger, written by the plugin
   itself with the pid of the process that ran it, shows each job ran once, except that a job
   the killed worker held may also show its interrupted run; each such job has exactly one
@@ -48,7 +48,7 @@ from tests.processes import (
 
 pytestmark = pytest.mark.slow
 
-JOBS = int(os.environ.get("QS_MULTIHOST_JOBS", "2000"))
+JOBS = int(os.environ.get("QS_MULTIHOST_JOBS", "600"))
 #: Short, so that the killed worker's jobs come back within seconds; long enough that a live
 #: worker on a loaded 2-core machine renews its lease (every LEASE/3 s) in time.
 LEASE = 4
