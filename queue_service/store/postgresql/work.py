@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from psycopg.rows import dict_row
 
 from queue_service.statuses import Status
@@ -58,25 +59,26 @@ class _Finish:
 
 
 def _finish_params(finishes: Sequence[_Finish], now: str) -> dict[str, Any]:
-    """The arrays of finish_attempts, one element per finish, in job id order (so that a
-    heartbeat or release of the same jobs locks them in the same order)."""
-    finishes = sorted(finishes, key=lambda f: f.job_id)
-    ends = [f.end for f in finishes]
-    return {
-        "job_ids": [f.job_id for f in finishes],
-        "attempts": [f.attempt for f in finishes],
-        "owners": [f.owner for f in finishes],
-        "statuses": [e.status.value for e in ends],
-        "results": [encode_json(e.result) for e in ends],
-        "events": [encode_json(e.events) for e in ends],
-        "logs": [encode_json(e.logs) for e in ends],
-        "errors": [free_text(e.error) for e in ends],
-        "run_afters": [e.run_after for e in ends],
-        "attempt_statuses": [e.attempt_status.value for e in ends],
-        "exit_codes": [e.exit_code for e in ends],
-        "stderr_tails": [free_text(e.stderr_tail) for e in ends],
-        "now": now,
-    }
+    """The ends of finish_attempts as one JSON array, in job id order (so that a heartbeat
+    or release of the same jobs locks them in the same order)."""
+    ends = [
+        {
+            "job_id": f.job_id,
+            "attempt": f.attempt,
+            "owner": f.owner,
+            "status": f.end.status.value,
+            "result": encode_json(f.end.result),
+            "events": encode_json(f.end.events),
+            "logs": encode_json(f.end.logs),
+            "error": free_text(f.end.error),
+            "run_after": f.end.run_after,
+            "attempt_status": f.end.attempt_status.value,
+            "exit_code": f.end.exit_code,
+            "stderr_tail": free_text(f.end.stderr_tail),
+        }
+        for f in sorted(finishes, key=lambda f: f.job_id)
+    ]
+    return {"ends": orjson.dumps(ends).decode(), "now": now}
 
 
 async def _finish(conn: Conn, finishes: Sequence[_Finish], plugin: str | None) -> dict[Key, Status]:

@@ -46,18 +46,16 @@ WHERE jobs.job_id = held.job_id AND jobs.attempt = held.attempt
 RETURNING jobs.job_id, jobs.cancel_requested;
 
 -- name: finish_attempts
--- Several attempts' ends in one statement, each named by (job_id, attempt, owner). Only the
+-- Several attempts' ends in one statement, each named by (job_id, attempt, owner); they
+-- travel as one JSON array of objects (result, events and logs as their JSON text). Only the
 -- holder of the current attempt may finish it; a lost lease leaves its row out (the caller
 -- gets None), so of two ends of one job (a stale holder's and the holder's) one applies. A cancel requested
 -- while the attempt ran wins over a retry: the job ends canceled instead of running again.
 WITH ends AS (
-    SELECT * FROM unnest(
-        %(job_ids)s::text[], %(attempts)s::integer[], %(owners)s::text[],
-        %(statuses)s::text[], %(results)s::text[], %(events)s::text[], %(logs)s::text[],
-        %(errors)s::text[], %(run_afters)s::text[], %(attempt_statuses)s::text[],
-        %(exit_codes)s::integer[], %(stderr_tails)s::text[]
-    ) AS e (job_id, attempt, owner, status, result, events, logs, error, run_after,
-            attempt_status, exit_code, stderr_tail)
+    SELECT * FROM json_to_recordset(%(ends)s::json) AS e (
+        job_id text, attempt integer, owner text, status text, result text, events text,
+        logs text, error text, run_after text, attempt_status text, exit_code integer,
+        stderr_tail text)
 ), finished AS (
     UPDATE jobs SET
         status = CASE WHEN e.status = 'queued' AND jobs.cancel_requested <> 0
