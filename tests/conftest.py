@@ -20,7 +20,7 @@ import socket
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
@@ -40,10 +40,7 @@ StoreUnderTest = Store
 #: fixtures. A new backend adds one entry here.
 STORE_BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Store]] = {
     "sqlite": lambda request: SQLiteStore(request.getfixturevalue("db_path")),
-    # cast: until every mixin is written (issue 10), the class lacks some methods.
-    "postgresql": lambda request: cast(
-        Store, PostgreSQLStore(request.getfixturevalue("postgresql_url"))
-    ),
+    "postgresql": lambda request: PostgreSQLStore(request.getfixturevalue("postgresql_url")),
 }
 
 #: The server the postgresql tests use, and the switch that makes its absence a failure.

@@ -5,7 +5,7 @@ Everything else knows the `Store` protocol and opens a store with `open_store(db
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from queue_service.store.errors import (
     Conflict,
@@ -64,8 +64,7 @@ def create_store(db: str, **options: Any) -> Store:
             # Imported here: a process on SQLite never loads the PostgreSQL driver.
             from queue_service.store.postgresql import PostgreSQLStore
 
-            # cast: until every mixin is written (issue 10), the class lacks some methods.
-            return cast(Store, PostgreSQLStore(db, **options))
+            return PostgreSQLStore(db, **options)
         raise StoreUnavailable(
             f"--db {scheme}://…: this version stores jobs in SQLite (a file path, or "
             f"{_SQLITE_PREFIX}PATH) or PostgreSQL (postgresql://user@host:5432/dbname)"
