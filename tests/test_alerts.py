@@ -163,12 +163,15 @@ async def test_a_receiver_that_is_down_gets_the_alert_when_it_comes_back(
         running.start(sender(store, alert))
 
         async def retried() -> bool:
+            # An attempt is counted when it is claimed, so `attempts >= 2` alone can match
+            # while the second attempt is still in flight: wait for its failure to be logged.
             deliveries = await store.recent_alert_deliveries("ops")
-            return any(d.attempts >= 2 and d.status is DeliveryStatus.PENDING for d in deliveries)
+            pending = any(d.status is DeliveryStatus.PENDING for d in deliveries)
+            return pending and "attempt 2/12 failed" in caplog.text
 
         with caplog.at_level(logging.WARNING, logger="queue_service.alerts"):
             await until(retried, "two failed attempts")
-        receiver.start()
+            receiver.start()
         [request] = await received(receiver, 1)
         await until(lambda: _counts_are(store, sent=1), "the delivery to be marked sent")
         [delivery] = await store.recent_alert_deliveries("ops")
