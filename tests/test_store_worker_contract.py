@@ -325,6 +325,25 @@ async def test_finishes_at_once_each_get_their_own_outcome(store: Store) -> None
         assert [a["status"] for a in await store.get_attempts(job.job_id)] == ["running"]
 
 
+async def test_a_finish_whose_caller_gives_up_is_still_recorded_with_the_others(
+    store: Store,
+) -> None:
+    """A worker stopped while its finish waits (shutdown, a timeout around the call) does
+    not lose the outcome it handed over, nor take the other finishes of its moment along."""
+    for _ in range(4):
+        await enqueue(store)
+    jobs = await store.claim_jobs("p", limit=4, owner=OWNER, lease_seconds=60)
+    calls = [asyncio.ensure_future(finish_ok(store, job, result=job.job_id)) for job in jobs]
+    await asyncio.sleep(0)  # every call has handed its finish over
+    calls[1].cancel()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(outcomes[1], asyncio.CancelledError)
+    assert [outcomes[i] for i in (0, 2, 3)] == [Status.SUCCEEDED] * 3
+    for job in jobs:
+        done = await get(store, job.job_id)
+        assert (done.status, done.result) == (Status.SUCCEEDED, job.job_id)
+
+
 async def test_of_two_finishes_at_once_only_the_lease_holders_counts(store: Store) -> None:
     """A stale holder (an older attempt of this owner, or another owner) finishes at the
     same moment as the holder: the holder's outcome is recorded, the other gets None."""

@@ -19,7 +19,7 @@ from queue_service.store.postgresql.rows import (
     NUL,
     encode_json,
     free_text,
-    job_from_row,
+    job_rows,
     refuse_nul,
 )
 from queue_service.store.postgresql.sql import q
@@ -74,10 +74,9 @@ async def _insert_deduped(conn: Conn, row: dict[str, Any], dedupe_key: str) -> E
 async def get_job(conn: Conn, job_id: str) -> Job | None:
     if NUL in job_id:
         return None  # no stored id holds one
-    cur = conn.cursor(row_factory=dict_row)
+    cur = conn.cursor(row_factory=job_rows)
     await cur.execute(q("get_job"), {"job_id": job_id})
-    row = await cur.fetchone()
-    return None if row is None else job_from_row(row)
+    return await cur.fetchone()
 
 
 async def get_attempts(conn: Conn, job_id: str) -> list[dict[str, Any]]:

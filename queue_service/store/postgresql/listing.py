@@ -463,7 +463,7 @@ class ListingMixin(Database):
         """VACUUM the delta log, so the space of folded deltas is used again (and, with
         `truncate`, empty pages at its end are given back: it then briefly locks the table
         against writers, so the fold task truncates only when the log is idle)."""
-        await self._read_statement(_vacuum_deltas, truncate)
+        await self._maintenance(_vacuum_deltas, truncate)
 
     async def _fold_forever(self, stop: asyncio.Event) -> None:
         """Fold while there is something to fold, then less and less often; keep the delta
@@ -501,7 +501,7 @@ class ListingMixin(Database):
             await self.vacuum_count_deltas(truncate=True)
             upkeep.folded, upkeep.vacuumed_at, upkeep.truncated = 0, now, True
         if not upkeep.rollups_clean and now - upkeep.rollups_vacuumed_at >= _ROLLUPS_VACUUM_S:
-            await self._read_statement(_vacuum_rollups)
+            await self._maintenance(_vacuum_rollups)
             upkeep.rollups_clean, upkeep.rollups_vacuumed_at = True, now
 
     async def _fold_what_is_left(self) -> None:
@@ -518,8 +518,11 @@ class ListingMixin(Database):
                 if moved < FOLD_BATCH:
                     break
             if folded:
-                await self.vacuum_count_deltas(truncate=True)
-                await self._read_statement(_vacuum_rollups)
+                # Without giving pages back: other processes may still be writing deltas,
+                # and VACUUM would try for up to 5 s to lock them out. The fold task of the
+                # next store truncates once the log is idle.
+                await self.vacuum_count_deltas(truncate=False)
+                await self._maintenance(_vacuum_rollups)
         except StoreError as exc:
             log.warning("the count deltas were not folded at close: %s", exc)
 

@@ -24,12 +24,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from psycopg.rows import dict_row
 
 from queue_service.statuses import Status
 from queue_service.store.errors import StoreUnavailable
 from queue_service.store.postgresql.connection import Conn, Database
-from queue_service.store.postgresql.rows import encode_json, free_text, job_from_row
+from queue_service.store.postgresql.rows import encode_json, free_text, job_rows
 from queue_service.store.postgresql.sql import q
 from queue_service.store.postgresql.wakeups import WorkListener
 from queue_service.store.types import AttemptEnd, Job, RecoveredJob
@@ -125,9 +124,9 @@ async def _claim(
         "lease_expires_at": lease_expires_at,
         "now": now,
     }
-    async with conn.cursor(row_factory=dict_row) as cur:
+    async with conn.cursor(row_factory=job_rows) as cur:
         await cur.execute(q("claim_jobs"), params)
-        return [job_from_row(row) for row in await cur.fetchall()]
+        return await cur.fetchall()
 
 
 def _held_params(held: Sequence[tuple[str, int]]) -> dict[str, Any]:
@@ -229,16 +228,16 @@ class WorkMixin(Database):
         if end.state_updates:
             done = await self._tx(_finish, [finish], plugin)
             return done.get(finish.key)
-        finish.future = future = asyncio.get_running_loop().create_future()
-        # A caller cancelled meanwhile never reads its outcome: mark it read.
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        future: asyncio.Future[Status | None] = asyncio.get_running_loop().create_future()
+        finish.future = future
         if self._finish_queue is None:
             self._finish_queue = []
         self._finish_queue.append(finish)
         if self._finisher is None or self._finisher.done():
             self._finisher = asyncio.create_task(self._commit_finishes())
-        # Shielded: a caller that gives up does not take the group's other finishes with it.
-        return await asyncio.shield(future)
+        # A caller that gives up cancels only its own future: the finish stays in its group
+        # and is committed with the others (_settle passes over a future already done).
+        return await future
 
     async def _commit_finishes(self) -> None:
         """Commit the waiting finishes in groups until none waits (one group at a time)."""
