@@ -489,10 +489,20 @@ BEGIN
 END
 $$;
 
+-- Inserts notify once per statement (a batch enqueue inserts 100 jobs; a row trigger ran
+-- 100 times to send one notification), over the transition table the count trigger shares.
+CREATE FUNCTION jobs_notify_work_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM new_jobs WHERE status = 'queued' AND source = 'local') THEN
+        PERFORM pg_notify('queue_service_work_' || TG_RELID::text, '');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 CREATE TRIGGER jobs_work_insert AFTER INSERT ON jobs
-    FOR EACH ROW
-    WHEN (NEW.status = 'queued' AND NEW.source = 'local')
-    EXECUTE FUNCTION jobs_notify_work();
+    REFERENCING NEW TABLE AS new_jobs
+    FOR EACH STATEMENT EXECUTE FUNCTION jobs_notify_work_inserted();
 
 CREATE TRIGGER jobs_work_requeue AFTER UPDATE OF status ON jobs
     FOR EACH ROW
