@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import httpx
 import pytest
@@ -84,6 +85,28 @@ async def test_healthz_answers_503_while_the_database_does_not_and_200_after(
     assert response.headers["retry-after"] == "1"
     outage.clear()
     assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_a_503_names_no_database_location_and_the_log_keeps_it(
+    client: httpx.AsyncClient,
+    store: SQLiteStore,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """/healthz needs no token: what it says of an outage must not map the network."""
+    detail = "cannot reach PostgreSQL (postgresql://db.internal:5433/queue): refused"
+    failure = StoreUnavailable(detail, public="the database server cannot be reached")
+
+    async def depth() -> int:
+        raise failure
+
+    monkeypatch.setattr(store, "queue_depth", depth)
+    with caplog.at_level(logging.WARNING, logger="queue_service.api"):
+        for _ in range(3):
+            body = assert_error(await client.get("/healthz"), 503, "unavailable")
+            assert body["error"] == "the database server cannot be reached"
+    logged = [r.getMessage() for r in caplog.records if "db.internal" in r.getMessage()]
+    assert logged == [f"answering 503: {detail}"], "logged once for the three answers"
 
 
 async def test_empty_listing_shape(

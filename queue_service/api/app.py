@@ -271,11 +271,31 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(code, str(exc.detail), headers=headers)
 
 
-async def _unavailable(request: Request, exc: Exception) -> Response:
-    message = str(exc)
-    if isinstance(exc, QueryTimeout):
-        log.warning("query timed out: %s %s", request.method, request.url.path)
-    return error_response("unavailable", message, headers={"Retry-After": "1"})
+class _Unavailable:
+    """The 503 of a store that cannot answer. When the store's message names where the
+    database is (StoreUnavailable.public differs), callers get the public text and the log
+    gets the whole message, once per distinct message in `log_every_s` (in an outage every
+    request fails alike)."""
+
+    def __init__(self, log_every_s: float = 10.0) -> None:
+        self.log_every_s = log_every_s
+        self._logged: tuple[str, float] | None = None
+
+    async def __call__(self, request: Request, exc: Exception) -> Response:
+        message = exc.public if isinstance(exc, StoreUnavailable) else str(exc)
+        if isinstance(exc, QueryTimeout):
+            log.warning("query timed out: %s %s", request.method, request.url.path)
+        elif message != str(exc):
+            self._log(str(exc))
+        return error_response("unavailable", message, headers={"Retry-After": "1"})
+
+    def _log(self, message: str) -> None:
+        now = asyncio.get_running_loop().time()
+        last = self._logged
+        if last is not None and last[0] == message and now - last[1] < self.log_every_s:
+            return
+        self._logged = (message, now)
+        log.warning("answering 503: %s", message)
 
 
 async def _internal(request: Request, exc: Exception) -> Response:
@@ -292,7 +312,7 @@ def create_app(state: ServiceState, extra_operations: Sequence[Operation] = ()) 
         exception_handlers={
             ApiError: _api_error,
             HTTPException: _http_error,
-            StoreUnavailable: _unavailable,
+            StoreUnavailable: _Unavailable(),
             Exception: _internal,
         },
     )

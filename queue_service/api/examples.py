@@ -82,8 +82,7 @@ HEALTH: dict[str, Any] = {
 
 #: What GET /healthz answers while the PostgreSQL server refuses connections.
 HEALTH_OUTAGE: dict[str, Any] = {
-    "error": "no connection to PostgreSQL (postgresql://db.example:5432/queue) became free in "
-    "time: the server is unreachable or every pooled connection is busy; try again shortly",
+    "error": "the database server cannot be reached right now; try again shortly",
     "code": "unavailable",
 }
 

@@ -8,7 +8,16 @@ class StoreError(Exception):
 
 
 class StoreUnavailable(StoreError):
-    """The database cannot take writes (or answer) right now: busy, read-only, disk full."""
+    """The database cannot take writes (or answer) right now: busy, read-only, disk full.
+
+    `public` is what an HTTP or MCP caller is told when the message itself names where the
+    database is (a server's host, port and database name, a file's path): those stay in the
+    server's log and the CLI's messages, and never reach callers, unauthenticated ones of
+    /healthz included."""
+
+    def __init__(self, message: str, *, public: str | None = None) -> None:
+        super().__init__(message)
+        self.public = message if public is None else public
 
 
 class QueryTimeout(StoreUnavailable):

@@ -14,6 +14,11 @@ from queue_service.store.errors import (
     StoreUnavailable,
 )
 
+#: What API callers are told of a failure whose message names the server (StoreUnavailable's
+#: `public`): the service's log has the whole message.
+_UNREACHABLE = "the database server cannot be reached right now; try again shortly"
+_REFUSED = "the database server refused the service's connection; the server log has why"
+
 #: SQLSTATEs after which the whole transaction may simply run again.
 _RETRYABLE = (pg.SerializationFailure, pg.DeadlockDetected)
 
@@ -43,7 +48,8 @@ def translate_error(exc: BaseException, where: str) -> BaseException:
     if isinstance(exc, PoolTimeout):
         return StoreUnavailable(
             f"no connection to PostgreSQL ({where}) became free in time: the server is "
-            "unreachable or every pooled connection is busy; try again shortly"
+            "unreachable or every pooled connection is busy; try again shortly",
+            public=_UNREACHABLE,
         )
     if not isinstance(exc, psycopg.Error):
         return exc
@@ -58,22 +64,30 @@ def translate_error(exc: BaseException, where: str) -> BaseException:
             "default); writes are refused until it is writable"
         )
     if isinstance(exc, pg.DiskFull | pg.InsufficientResources | pg.OutOfMemory):
-        return StoreUnavailable(f"the PostgreSQL server cannot take the write: {text}")
+        return StoreUnavailable(
+            f"the PostgreSQL server cannot take the write: {text}",
+            public="the database server cannot take the write (out of disk or memory)",
+        )
     if isinstance(exc, pg.TooManyConnections):
         return StoreUnavailable(
             f"PostgreSQL ({where}) refuses more connections: {text}; lower the pool sizes "
-            "of the queue-service processes or raise max_connections"
+            "of the queue-service processes or raise max_connections",
+            public=_UNREACHABLE,
         )
     if isinstance(exc, pg.InvalidCatalogName):
-        return StoreUnavailable(f"cannot open {where}: {text}; create the database first")
+        return StoreUnavailable(
+            f"cannot open {where}: {text}; create the database first", public=_REFUSED
+        )
     if isinstance(exc, pg.InvalidAuthorizationSpecification | pg.InvalidPassword):
-        return StoreUnavailable(f"PostgreSQL ({where}) refused the login: {text}")
+        return StoreUnavailable(f"PostgreSQL ({where}) refused the login: {text}", public=_REFUSED)
     if isinstance(exc, pg.InsufficientPrivilege):
-        return StoreUnavailable(f"PostgreSQL ({where}) refused the operation: {text}")
+        return StoreUnavailable(
+            f"PostgreSQL ({where}) refused the operation: {text}", public=_REFUSED
+        )
     if isinstance(exc, pg.SerializationFailure | pg.DeadlockDetected):
         return StoreUnavailable("the database is busy (concurrent writes); try again shortly")
     if isinstance(exc, psycopg.OperationalError):
-        return StoreUnavailable(f"cannot reach PostgreSQL ({where}): {text}")
+        return StoreUnavailable(f"cannot reach PostgreSQL ({where}): {text}", public=_UNREACHABLE)
     if isinstance(exc, pg.UndefinedTable | pg.UndefinedFunction | pg.UndefinedColumn):
         return NotADatabase(
             f"{where} does not hold a current queue-service schema ({text}); "
