@@ -83,6 +83,20 @@ def _positive_int(value: object) -> int:
     return value
 
 
+#: The most PostgreSQL connections one process's pool may hold (`[service] pool_size`).
+MAX_POOL_SIZE = 100
+
+
+def _pool_size(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_POOL_SIZE:
+        raise PydanticCustomError(
+            "pool_size",
+            "must be a whole number from 1 to {most} (got {value})",
+            {"most": MAX_POOL_SIZE, "value": repr(value)},
+        )
+    return value
+
+
 def _positive_number(value: object) -> float:
     number = _as_number(value)
     if number is None or number <= 0:
@@ -191,6 +205,8 @@ class ServiceSection(_Section):
     workers: PositiveInt = 4
     retention_days: PositiveInt = 30
     synchronous: Annotated[Literal["NORMAL", "FULL"], PlainValidator(_synchronous)] = "NORMAL"
+    #: PostgreSQL connections each process's pool holds at most (SQLite ignores it).
+    pool_size: Annotated[int, PlainValidator(_pool_size)] = 10
     lease_seconds: PositiveNumber = 60.0
     shutdown_grace_seconds: NonNegativeNumber = 30.0
     #: Peers whose X-Forwarded-For/-Proto headers are believed (a reverse proxy); none by

@@ -221,7 +221,12 @@ async def open_service(
     """The config, the store and the plugins. With `writes`, a read-only database is
     refused (StartupError) before anything else happens; with `must_exist`, a missing one."""
     config = read_config(config_path)
-    store = await open_store(db, must_exist=must_exist, synchronous=config.service.synchronous)
+    store = await open_store(
+        db,
+        must_exist=must_exist,
+        synchronous=config.service.synchronous,
+        pool_size=config.service.pool_size,
+    )
     if writes and store.read_only is not None:
         await store.close()
         raise StartupError(f"{display_db(db)}: {store.read_only}; a worker needs to write")

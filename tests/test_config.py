@@ -547,3 +547,12 @@ def test_plugin_env_passthrough_names_are_checked() -> None:
     assert ServiceConfig().service.plugin_env_passthrough == []
     message = only_problem({"service": {"plugin_env_passthrough": ["GITHUB-TOKEN"]}})
     assert message.startswith("service.plugin_env_passthrough[0]: must be an environment variable")
+
+
+def test_pool_size_is_a_whole_number_from_1_to_100() -> None:
+    assert parse_config({}).service.pool_size == 10
+    assert parse_config({"service": {"pool_size": 25}}).service.pool_size == 25
+    for bad in (0, 101, "10", 2.5, True):
+        assert only_problem({"service": {"pool_size": bad}}) == (
+            f"service.pool_size: must be a whole number from 1 to 100 (got {bad!r})"
+        )

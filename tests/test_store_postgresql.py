@@ -130,6 +130,39 @@ async def test_reads_stop_after_the_query_budget(postgresql_url: str) -> None:
         await store.close()
 
 
+async def test_the_configured_pool_size_bounds_a_serving_processs_connections(
+    postgresql_url: str, tmp_path: Path
+) -> None:
+    """`[service] pool_size` reaches the store `serve` and `worker` open: six reads at
+    once hold no more than three server connections."""
+    from queue_service.server import open_service
+
+    config = tmp_path / "queue-service.toml"
+    config.write_text("[service]\npool_size = 3\n")
+    state = await open_service(postgresql_url, str(config))
+    store = state.store
+    assert isinstance(store, PostgreSQLStore)
+    try:
+        held: list[int] = []
+
+        async def slow(conn: Conn) -> None:
+            cur = await conn.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE application_name = 'queue-service' AND datname = current_database()"
+                "  AND state = 'active' AND pid <> pg_backend_pid()"
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            held.append(int(row[0]))
+            await conn.execute("SELECT pg_sleep(0.3)")
+
+        await asyncio.gather(*(store._read_statement(slow) for _ in range(6)))
+        assert store.pool.max_size == 3
+        assert len(held) == 6 and max(held) <= 2, held  # itself and at most two others
+    finally:
+        await store.close()
+
+
 # --- transactions ----------------------------------------------------------------------
 
 

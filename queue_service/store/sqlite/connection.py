@@ -47,7 +47,10 @@ class Database(Opening):
         busy_timeout_ms: int = 5000,
         write_timeout_s: float = 30.0,
         query_timeout_s: float = 2.0,
+        pool_size: int | None = None,
     ) -> None:
+        """`pool_size` is PostgreSQL's, accepted so that every store takes the same options;
+        SQLite has one writer and `readers` reading threads."""
         self.path = str(path)
         self.synchronous = synchronous
         self.busy_timeout_ms = busy_timeout_ms
