@@ -65,6 +65,16 @@ def _safe_plugin_modes() -> None:
                 path.chmod(path.stat().st_mode & ~0o022)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The `slow` tests (real processes, browsers, large databases) form one xdist group:
+    under `-n 2` (pyproject's addopts) they run one at a time in one worker while the other
+    worker runs the rest, so two of them never compete for the two cores, and several
+    processes' pools never exceed the PostgreSQL server's connections together."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.add_marker(pytest.mark.xdist_group("processes"))
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
