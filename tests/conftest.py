@@ -12,6 +12,7 @@ machine drops it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -178,6 +179,16 @@ def postgresql_database() -> Iterator[PostgreSQLDatabase]:
         yield database
     finally:
         database.drop()
+
+
+async def fold_everything(store: PostgreSQLStore) -> None:
+    """Fold every committed count delta of `store`'s database (a fold task, this store's or
+    another process's, may hold the fold lock a moment)."""
+    for _ in range(1000):
+        if await store.fold_count_deltas() == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the count deltas were never all folded")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ off-by-one bound shows as a difference.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import random
 from datetime import datetime, timedelta
@@ -21,7 +20,7 @@ from queue_service.store.postgresql import PostgreSQLStore
 from queue_service.store.types import Job, JobSummary
 from queue_service.timeutil import format_ts
 
-from .conftest import RawDatabase, StoreUnderTest
+from .conftest import RawDatabase, StoreUnderTest, fold_everything
 
 pytestmark = pytest.mark.anyio
 
@@ -238,7 +237,7 @@ async def test_totals_include_writes_made_around_the_store(
     # every commit of its writer; PostgreSQL in the background, and on request.
     await store.enqueue(NewJob("other", "poll"))
     if store_backend == "postgresql":
-        await _fold_everything(cast(PostgreSQLStore, store))
+        await fold_everything(cast(PostgreSQLStore, store))
     pending = raw_db.execute("SELECT COUNT(*) FROM job_count_deltas")[0][0]
     truth = raw_db.execute(
         "SELECT plugin, command, status, source, COUNT(*) FROM jobs GROUP BY 1, 2, 3, 4"
@@ -250,15 +249,6 @@ async def test_totals_include_writes_made_around_the_store(
     assert sorted(truth) == sorted(counted)
     folded = await store.list_jobs(JobFilter(statuses=(Status.FAILED,)))
     assert folded.total == unfolded.total
-
-
-async def _fold_everything(store: PostgreSQLStore) -> None:
-    """Fold every committed delta (the store's own fold task may hold the lock a moment)."""
-    for _ in range(1000):
-        if await store.fold_count_deltas() == 0:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the count deltas were never all folded")
 
 
 async def test_counts_by_status_and_by_plugin_match_a_brute_force_count(

@@ -19,6 +19,7 @@ from queue_service.statuses import Source, Status
 from queue_service.store import JobFilter, NewJob
 from queue_service.store.postgresql import PostgreSQLStore
 from queue_service.store.types import JobCount
+from tests.conftest import fold_everything
 
 pytestmark = pytest.mark.anyio
 
@@ -54,15 +55,6 @@ async def stores(postgresql_url: str) -> AsyncIterator[tuple[PostgreSQLStore, Po
 
 def _raw(url: str) -> psycopg.Connection[Any]:
     return psycopg.connect(url, autocommit=True)
-
-
-async def _fold_everything(store: PostgreSQLStore) -> None:
-    """Fold every committed delta (another process's fold task may hold the lock a moment)."""
-    for _ in range(1000):
-        if await store.fold_count_deltas() == 0:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the count deltas were never all folded")
 
 
 def _rollups_match_the_jobs(url: str) -> None:
@@ -127,7 +119,7 @@ async def test_counts_stay_exact_with_writers_and_folders_in_two_processes(
         ).fetchone() or (0,)
     assert (await first.list_jobs(JobFilter())).total == every
     assert (await second.list_jobs(JobFilter(statuses=(Status.CANCELED,)))).total == canceled
-    await _fold_everything(first)
+    await fold_everything(first)
     _rollups_match_the_jobs(postgresql_url)
     with _raw(postgresql_url) as conn:
         assert conn.execute("SELECT count(*) FROM job_count_deltas").fetchone() == (0,)
@@ -143,7 +135,7 @@ async def test_a_fold_never_waits_for_another(
         conn.execute("SELECT pg_advisory_xact_lock('job_count_deltas'::regclass::oid::integer, 0)")
         assert await first.fold_count_deltas() is None  # another process is folding
         assert await first.queue_depth() == 2  # and the counts read the same
-    await _fold_everything(first)
+    await fold_everything(first)
     assert await first.queue_depth() == 2
 
 
@@ -152,10 +144,10 @@ async def test_count_rows_that_reach_zero_are_dropped(
 ) -> None:
     first, _ = stores
     enqueued = await first.enqueue_many([NewJob("p", "a"), NewJob("p", "a"), NewJob("q", "b")])
-    await _fold_everything(first)
+    await fold_everything(first)
     for result in enqueued[:2]:
         await first.set_status(result.job_id, Status.CANCELED)
-    await _fold_everything(first)
+    await fold_everything(first)
     with _raw(postgresql_url) as conn:
         queued = conn.execute(
             "SELECT plugin, command, n FROM job_counts WHERE status = 'queued'"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from queue_service.store.rows import Row
 from queue_service.store.types import (
@@ -30,6 +31,7 @@ __all__ = [
     "empty_delivery_counts",
     "event_from_row",
     "events_of",
+    "finish_params",
     "plan_route",
     "rate_limited_plugins",
 ]
@@ -78,6 +80,30 @@ def delivery_from_row(row: Row, events: Mapping[int, AlertEvent]) -> AlertDelive
         first_event=events.get(row["first_event_id"]),
         last_event=events.get(row["last_event_id"]),
     )
+
+
+def finish_params(
+    delivery_id: str,
+    *,
+    owner: str,
+    attempt: int,
+    status: DeliveryStatus,
+    response_status: int | None,
+    error: str | None,
+    retry_at: str | None,
+    now: str,
+) -> dict[str, Any]:
+    """The parameters of every backend's `finish_alert_delivery` query."""
+    return {
+        "delivery_id": delivery_id,
+        "owner": owner,
+        "attempt": attempt,
+        "status": status.value,
+        "response_status": response_status,
+        "error": error,
+        "retry_at": retry_at,
+        "now": now,
+    }
 
 
 def empty_delivery_counts() -> dict[str, int]:

@@ -32,39 +32,30 @@ _JSON_FIELDS = frozenset({"payload", "result", "events", "logs"})
 #: Every field of Job, read by name from a `SELECT *` / `RETURNING *` row of jobs: the
 #: dataclass is the one list of a job's fields.
 _JOB_FIELDS = tuple(f.name for f in fields(Job))
-_PLAIN_FIELDS = tuple(n for n in _JOB_FIELDS if n not in _JSON_FIELDS | {"status", "source"})
+_STATUS_AT = _JOB_FIELDS.index("status")
+_SOURCE_AT = _JOB_FIELDS.index("source")
+_JSON_AT = tuple(i for i, name in enumerate(_JOB_FIELDS) if name in _JSON_FIELDS)
+
+
+def _job(values: list[Any]) -> Job:
+    """A Job from its stored values in field order (decoded in place)."""
+    values[_STATUS_AT] = Status(values[_STATUS_AT])
+    values[_SOURCE_AT] = Source(values[_SOURCE_AT])
+    for i in _JSON_AT:
+        values[i] = decode_json(values[i])
+    return Job(*values)
 
 
 def job_maker(columns: Sequence[str]) -> Callable[[Sequence[Any]], Job]:
     """A function making a Job from a row (a tuple) whose columns are `columns`, as
     job_from_row does, without a dict per row: the store's hot reads (claims) take it."""
     get = itemgetter(*(columns.index(name) for name in _JOB_FIELDS))
-    status, source = _JOB_FIELDS.index("status"), _JOB_FIELDS.index("source")
-    json_at = tuple(i for i, name in enumerate(_JOB_FIELDS) if name in _JSON_FIELDS)
-
-    def make(row: Sequence[Any]) -> Job:
-        values = list(get(row))
-        values[status] = Status(values[status])
-        values[source] = Source(values[source])
-        for i in json_at:
-            if values[i] is not None:
-                values[i] = json.loads(values[i])
-        return Job(*values)
-
-    return make
+    return lambda row: _job(list(get(row)))
 
 
 def job_from_row(row: Row) -> Job:
     values = row if isinstance(row, Mapping) else dict(zip(row.keys(), row, strict=True))
-    return Job(
-        **{name: values[name] for name in _PLAIN_FIELDS},
-        status=Status(values["status"]),
-        source=Source(values["source"]),
-        payload=decode_json(values["payload"]),
-        result=decode_json(values["result"]),
-        events=decode_json(values["events"]),
-        logs=decode_json(values["logs"]),
-    )
+    return _job([values[name] for name in _JOB_FIELDS])
 
 
 def summary_from_row(row: Row) -> JobSummary:

@@ -20,6 +20,7 @@ from queue_service.store.outbox import (
     empty_delivery_counts,
     event_from_row,
     events_of,
+    finish_params,
     plan_route,
     rate_limited_plugins,
 )
@@ -174,16 +175,16 @@ class AlertsMixin(Database):
         error: str | None = None,
         retry_at: str | None = None,
     ) -> bool:
-        params = {
-            "delivery_id": delivery_id,
-            "owner": owner,
-            "attempt": attempt,
-            "status": status.value,
-            "response_status": response_status,
-            "error": error,
-            "retry_at": retry_at,
-            "now": format_ts(utcnow()),
-        }
+        params = finish_params(
+            delivery_id,
+            owner=owner,
+            attempt=attempt,
+            status=status,
+            response_status=response_status,
+            error=error,
+            retry_at=retry_at,
+            now=format_ts(utcnow()),
+        )
         return await self._tx(_finish_delivery, params)
 
     async def recent_alert_deliveries(

@@ -12,6 +12,7 @@ from queue_service.store.outbox import (
     delivery_from_row,
     empty_delivery_counts,
     event_from_row,
+    finish_params,
     plan_route,
     rate_limited_plugins,
 )
@@ -98,16 +99,16 @@ def finish_delivery(
     retry_at: str | None,
     now: str,
 ) -> bool:
-    params = {
-        "delivery_id": delivery_id,
-        "owner": owner,
-        "attempt": attempt,
-        "status": status.value,
-        "response_status": response_status,
-        "error": error,
-        "retry_at": retry_at,
-        "now": now,
-    }
+    params = finish_params(
+        delivery_id,
+        owner=owner,
+        attempt=attempt,
+        status=status,
+        response_status=response_status,
+        error=error,
+        retry_at=retry_at,
+        now=now,
+    )
     return conn.execute(q("finish_alert_delivery"), params).fetchone() is not None
 
 
